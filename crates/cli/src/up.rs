@@ -1,0 +1,170 @@
+//! `dormouse up`: load a manifest, compile its components, serve them.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use bytesize::ByteSize;
+use clap::Args;
+use dormouse_gateway::{Gateway, GatewayConfig};
+use dormouse_manifest::App;
+use dormouse_wasm_host::{CacheOutcome, ComponentPre, ComponentSpec, Host, HostConfig, LoadEvent};
+
+/// Components at least this large get a progress spinner while compiling.
+const SPINNER_MIN_BYTES: usize = 1 << 20;
+
+#[derive(Args, Debug)]
+pub struct UpArgs {
+    /// The application: a manifest file, or a directory holding `spin.toml`.
+    #[arg(short = 'f', long = "from", default_value = ".")]
+    from: PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:3000")]
+    listen: SocketAddr,
+    /// Environment variable for every component, as KEY=VALUE (repeatable).
+    #[arg(short = 'e', long = "env", value_parser = parse_key_value)]
+    env: Vec<(String, String)>,
+    /// Linear memory per instance (at most 1 GiB).
+    #[arg(long, default_value = "128MiB")]
+    memory_limit: ByteSize,
+    /// Guest CPU time per request; past it the request gets 500.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    cpu_limit: Duration,
+    /// Wall-clock time per request; past it the request gets 504.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    /// Instances alive at once.
+    #[arg(long, default_value_t = 1000)]
+    max_instances: u32,
+    /// Requests that may wait for an instance; past it 503 + Retry-After.
+    #[arg(long, default_value_t = 1000)]
+    queue_limit: usize,
+    /// Largest request body; larger gets 413.
+    #[arg(long, default_value = "10MiB")]
+    max_body: ByteSize,
+    /// How long shutdown waits for in-flight requests.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    drain_timeout: Duration,
+    /// Where compiled components are cached [default: .dormouse/cache beside the manifest].
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// Compile every component on start, reading and writing no cache.
+    #[arg(long, conflicts_with = "cache_dir")]
+    no_cache: bool,
+}
+
+fn parse_key_value(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("`{text}` is not KEY=VALUE")),
+    }
+}
+
+pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
+    let app = dormouse_manifest::load(&args.from)?;
+    if app.http_triggers.is_empty() {
+        tracing::warn!("app `{}` has no HTTP triggers: every request will get 404", app.name);
+    }
+    let cache_dir = match (&args.cache_dir, args.no_cache) {
+        (_, true) => None,
+        (Some(dir), false) => Some(dir.clone()),
+        (None, false) => Some(app.base_dir.join(".dormouse").join("cache")),
+    };
+    let host_config = HostConfig {
+        memory_limit: usize::try_from(args.memory_limit.as_u64()).context("memory limit too large")?,
+        cpu_limit: args.cpu_limit,
+        wall_limit: args.timeout,
+        max_instances: args.max_instances,
+        queue_limit: args.queue_limit,
+        cache_dir,
+    };
+    let gateway_config = GatewayConfig {
+        max_body_bytes: args.max_body.as_u64(),
+        drain_timeout: args.drain_timeout,
+        ..GatewayConfig::default()
+    };
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let host = Host::new(host_config)?;
+    let components = load_components(&host, &app, &args.env)?;
+    let gateway = Arc::new(Gateway::new(&app, components, host, gateway_config)?);
+
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let address = listener.local_addr()?;
+        print_banner(&app, address);
+        let drained = gateway.serve(listener, shutdown_signal()).await;
+        if drained {
+            tracing::info!("stopped");
+            Ok(ExitCode::SUCCESS)
+        } else {
+            tracing::warn!("stopped before every in-flight request finished");
+            Ok(ExitCode::FAILURE)
+        }
+    })
+}
+
+fn load_components(host: &Host, app: &App, extra_env: &[(String, String)]) -> anyhow::Result<Vec<ComponentPre>> {
+    let show_progress = std::io::stderr().is_terminal();
+    let mut loaded = Vec::with_capacity(app.components.len());
+    for component in app.components.values() {
+        let mut environment: Vec<(String, String)> =
+            component.environment.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        environment.extend(extra_env.iter().cloned());
+        let spec = ComponentSpec { id: component.id.clone(), source: component.source.clone(), environment };
+        let spinner = std::cell::RefCell::new(None);
+        let on_event = |event: LoadEvent<'_>| match event {
+            LoadEvent::CompileStarted { id, bytes } if show_progress && bytes >= SPINNER_MIN_BYTES => {
+                let bar = indicatif::ProgressBar::new_spinner()
+                    .with_message(format!("compiling component `{id}` ({})", ByteSize(bytes as u64)));
+                bar.enable_steady_tick(Duration::from_millis(100));
+                *spinner.borrow_mut() = Some(bar);
+            }
+            LoadEvent::CompileStarted { .. } => {}
+            LoadEvent::Loaded { id, outcome, elapsed } => {
+                if let Some(bar) = spinner.borrow_mut().take() {
+                    bar.finish_and_clear();
+                }
+                let how = match outcome {
+                    CacheOutcome::Hit => "loaded from the compile cache",
+                    CacheOutcome::Miss => "compiled (cache miss)",
+                    CacheOutcome::Replaced => "compiled (cache entry was invalid, replaced)",
+                    CacheOutcome::Disabled => "compiled (no cache)",
+                };
+                tracing::info!("component `{id}` {how} in {:.1?}", elapsed);
+            }
+        };
+        loaded.push(host.load(&spec, &on_event)?);
+    }
+    Ok(loaded)
+}
+
+fn print_banner(app: &App, address: SocketAddr) {
+    println!("Serving http://{address}");
+    println!("Available Routes:");
+    for trigger in &app.http_triggers {
+        if let dormouse_manifest::model::Route::Public(pattern) = &trigger.route {
+            let path =
+                if pattern.is_wildcard() { format!("{} (wildcard)", pattern.prefix()) } else { pattern.normalized() };
+            let path = if path.starts_with('/') { path } else { format!("/{path}") };
+            println!("  {}: http://{address}{path}", trigger.component);
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+    tracing::info!("shutting down: draining in-flight requests");
+}

@@ -1,0 +1,5 @@
+//! End-to-end tests: the real `dormouse` binary, real guest components from
+//! `guests/wasm`, real HTTP over loopback. One test binary keeps link time down.
+
+mod support;
+mod up;

@@ -1,0 +1,197 @@
+//! Test harness: write an app, start `dormouse up` on port 0, talk HTTP to it.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{HeaderMap, Request, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+/// Longest any test waits for a server to start or a response to arrive.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// The committed guest fixture `name`.wasm.
+pub fn guest(name: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../guests/wasm").join(format!("{name}.wasm"));
+    assert!(path.exists(), "missing guest fixture {}", path.display());
+    path.canonicalize().unwrap()
+}
+
+/// An app directory with a `spin.toml` routing `route` → guest for each pair.
+pub struct App {
+    pub dir: tempfile::TempDir,
+}
+
+impl App {
+    pub fn new(routes: &[(&str, &str)]) -> App {
+        let mut manifest = String::from("spin_manifest_version = 2\n\n[application]\nname = \"test-app\"\n");
+        let mut guests: Vec<&str> = Vec::new();
+        for (route, guest_name) in routes {
+            manifest.push_str(&format!("\n[[trigger.http]]\nroute = \"{route}\"\ncomponent = \"{guest_name}\"\n"));
+            if !guests.contains(guest_name) {
+                guests.push(guest_name);
+            }
+        }
+        for name in guests {
+            manifest.push_str(&format!("\n[component.{name}]\nsource = \"{}\"\n", guest(name).display()));
+        }
+        App::from_manifest(&manifest)
+    }
+
+    pub fn from_manifest(manifest: &str) -> App {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("spin.toml"), manifest).unwrap();
+        App { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn start(&self, extra_args: &[&str]) -> Server {
+        Server::start(self.path(), extra_args)
+    }
+}
+
+pub struct Server {
+    child: Child,
+    pub addr: SocketAddr,
+    stderr: Arc<Mutex<String>>,
+    stdout: Arc<Mutex<String>>,
+}
+
+pub fn dormouse() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_dormouse"))
+}
+
+impl Server {
+    pub fn start(app_dir: &Path, extra_args: &[&str]) -> Server {
+        let mut child = dormouse()
+            .args(["up", "--listen", "127.0.0.1:0", "--from"])
+            .arg(app_dir)
+            .args(extra_args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting dormouse");
+        let stderr = collect(child.stderr.take().unwrap());
+        let stdout = Arc::new(Mutex::new(String::new()));
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let stdout_text = stdout.clone();
+        std::thread::spawn(move || {
+            for line in lines.by_ref().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("Serving http://") {
+                    let _ = addr_tx.send(addr.parse::<SocketAddr>().unwrap());
+                }
+                let mut text = stdout_text.lock().unwrap();
+                text.push_str(&line);
+                text.push('\n');
+            }
+        });
+        let addr = match addr_rx.recv_timeout(PATIENCE) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("dormouse did not start: {}", stderr.lock().unwrap());
+            }
+        };
+        Server { child, addr, stderr, stdout }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill").args(["-s", signal, &self.pid().to_string()]).status().unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait(mut self) -> ExitStatus {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(started.elapsed() < PATIENCE, "dormouse did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A line of /proc/PID/status in KiB (`VmRSS`, `VmHWM`).
+    pub fn memory_kib(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let line = status.lines().find(|l| l.starts_with(field)).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn collect(stream: impl std::io::Read + Send + 'static) -> Arc<Mutex<String>> {
+    let text = Arc::new(Mutex::new(String::new()));
+    let sink = text.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            let mut text = sink.lock().unwrap();
+            text.push_str(&line);
+            text.push('\n');
+        }
+    });
+    text
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl Reply {
+    /// The value of `name` as the echo guest reported it.
+    pub fn echoed(&self, name: &str) -> Option<String> {
+        let head = self.body.split("\n\n").next().unwrap();
+        head.lines().skip(1).find_map(|line| {
+            let (key, value) = line.split_once(": ")?;
+            (key == name).then(|| value.to_owned())
+        })
+    }
+}
+
+pub async fn get(url: &str) -> Reply {
+    send(Request::get(url).body(Full::new(Bytes::new())).unwrap()).await
+}
+
+pub async fn send(request: Request<Full<Bytes>>) -> Reply {
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    let response = tokio::time::timeout(PATIENCE, client.request(request)).await.expect("response in time").unwrap();
+    let (parts, body) = response.into_parts();
+    let body = tokio::time::timeout(PATIENCE, body.collect()).await.expect("body in time").unwrap().to_bytes();
+    Reply { status: parts.status, headers: parts.headers, body: String::from_utf8_lossy(&body).into_owned() }
+}

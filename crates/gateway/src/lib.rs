@@ -1,0 +1,209 @@
+//! The HTTP front of dormouse: accepts connections, enforces request limits,
+//! routes each request to its component, sets Spin's request headers, turns
+//! every failure into one response (see [`rescue`]), and drains on shutdown.
+//!
+//! Invariants: a request either gets a response from its guest or exactly one
+//! error response from `rescue`; the gateway itself runs no guest code and
+//! holds no per-request state after the response body ends.
+
+mod limits;
+mod router;
+mod spin;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use dormouse_manifest::App;
+use dormouse_wasm_host::{ComponentPre, GuardedBody, GuestError, HandleError, Host};
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+
+pub use router::{RouteEntry, Router};
+
+/// The path Spin's health check answers on.
+pub const HEALTH_PATH: &str = "/.well-known/spin/health";
+
+/// Request limits and timeouts of the front. Defaults are DESIGN.md's.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Time a client has to send a complete request head. Default 10 s.
+    pub header_read_timeout: Duration,
+    /// Longest path and query. Default 8 KiB; longer gets 414.
+    pub max_url_bytes: usize,
+    /// Largest header section (names, values, and 4 bytes a line). Default
+    /// 32 KiB; larger gets 431.
+    pub max_header_bytes: usize,
+    /// Largest request body. Default 10 MiB; larger gets 413.
+    pub max_body_bytes: u64,
+    /// How long shutdown waits for in-flight requests. Default 30 s.
+    pub drain_timeout: Duration,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            header_read_timeout: Duration::from_secs(10),
+            max_url_bytes: 8 << 10,
+            max_header_bytes: 32 << 10,
+            max_body_bytes: 10 << 20,
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+pub type ResponseBody = Either<limits::CheckedResponse<GuardedBody>, Full<Bytes>>;
+
+pub struct Gateway {
+    router: Router,
+    components: Vec<ComponentPre>,
+    host: Host,
+    config: GatewayConfig,
+}
+
+impl Gateway {
+    /// `components` must hold a loaded component for every component id the
+    /// app's routes name.
+    pub fn new(app: &App, components: Vec<ComponentPre>, host: Host, config: GatewayConfig) -> anyhow::Result<Gateway> {
+        for trigger in &app.http_triggers {
+            anyhow::ensure!(
+                components.iter().any(|c| c.id() == trigger.component),
+                "component `{}` is routed but was not loaded",
+                trigger.component
+            );
+        }
+        let router = Router::new(app, |id| components.iter().position(|c| c.id() == id).expect("checked above"));
+        Ok(Gateway { router, components, host, config })
+    }
+
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    /// Serves connections from `listener` until `shutdown` resolves, then
+    /// stops accepting and waits up to the drain timeout for in-flight
+    /// requests and guests. Returns whether everything drained in time.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) -> bool {
+        let local_addr = listener.local_addr().ok();
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.config.header_read_timeout)
+            // Room for the URL and header limits below, so that those answer
+            // 414 and 431 with a reason; hyper answers 431 past this.
+            .max_buf_size((self.config.max_url_bytes + self.config.max_header_bytes + 1024).max(8192));
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        tokio::pin!(shutdown);
+
+        loop {
+            let (stream, client) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(pair) => pair,
+                    Err(error) => {
+                        // Out of file descriptors and the like: keep serving
+                        // the connections we have, try again shortly.
+                        tracing::warn!("accept failed: {error}");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            // Responses are written in one go by hyper; Nagle would only delay
+            // the last segment of each.
+            let _ = stream.set_nodelay(true);
+            let gateway = self.clone();
+            let service = hyper::service::service_fn(move |request| {
+                let gateway = gateway.clone();
+                async move { Ok::<_, Infallible>(gateway.handle(request, client, local_addr).await) }
+            });
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+            let connection = graceful.watch(connection);
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::debug!(%client, "connection ended: {error}");
+                }
+            });
+        }
+
+        drop(listener);
+        let drain = async {
+            graceful.shutdown().await;
+            let tasks = self.host.tasks();
+            tasks.close();
+            tasks.wait().await;
+        };
+        tokio::time::timeout(self.config.drain_timeout, drain).await.is_ok()
+    }
+
+    async fn handle(
+        &self,
+        mut request: Request<Incoming>,
+        client: SocketAddr,
+        local: Option<SocketAddr>,
+    ) -> Response<ResponseBody> {
+        let path = request.uri().path();
+        if path == HEALTH_PATH {
+            return plain(StatusCode::OK, "OK\n");
+        }
+        if let Err(rejection) = limits::check_head(&request, &self.config) {
+            return rejection.response();
+        }
+        let Some((entry, matched)) = self.router.route(path) else {
+            return empty(StatusCode::NOT_FOUND);
+        };
+        let headers = spin::request_headers(&request, entry, &matched, client, local);
+        let component = &self.components[entry.target];
+        spin::apply(request.headers_mut(), headers);
+
+        let (request, over_limit) = limits::limit_body(request, self.config.max_body_bytes);
+        // A guest that read past the limit before it answered answered a
+        // truncated request: whatever it said, the client gets 413.
+        match component.handle(request).await {
+            _ if over_limit.tripped() => limits::Rejection::BodyTooLarge(self.config.max_body_bytes).response(),
+            Ok(response) => response.map(|body| Either::Left(limits::CheckedResponse::new(body, over_limit))),
+            Err(error) => rescue(component.id(), &error),
+        }
+    }
+}
+
+/// The one place a failed request becomes a response, and is logged.
+pub fn rescue(component: &str, error: &HandleError) -> Response<ResponseBody> {
+    match error {
+        HandleError::Overloaded(_) => {
+            tracing::warn!(component, "{error}");
+            let mut response =
+                plain(StatusCode::SERVICE_UNAVAILABLE, "overloaded: all instances are busy, retry shortly\n");
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            response
+        }
+        HandleError::Guest(GuestError::Timeout(limit)) => {
+            tracing::warn!(component, "{error}");
+            plain(StatusCode::GATEWAY_TIMEOUT, &format!("component `{component}` did not answer within {limit:?}\n"))
+        }
+        _ => {
+            tracing::error!(component, "{error}");
+            plain(StatusCode::INTERNAL_SERVER_ERROR, &format!("component `{component}` failed\n"))
+        }
+    }
+}
+
+fn plain(status: StatusCode, text: &str) -> Response<ResponseBody> {
+    let mut response = Response::new(Either::Right(Full::new(Bytes::copy_from_slice(text.as_bytes()))));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+}
+
+fn empty(status: StatusCode) -> Response<ResponseBody> {
+    let mut response = Response::new(Either::Right(Full::new(Bytes::new())));
+    *response.status_mut() = status;
+    response
+}

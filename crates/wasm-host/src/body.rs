@@ -1,0 +1,75 @@
+//! The response body handed to the gateway: the guest's stream, which ends in
+//! an error (so the connection is aborted) when the guest failed before it
+//! finished, rather than looking complete to the client.
+
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use tokio::sync::oneshot;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+
+/// How a guest's run ended badly.
+#[derive(Debug, thiserror::Error)]
+pub enum GuestError {
+    #[error("request took longer than {0:?}")]
+    Timeout(Duration),
+    #[error("guest used more than its {0:?} CPU budget")]
+    CpuLimit(Duration),
+    #[error("guest trapped: {0:#}")]
+    Trap(anyhow::Error),
+    #[error("guest task ended without reporting an outcome")]
+    Lost,
+}
+
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
+pub struct GuardedBody {
+    inner: HyperOutgoingBody,
+    inner_done: bool,
+    /// The guest task's result; taken once the inner body has ended.
+    outcome: Option<oneshot::Receiver<Result<(), GuestError>>>,
+}
+
+impl GuardedBody {
+    pub(crate) fn new(inner: HyperOutgoingBody, outcome: oneshot::Receiver<Result<(), GuestError>>) -> Self {
+        GuardedBody { inner, inner_done: false, outcome: Some(outcome) }
+    }
+}
+
+impl Body for GuardedBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        if !this.inner_done {
+            match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+                Some(frame) => return Poll::Ready(Some(frame.map_err(Into::into))),
+                None => this.inner_done = true,
+            }
+        }
+        // A guest that traps mid-body drops its stream, which ends it as if it
+        // were complete: only the task's outcome tells the two apart.
+        let Some(outcome) = this.outcome.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let result = ready!(Pin::new(outcome).poll(cx));
+        this.outcome = None;
+        match result {
+            Ok(Ok(())) => Poll::Ready(None),
+            Ok(Err(error)) => Poll::Ready(Some(Err(error.into()))),
+            Err(_) => Poll::Ready(Some(Err(GuestError::Lost.into()))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner_done && self.outcome.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,334 @@
+//! Runs `wasi:http/proxy` components: one [`Host`] (engine, linker, epoch
+//! ticker, instance permits), one [`ComponentPre`] per component built at load
+//! time, and a fresh `Store` per request that is dropped when the request ends.
+//!
+//! Invariants: no guest code runs outside a request; nothing here routes HTTP
+//! (the gateway decides which component gets a request); one thread advances
+//! the epoch for every store, never a timer per request.
+
+mod body;
+mod cache;
+mod ctx;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use tokio_util::task::TaskTracker;
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap, UpdateDeadline};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
+
+pub use body::{GuardedBody, GuestError};
+pub use cache::{CacheOutcome, CompileCache};
+use ctx::RequestCtx;
+/// The error type of request bodies handed to a guest.
+pub use wasmtime_wasi_http::Error as WasiHttpError;
+
+/// How often the shared ticker advances the engine's epoch. The CPU budget is
+/// counted in these ticks, and a running guest yields to other tasks once a tick.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// The largest per-instance memory cap a user may configure.
+pub const MAX_MEMORY_LIMIT: usize = 1 << 30;
+
+/// Limits and knobs of the host. Each default is the one in DESIGN.md.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    /// Linear memory per instance (each memory). Default 128 MiB, at most 1 GiB.
+    /// Costs address space only until a guest touches it.
+    pub memory_limit: usize,
+    /// Guest CPU time per request, counted in epoch ticks. Default 1 s; past it
+    /// the guest traps and the request gets 500.
+    pub cpu_limit: Duration,
+    /// Wall-clock time per request, from arrival to the end of the response
+    /// body. Default 30 s; past it the request gets 504 (or its body is cut).
+    pub wall_limit: Duration,
+    /// Instances alive at once. Default 1000; each reserves a pooling slot.
+    pub max_instances: u32,
+    /// Requests that may wait for an instance when all are busy. Default 1000;
+    /// past it a request gets 503 + Retry-After at once.
+    pub queue_limit: usize,
+    /// Where compiled components are cached; `None` compiles on every start.
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        HostConfig {
+            memory_limit: 128 << 20,
+            cpu_limit: Duration::from_secs(1),
+            wall_limit: Duration::from_secs(30),
+            max_instances: 1000,
+            queue_limit: 1000,
+            cache_dir: None,
+        }
+    }
+}
+
+/// Why a request did not get a response from its guest.
+#[derive(Debug, thiserror::Error)]
+pub enum HandleError {
+    #[error("all {0} instances are busy and the wait queue is full")]
+    Overloaded(u32),
+    #[error(transparent)]
+    Guest(#[from] GuestError),
+    #[error("guest answered with error code {0:?}")]
+    ErrorCode(ErrorCode),
+    #[error("guest returned without setting a response")]
+    NoResponse,
+}
+
+/// A component's request handler and what it needs at start.
+#[derive(Debug, Clone)]
+pub struct ComponentSpec {
+    pub id: String,
+    pub source: PathBuf,
+    /// Environment variables the guest sees (`wasi:cli/environment`).
+    pub environment: Vec<(String, String)>,
+}
+
+/// Reported while loading, so a CLI can show progress and tests can see
+/// whether the cache was used.
+#[derive(Debug)]
+pub enum LoadEvent<'a> {
+    CompileStarted { id: &'a str, bytes: usize },
+    Loaded { id: &'a str, outcome: CacheOutcome, elapsed: Duration },
+}
+
+/// The engine and everything shared by all components and requests.
+#[derive(Clone)]
+pub struct Host {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    engine: Engine,
+    linker: Linker<RequestCtx>,
+    cache: CompileCache,
+    config: HostConfig,
+    instances: Arc<Semaphore>,
+    waiting: AtomicUsize,
+    tasks: TaskTracker,
+}
+
+impl Host {
+    pub fn new(config: HostConfig) -> anyhow::Result<Host> {
+        anyhow::ensure!(
+            config.memory_limit <= MAX_MEMORY_LIMIT,
+            "memory limit {} MiB is above the ceiling of {} MiB",
+            config.memory_limit >> 20,
+            MAX_MEMORY_LIMIT >> 20
+        );
+        anyhow::ensure!(config.max_instances > 0, "the instance limit must be at least 1");
+
+        let mut wasm = Config::new();
+        wasm.wasm_component_model(true);
+        wasm.epoch_interruption(true);
+        let instances = config.max_instances;
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(instances);
+        pool.total_stacks(instances);
+        // A component instance holds several core instances (the guest, and the
+        // shims and adapters wit-component adds), each with a table; two memories
+        // cover guests built with a separate allocator module.
+        pool.total_core_instances(instances.saturating_mul(8));
+        pool.total_tables(instances.saturating_mul(8));
+        pool.total_memories(instances.saturating_mul(2));
+        pool.max_memory_size(config.memory_limit);
+        wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&wasm).map_err(anyhow::Error::from).context("creating the wasm engine")?;
+
+        let mut linker = Linker::new(&engine);
+        // The whole WASI 0.2 set: guests from componentize-py and -js import
+        // cli, filesystem and sockets; what they may do is denied per request
+        // (no environment, preopens or socket addresses unless granted).
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+
+        spawn_epoch_ticker(&engine);
+        let cache = CompileCache::new(&engine, config.cache_dir.clone());
+        let shared = Shared {
+            instances: Arc::new(Semaphore::new(instances as usize)),
+            waiting: AtomicUsize::new(0),
+            tasks: TaskTracker::new(),
+            engine,
+            linker,
+            cache,
+            config,
+        };
+        Ok(Host { shared: Arc::new(shared) })
+    }
+
+    pub fn config(&self) -> &HostConfig {
+        &self.shared.config
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.shared.engine
+    }
+
+    /// Guest tasks still running (a guest may run on after its response head
+    /// was sent). Shutdown waits for these.
+    pub fn tasks(&self) -> &TaskTracker {
+        &self.shared.tasks
+    }
+
+    /// Compiles (or loads from the cache) and pre-instantiates a component.
+    /// Blocking: call it off the async runtime's worker threads.
+    pub fn load(&self, spec: &ComponentSpec, on_event: &dyn Fn(LoadEvent<'_>)) -> anyhow::Result<ComponentPre> {
+        let started = Instant::now();
+        let bytes = std::fs::read(&spec.source)
+            .with_context(|| format!("component `{}`: cannot read `{}`", spec.id, spec.source.display()))?;
+        let on_compile = || on_event(LoadEvent::CompileStarted { id: &spec.id, bytes: bytes.len() });
+        let (component, outcome) = self
+            .shared
+            .cache
+            .load_or_compile(&self.shared.engine, &bytes, &on_compile)
+            .with_context(|| format!("component `{}`: cannot compile `{}`", spec.id, spec.source.display()))?;
+        let pre = self.pre_instantiate(&spec.id, &spec.source, &component)?;
+        on_event(LoadEvent::Loaded { id: &spec.id, outcome, elapsed: started.elapsed() });
+        Ok(ComponentPre {
+            id: spec.id.clone().into(),
+            pre,
+            environment: spec.environment.clone().into(),
+            shared: self.shared.clone(),
+        })
+    }
+
+    fn pre_instantiate(&self, id: &str, source: &Path, component: &Component) -> anyhow::Result<ProxyPre<RequestCtx>> {
+        let instance_pre =
+            self.shared.linker.instantiate_pre(component).map_err(anyhow::Error::from).with_context(|| {
+                format!("component `{id}` (`{}`) imports something dormouse does not provide", source.display())
+            })?;
+        ProxyPre::new(instance_pre).map_err(anyhow::Error::from).with_context(|| {
+            format!(
+                "component `{id}` (`{}`) is not a wasi:http/proxy component: it must export `wasi:http/incoming-handler@0.2.x`",
+                source.display()
+            )
+        })
+    }
+}
+
+/// Advances the epoch every [`EPOCH_TICK`] until the engine is dropped.
+fn spawn_epoch_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("dormouse-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .expect("spawning the epoch ticker thread");
+}
+
+/// A component ready to serve: compiled, linked and pre-instantiated. Cheap to
+/// clone; each request gets its own `Store` and instance from it.
+#[derive(Clone)]
+pub struct ComponentPre {
+    id: Arc<str>,
+    pre: ProxyPre<RequestCtx>,
+    environment: Arc<[(String, String)]>,
+    shared: Arc<Shared>,
+}
+
+impl ComponentPre {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Instantiates the component, hands it the request and returns the
+    /// response head as soon as the guest sets it. The body streams from the
+    /// guest, which runs on in its own task until it returns.
+    pub async fn handle<B>(&self, request: hyper::Request<B>) -> Result<hyper::Response<GuardedBody>, HandleError>
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
+        let config = &self.shared.config;
+        let deadline = tokio::time::Instant::now() + config.wall_limit;
+        let permit = self.acquire_instance(deadline).await?;
+
+        let mut store = Store::new(&self.shared.engine, RequestCtx::new(&self.environment, config.memory_limit));
+        store.limiter(|ctx| &mut ctx.limits);
+        let budget_ticks = config.cpu_limit.as_millis().div_ceil(EPOCH_TICK.as_millis()).max(1) as u64;
+        let mut ticks_used = 0u64;
+        store.set_epoch_deadline(1);
+        // Each callback means the guest was running when a tick passed: count it
+        // against the CPU budget and yield, so one busy guest cannot hold a
+        // worker thread.
+        store.epoch_deadline_callback(move |_| {
+            ticks_used += 1;
+            if ticks_used > budget_ticks { Err(Trap::Interrupt.into()) } else { Ok(UpdateDeadline::Yield(1)) }
+        });
+
+        let (response_tx, response_rx) = oneshot::channel();
+        let (outcome_tx, outcome_rx) = oneshot::channel();
+        let (incoming, outparam) = {
+            let mut http = ctx::http_view(store.data_mut());
+            let incoming = http.new_incoming_request(Scheme::Http, request).map_err(|e| GuestError::Trap(e.into()))?;
+            let outparam = http.new_response_outparam(response_tx).map_err(|e| GuestError::Trap(e.into()))?;
+            (incoming, outparam)
+        };
+
+        let pre = self.pre.clone();
+        let cpu_limit = config.cpu_limit;
+        let wall_limit = config.wall_limit;
+        self.shared.tasks.spawn(async move {
+            let run = async {
+                let proxy = pre.instantiate_async(&mut store).await?;
+                proxy.wasi_http_incoming_handler().call_handle(&mut store, incoming, outparam).await
+            };
+            let outcome = match tokio::time::timeout_at(deadline, run).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(error)) if matches!(error.downcast_ref::<Trap>(), Some(Trap::Interrupt)) => {
+                    Err(GuestError::CpuLimit(cpu_limit))
+                }
+                Ok(Err(error)) => Err(GuestError::Trap(error.into())),
+                Err(_) => Err(GuestError::Timeout(wall_limit)),
+            };
+            // The store (and with it the response sender) goes first, so the
+            // receiver below sees either a response or a closed channel.
+            drop(store);
+            drop(permit);
+            let _ = outcome_tx.send(outcome);
+        });
+
+        match tokio::time::timeout_at(deadline, response_rx).await {
+            Ok(Ok(Ok(response))) => Ok(response.map(|body| GuardedBody::new(body, outcome_rx))),
+            Ok(Ok(Err(code))) => Err(HandleError::ErrorCode(code)),
+            Ok(Err(_closed)) => Err(match outcome_rx.await {
+                Ok(Ok(())) => HandleError::NoResponse,
+                Ok(Err(error)) => HandleError::Guest(error),
+                Err(_) => HandleError::Guest(GuestError::Lost),
+            }),
+            Err(_elapsed) => Err(HandleError::Guest(GuestError::Timeout(wall_limit))),
+        }
+    }
+
+    /// An instance permit, waiting in the bounded queue when all are taken.
+    async fn acquire_instance(&self, deadline: tokio::time::Instant) -> Result<OwnedSemaphorePermit, HandleError> {
+        let shared = &self.shared;
+        if let Ok(permit) = shared.instances.clone().try_acquire_owned() {
+            return Ok(permit);
+        }
+        let overloaded = || HandleError::Overloaded(shared.config.max_instances);
+        if shared.waiting.fetch_add(1, Ordering::AcqRel) >= shared.config.queue_limit {
+            shared.waiting.fetch_sub(1, Ordering::AcqRel);
+            return Err(overloaded());
+        }
+        let permit = tokio::time::timeout_at(deadline, shared.instances.clone().acquire_owned()).await;
+        shared.waiting.fetch_sub(1, Ordering::AcqRel);
+        match permit {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(overloaded()),
+        }
+    }
+}
