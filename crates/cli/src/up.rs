@@ -114,9 +114,11 @@ fn load_components(host: &Host, app: &App, extra_env: &[(String, String)]) -> an
     let show_progress = std::io::stderr().is_terminal();
     let mut loaded = Vec::with_capacity(app.components.len());
     for component in app.components.values() {
-        let mut environment: Vec<(String, String)> =
-            component.environment.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        // The manifest's `environment`, then `-e` values, which win for a key
+        // both set.
+        let mut environment = component.environment.clone();
         environment.extend(extra_env.iter().cloned());
+        let environment = environment.into_iter().collect();
         let spec = ComponentSpec { id: component.id.clone(), source: component.source.clone(), environment };
         let spinner = std::cell::RefCell::new(None);
         let on_event = |event: LoadEvent<'_>| match event {

@@ -3,6 +3,17 @@
 #include <stdlib.h>
 #include <string.h>
 
+// Imported Functions from `wasi:cli/environment@0.2.12`
+
+__attribute__((__import_module__("wasi:cli/environment@0.2.12"), __import_name__("get-environment")))
+extern void __wasm_import_wasi_cli_environment_get_environment(uint8_t *);
+
+__attribute__((__import_module__("wasi:cli/environment@0.2.12"), __import_name__("get-arguments")))
+extern void __wasm_import_wasi_cli_environment_get_arguments(uint8_t *);
+
+__attribute__((__import_module__("wasi:cli/environment@0.2.12"), __import_name__("initial-cwd")))
+extern void __wasm_import_wasi_cli_environment_initial_cwd(uint8_t *);
+
 // Imported Functions from `wasi:io/poll@0.2.12`
 
 __attribute__((__import_module__("wasi:io/poll@0.2.12"), __import_name__("[method]pollable.ready")))
@@ -287,6 +298,39 @@ void *cabi_realloc(void *ptr, size_t old_size, size_t align, size_t new_size) {
 
 // Helper Functions
 
+void proxy_tuple2_string_string_free(proxy_tuple2_string_string_t *ptr) {
+  proxy_string_free(&ptr->f0);
+  proxy_string_free(&ptr->f1);
+}
+
+void proxy_list_tuple2_string_string_free(proxy_list_tuple2_string_string_t *ptr) {
+  size_t list_len = ptr->len;
+  if (list_len > 0) {
+    proxy_tuple2_string_string_t *list_ptr = ptr->ptr;
+    for (size_t i = 0; i < list_len; i++) {
+      proxy_tuple2_string_string_free(&list_ptr[i]);
+    }
+    free(list_ptr);
+  }
+}
+
+void proxy_list_string_free(proxy_list_string_t *ptr) {
+  size_t list_len = ptr->len;
+  if (list_len > 0) {
+    proxy_string_t *list_ptr = ptr->ptr;
+    for (size_t i = 0; i < list_len; i++) {
+      proxy_string_free(&list_ptr[i]);
+    }
+    free(list_ptr);
+  }
+}
+
+void proxy_option_string_free(proxy_option_string_t *ptr) {
+  if (ptr->is_some) {
+    proxy_string_free(&ptr->val);
+  }
+}
+
 __attribute__((__import_module__("wasi:io/poll@0.2.12"), __import_name__("[resource-drop]pollable")))
 extern void __wasm_import_wasi_io_poll_pollable_drop(int32_t handle);
 
@@ -424,19 +468,12 @@ void wasi_http_types_scheme_free(wasi_http_types_scheme_t *ptr) {
   }
 }
 
-void proxy_option_string_free(proxy_option_string_t *ptr) {
-  if (ptr->is_some) {
-    proxy_string_free(&ptr->val);
-  }
-}
-
 void proxy_option_u16_free(proxy_option_u16_t *ptr) {
   if (ptr->is_some) {
   }
 }
 
 void wasi_http_types_dns_error_payload_free(wasi_http_types_dns_error_payload_t *ptr) {
-  proxy_option_string_free(&ptr->rcode);
   proxy_option_u16_free(&ptr->info_code);
 }
 
@@ -447,7 +484,6 @@ void proxy_option_u8_free(proxy_option_u8_t *ptr) {
 
 void wasi_http_types_tls_alert_received_payload_free(wasi_http_types_tls_alert_received_payload_t *ptr) {
   proxy_option_u8_free(&ptr->alert_id);
-  proxy_option_string_free(&ptr->alert_message);
 }
 
 void proxy_option_u32_free(proxy_option_u32_t *ptr) {
@@ -456,7 +492,6 @@ void proxy_option_u32_free(proxy_option_u32_t *ptr) {
 }
 
 void wasi_http_types_field_size_payload_free(wasi_http_types_field_size_payload_t *ptr) {
-  proxy_option_string_free(&ptr->field_name);
   proxy_option_u32_free(&ptr->field_size);
 }
 
@@ -522,15 +557,12 @@ void wasi_http_types_error_code_free(wasi_http_types_error_code_t *ptr) {
       break;
     }
     case 31: {
-      proxy_option_string_free(&ptr->val.http_response_transfer_coding);
       break;
     }
     case 32: {
-      proxy_option_string_free(&ptr->val.http_response_content_coding);
       break;
     }
     case 38: {
-      proxy_option_string_free(&ptr->val.internal_error);
       break;
     }
   }
@@ -907,6 +939,43 @@ void proxy_string_free(proxy_string_t *ret) {
 }
 
 // Component Adapters
+
+void wasi_cli_environment_get_environment(proxy_list_tuple2_string_string_t *ret) {
+  __attribute__((__aligned__(sizeof(void*))))
+  uint8_t ret_area[(2*sizeof(void*))];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_wasi_cli_environment_get_environment(ptr);
+  *ret = (proxy_list_tuple2_string_string_t) { (proxy_tuple2_string_string_t*)(*((uint8_t **) (ptr + 0))), (*((size_t*) (ptr + sizeof(void*)))) };
+}
+
+void wasi_cli_environment_get_arguments(proxy_list_string_t *ret) {
+  __attribute__((__aligned__(sizeof(void*))))
+  uint8_t ret_area[(2*sizeof(void*))];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_wasi_cli_environment_get_arguments(ptr);
+  *ret = (proxy_list_string_t) { (proxy_string_t*)(*((uint8_t **) (ptr + 0))), (*((size_t*) (ptr + sizeof(void*)))) };
+}
+
+bool wasi_cli_environment_initial_cwd(proxy_string_t *ret) {
+  __attribute__((__aligned__(sizeof(void*))))
+  uint8_t ret_area[(3*sizeof(void*))];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_wasi_cli_environment_initial_cwd(ptr);
+  proxy_option_string_t option;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      option.is_some = false;
+      break;
+    }
+    case 1: {
+      option.is_some = true;
+      option.val = (proxy_string_t) { (uint8_t*)(*((uint8_t **) (ptr + sizeof(void*)))), (*((size_t*) (ptr + (2*sizeof(void*))))) };
+      break;
+    }
+  }
+  *ret = option.val;
+  return option.is_some;
+}
 
 bool wasi_io_poll_method_pollable_ready(wasi_io_poll_borrow_pollable_t self) {
   int32_t ret = __wasm_import_wasi_io_poll_method_pollable_ready((self).__handle);

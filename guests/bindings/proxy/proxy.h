@@ -14,6 +14,26 @@ typedef struct proxy_string_t {
   size_t len;
 } proxy_string_t;
 
+typedef struct {
+  proxy_string_t f0;
+  proxy_string_t f1;
+} proxy_tuple2_string_string_t;
+
+typedef struct {
+  proxy_tuple2_string_string_t *ptr;
+  size_t len;
+} proxy_list_tuple2_string_string_t;
+
+typedef struct {
+  proxy_string_t *ptr;
+  size_t len;
+} proxy_list_string_t;
+
+typedef struct {
+  bool is_some;
+  proxy_string_t val;
+} proxy_option_string_t;
+
 typedef struct wasi_io_poll_own_pollable_t {
   int32_t __handle;
 } wasi_io_poll_own_pollable_t;
@@ -162,11 +182,6 @@ typedef struct wasi_http_types_scheme_t {
 #define WASI_HTTP_TYPES_SCHEME_HTTP 0
 #define WASI_HTTP_TYPES_SCHEME_HTTPS 1
 #define WASI_HTTP_TYPES_SCHEME_OTHER 2
-
-typedef struct {
-  bool is_some;
-  proxy_string_t val;
-} proxy_option_string_t;
 
 typedef struct {
   bool is_some;
@@ -584,6 +599,22 @@ typedef struct {
 typedef wasi_http_types_own_incoming_request_t exports_wasi_http_incoming_handler_own_incoming_request_t;
 
 typedef wasi_http_types_own_response_outparam_t exports_wasi_http_incoming_handler_own_response_outparam_t;
+
+// Imported Functions from `wasi:cli/environment@0.2.12`
+// Get the POSIX-style environment variables.
+// 
+// Each environment variable is provided as a pair of string variable names
+// and string value.
+// 
+// Morally, these are a value import, but until value imports are available
+// in the component model, this import function should return the same
+// values each time it is called.
+extern void wasi_cli_environment_get_environment(proxy_list_tuple2_string_string_t *ret);
+// Get the POSIX-style arguments to the program.
+extern void wasi_cli_environment_get_arguments(proxy_list_string_t *ret);
+// Return a path that programs should use as their initial current working
+// directory, interpreting `.` as shorthand for this.
+extern bool wasi_cli_environment_initial_cwd(proxy_string_t *ret);
 
 // Imported Functions from `wasi:io/poll@0.2.12`
 // Return the readiness of a pollable. This function never blocks.
@@ -1159,6 +1190,14 @@ void exports_wasi_http_incoming_handler_handle(exports_wasi_http_incoming_handle
 
 // Helper Functions
 
+void proxy_tuple2_string_string_free(proxy_tuple2_string_string_t *ptr);
+
+void proxy_list_tuple2_string_string_free(proxy_list_tuple2_string_string_t *ptr);
+
+void proxy_list_string_free(proxy_list_string_t *ptr);
+
+void proxy_option_string_free(proxy_option_string_t *ptr);
+
 extern void wasi_io_poll_pollable_drop_own(wasi_io_poll_own_pollable_t handle);
 
 extern void wasi_io_poll_pollable_drop_borrow(wasi_io_poll_borrow_pollable_t handle);
@@ -1200,8 +1239,6 @@ void wasi_io_streams_result_void_stream_error_free(wasi_io_streams_result_void_s
 void wasi_http_types_method_free(wasi_http_types_method_t *ptr);
 
 void wasi_http_types_scheme_free(wasi_http_types_scheme_t *ptr);
-
-void proxy_option_string_free(proxy_option_string_t *ptr);
 
 void proxy_option_u16_free(proxy_option_u16_t *ptr);
 

@@ -314,3 +314,20 @@ fn a_component_that_is_not_an_http_handler_is_refused_at_start() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("component `a`: cannot compile"), "{stderr}");
 }
+
+#[tokio::test]
+async fn components_see_their_environment_and_cli_values_win() {
+    let manifest = format!(
+        "spin_manifest_version = 2\n[application]\nname = \"env\"\n\
+         [[trigger.http]]\nroute = \"/env\"\ncomponent = \"env\"\n\
+         [component.env]\nsource = \"{}\"\nenvironment = {{ GREETING = \"manifest\", ONLY_MANIFEST = \"1\" }}\n",
+        crate::support::guest("env").display()
+    );
+    let app = App::from_manifest(&manifest);
+    let server = app.start(&["-e", "GREETING=cli", "-e", "EXTRA=a=b"]);
+    let reply = get(&server.url("/env")).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let mut lines: Vec<&str> = reply.body.lines().collect();
+    lines.sort();
+    assert_eq!(lines, ["EXTRA=a=b", "GREETING=cli", "ONLY_MANIFEST=1"], "nothing of dormouse's own environment leaks");
+}
