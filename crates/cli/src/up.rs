@@ -81,6 +81,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         max_instances: args.max_instances,
         queue_limit: args.queue_limit,
         cache_dir,
+        ..HostConfig::default()
     };
     let gateway_config = GatewayConfig {
         max_body_bytes: args.max_body.as_u64(),
@@ -138,6 +139,7 @@ fn load_components(host: &Host, app: &App, extra_env: &[(String, String)]) -> an
                     CacheOutcome::Miss => "compiled (cache miss)",
                     CacheOutcome::Replaced => "compiled (cache entry was invalid, replaced)",
                     CacheOutcome::Disabled => "compiled (no cache)",
+                    CacheOutcome::Shared => "shares the code of an identical component",
                 };
                 tracing::info!("component `{id}` {how} in {:.1?}", elapsed);
             }

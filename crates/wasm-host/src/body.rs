@@ -29,12 +29,18 @@ pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 pub struct GuardedBody {
     inner: HyperOutgoingBody,
     inner_done: bool,
-    /// The guest task's result; taken once the inner body has ended.
-    outcome: Option<oneshot::Receiver<Result<(), GuestError>>>,
+    /// How the guest's run ended, or will; taken once the inner body ended.
+    outcome: Option<Outcome>,
+}
+
+/// A guest's result: known already, or to come from the task it runs in.
+pub(crate) enum Outcome {
+    Ready(Result<(), GuestError>),
+    Pending(oneshot::Receiver<Result<(), GuestError>>),
 }
 
 impl GuardedBody {
-    pub(crate) fn new(inner: HyperOutgoingBody, outcome: oneshot::Receiver<Result<(), GuestError>>) -> Self {
+    pub(crate) fn new(inner: HyperOutgoingBody, outcome: Outcome) -> Self {
         GuardedBody { inner, inner_done: false, outcome: Some(outcome) }
     }
 }
@@ -53,15 +59,18 @@ impl Body for GuardedBody {
         }
         // A guest that traps mid-body drops its stream, which ends it as if it
         // were complete: only the task's outcome tells the two apart.
-        let Some(outcome) = this.outcome.as_mut() else {
-            return Poll::Ready(None);
+        let result = match this.outcome.as_mut() {
+            None => return Poll::Ready(None),
+            Some(Outcome::Pending(receiver)) => ready!(Pin::new(receiver).poll(cx)).unwrap_or(Err(GuestError::Lost)),
+            Some(Outcome::Ready(_)) => match this.outcome.take() {
+                Some(Outcome::Ready(result)) => result,
+                _ => unreachable!("matched above"),
+            },
         };
-        let result = ready!(Pin::new(outcome).poll(cx));
         this.outcome = None;
         match result {
-            Ok(Ok(())) => Poll::Ready(None),
-            Ok(Err(error)) => Poll::Ready(Some(Err(error.into()))),
-            Err(_) => Poll::Ready(Some(Err(GuestError::Lost.into()))),
+            Ok(()) => Poll::Ready(None),
+            Err(error) => Poll::Ready(Some(Err(error.into()))),
         }
     }
 

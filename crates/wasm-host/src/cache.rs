@@ -25,6 +25,8 @@ pub enum CacheOutcome {
     Replaced,
     /// No cache directory configured: compiled in memory.
     Disabled,
+    /// Same bytes as a component already loaded: its compiled code is shared.
+    Shared,
 }
 
 const CHECKSUM_LEN: usize = blake3::OUT_LEN;
@@ -55,16 +57,17 @@ impl CompileCache {
         Some(dir.join(format!("{}-{}.cwasm", &content.to_hex()[..32], self.fingerprint)))
     }
 
-    /// Returns the compiled component for `bytes`, from the cache when a valid
-    /// entry exists, else by compiling (and caching) it; `on_compile` is called
-    /// just before a compilation starts.
+    /// Returns the compiled component for `bytes` (whose hash is `content`),
+    /// from the cache when a valid entry exists, else by compiling (and
+    /// caching) it; `on_compile` is called just before a compilation starts.
     pub fn load_or_compile(
         &self,
         engine: &Engine,
+        content: &blake3::Hash,
         bytes: &[u8],
         on_compile: &dyn Fn(),
     ) -> anyhow::Result<(Component, CacheOutcome)> {
-        let Some(path) = self.entry_path(&blake3::hash(bytes)) else {
+        let Some(path) = self.entry_path(content) else {
             on_compile();
             return Ok((Component::new(engine, bytes)?, CacheOutcome::Disabled));
         };
@@ -147,7 +150,7 @@ mod tests {
 
     fn load(cache: &CompileCache, engine: &Engine, bytes: &[u8]) -> (CacheOutcome, bool) {
         let compiled = std::cell::Cell::new(false);
-        let (_, outcome) = cache.load_or_compile(engine, bytes, &|| compiled.set(true)).unwrap();
+        let (_, outcome) = cache.load_or_compile(engine, &blake3::hash(bytes), bytes, &|| compiled.set(true)).unwrap();
         (outcome, compiled.get())
     }
 

@@ -23,6 +23,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 
+use body::Outcome;
 pub use body::{GuardedBody, GuestError};
 pub use cache::{CacheOutcome, CompileCache};
 use ctx::RequestCtx;
@@ -55,6 +56,10 @@ pub struct HostConfig {
     pub queue_limit: usize,
     /// Where compiled components are cached; `None` compiles on every start.
     pub cache_dir: Option<PathBuf>,
+    /// Instance memory from a pre-reserved pool (default) rather than fresh
+    /// mappings per instance. The pool reserves address space up front
+    /// (`max_instances` slots) and reuses it; off is for comparison only.
+    pub pooling: bool,
 }
 
 impl Default for HostConfig {
@@ -66,6 +71,7 @@ impl Default for HostConfig {
             max_instances: 1000,
             queue_limit: 1000,
             cache_dir: None,
+            pooling: true,
         }
     }
 }
@@ -114,6 +120,11 @@ struct Shared {
     instances: Arc<Semaphore>,
     waiting: AtomicUsize,
     tasks: TaskTracker,
+    ticker: Arc<EpochTicker>,
+    /// Components already loaded, by the BLAKE3 hash of their bytes: a second
+    /// component with the same bytes shares the compiled code and the
+    /// pre-instantiation instead of paying for them again.
+    loaded: std::sync::Mutex<std::collections::HashMap<blake3::Hash, ProxyPre<RequestCtx>>>,
 }
 
 impl Host {
@@ -130,17 +141,9 @@ impl Host {
         wasm.wasm_component_model(true);
         wasm.epoch_interruption(true);
         let instances = config.max_instances;
-        let mut pool = PoolingAllocationConfig::new();
-        pool.total_component_instances(instances);
-        pool.total_stacks(instances);
-        // A component instance holds several core instances (the guest, and the
-        // shims and adapters wit-component adds), each with a table; two memories
-        // cover guests built with a separate allocator module.
-        pool.total_core_instances(instances.saturating_mul(8));
-        pool.total_tables(instances.saturating_mul(8));
-        pool.total_memories(instances.saturating_mul(2));
-        pool.max_memory_size(config.memory_limit);
-        wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        if config.pooling {
+            wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling_config(&config)));
+        }
         let engine = Engine::new(&wasm).map_err(anyhow::Error::from).context("creating the wasm engine")?;
 
         let mut linker = Linker::new(&engine);
@@ -150,12 +153,14 @@ impl Host {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
 
-        spawn_epoch_ticker(&engine);
+        let ticker = EpochTicker::start(&engine);
         let cache = CompileCache::new(&engine, config.cache_dir.clone());
         let shared = Shared {
             instances: Arc::new(Semaphore::new(instances as usize)),
             waiting: AtomicUsize::new(0),
             tasks: TaskTracker::new(),
+            ticker,
+            loaded: Default::default(),
             engine,
             linker,
             cache,
@@ -184,13 +189,22 @@ impl Host {
         let started = Instant::now();
         let bytes = std::fs::read(&spec.source)
             .with_context(|| format!("component `{}`: cannot read `{}`", spec.id, spec.source.display()))?;
-        let on_compile = || on_event(LoadEvent::CompileStarted { id: &spec.id, bytes: bytes.len() });
-        let (component, outcome) = self
-            .shared
-            .cache
-            .load_or_compile(&self.shared.engine, &bytes, &on_compile)
-            .with_context(|| format!("component `{}`: cannot compile `{}`", spec.id, spec.source.display()))?;
-        let pre = self.pre_instantiate(&spec.id, &spec.source, &component)?;
+        let content = blake3::hash(&bytes);
+        let shared = self.shared.loaded.lock().expect("not poisoned").get(&content).cloned();
+        let (pre, outcome) = match shared {
+            Some(pre) => (pre, CacheOutcome::Shared),
+            None => {
+                let on_compile = || on_event(LoadEvent::CompileStarted { id: &spec.id, bytes: bytes.len() });
+                let (component, outcome) = self
+                    .shared
+                    .cache
+                    .load_or_compile(&self.shared.engine, &content, &bytes, &on_compile)
+                    .with_context(|| format!("component `{}`: cannot compile `{}`", spec.id, spec.source.display()))?;
+                let pre = self.pre_instantiate(&spec.id, &spec.source, &component)?;
+                self.shared.loaded.lock().expect("not poisoned").insert(content, pre.clone());
+                (pre, outcome)
+            }
+        };
         on_event(LoadEvent::Loaded { id: &spec.id, outcome, elapsed: started.elapsed() });
         Ok(ComponentPre {
             id: spec.id.clone().into(),
@@ -214,19 +228,98 @@ impl Host {
     }
 }
 
-/// Advances the epoch every [`EPOCH_TICK`] until the engine is dropped.
-fn spawn_epoch_ticker(engine: &Engine) {
-    let weak = engine.weak();
-    std::thread::Builder::new()
-        .name("dormouse-epoch".into())
-        .spawn(move || {
-            while let Some(engine) = weak.upgrade() {
-                engine.increment_epoch();
-                drop(engine);
-                std::thread::sleep(EPOCH_TICK);
-            }
-        })
-        .expect("spawning the epoch ticker thread");
+/// Slots of the pooling allocator, sized from the instance limit, and tuned so
+/// that returning an instance to the pool costs no system call in the common
+/// case: pages a guest dirtied are found with `PAGEMAP_SCAN` (Linux 6.7+) and
+/// zeroed with `memset` up to the keep-resident size, instead of `madvise`,
+/// whose cross-CPU TLB shootdowns dominate per-request cost inside a VM.
+fn pooling_config(config: &HostConfig) -> PoolingAllocationConfig {
+    let instances = config.max_instances;
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_component_instances(instances);
+    pool.total_stacks(instances);
+    // A component instance holds several core instances (the guest, and the
+    // shims and adapters wit-component adds), each with a table; two memories
+    // cover guests built with a separate allocator module.
+    pool.total_core_instances(instances.saturating_mul(8));
+    pool.total_tables(instances.saturating_mul(8));
+    pool.total_memories(instances.saturating_mul(2));
+    pool.max_memory_size(config.memory_limit);
+    pool.pagemap_scan(wasmtime::Enabled::Auto);
+    // Costs up to this much resident memory per warm slot; a small guest
+    // (C, Rust) dirties less and is reset with no system call at all.
+    pool.linear_memory_keep_resident(KEEP_RESIDENT);
+    pool.table_keep_resident(KEEP_RESIDENT);
+    pool
+}
+
+/// Memory a pooled slot keeps resident (and resets by `memset`) between uses.
+const KEEP_RESIDENT: usize = 1 << 20;
+
+/// How the wait for a guest's response head ended.
+enum Head<T> {
+    Set(Result<T, oneshot::error::RecvError>),
+    Finished(Result<(), GuestError>),
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] while any guest is in
+/// flight, and sleeps (parked, no wake-ups) while none is: an idle host uses
+/// no CPU at all.
+struct EpochTicker {
+    in_flight: AtomicUsize,
+    thread: std::thread::Thread,
+}
+
+/// Held for as long as a guest may run; the ticker runs while any is held.
+struct TickerGuard(Arc<EpochTicker>);
+
+impl EpochTicker {
+    fn start(engine: &Engine) -> Arc<EpochTicker> {
+        let engine = engine.weak();
+        let (ticker_tx, ticker_rx) = std::sync::mpsc::channel::<std::sync::Weak<EpochTicker>>();
+        let thread = std::thread::Builder::new()
+            .name("dormouse-epoch".into())
+            .spawn(move || {
+                let Ok(ticker) = ticker_rx.recv() else { return };
+                loop {
+                    // Both go when the host does; `Drop` below unparks us to see it.
+                    let (Some(state), Some(engine)) = (ticker.upgrade(), engine.upgrade()) else { return };
+                    let idle = state.in_flight.load(Ordering::Acquire) == 0;
+                    drop(state);
+                    if idle {
+                        drop(engine);
+                        std::thread::park();
+                    } else {
+                        engine.increment_epoch();
+                        drop(engine);
+                        std::thread::sleep(EPOCH_TICK);
+                    }
+                }
+            })
+            .expect("spawning the epoch ticker thread");
+        let ticker = Arc::new(EpochTicker { in_flight: AtomicUsize::new(0), thread: thread.thread().clone() });
+        let _ = ticker_tx.send(Arc::downgrade(&ticker));
+        ticker
+    }
+
+    fn enter(self: &Arc<Self>) -> TickerGuard {
+        if self.in_flight.fetch_add(1, Ordering::AcqRel) == 0 {
+            self.thread.unpark();
+        }
+        TickerGuard(self.clone())
+    }
+}
+
+impl Drop for TickerGuard {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.thread.unpark();
+    }
 }
 
 /// A component ready to serve: compiled, linked and pre-instantiated. Cheap to
@@ -255,6 +348,7 @@ impl ComponentPre {
         let config = &self.shared.config;
         let deadline = tokio::time::Instant::now() + config.wall_limit;
         let permit = self.acquire_instance(deadline).await?;
+        let ticking = self.shared.ticker.enter();
 
         let mut store = Store::new(&self.shared.engine, RequestCtx::new(&self.environment, config.memory_limit));
         store.limiter(|ctx| &mut ctx.limits);
@@ -270,7 +364,6 @@ impl ComponentPre {
         });
 
         let (response_tx, response_rx) = oneshot::channel();
-        let (outcome_tx, outcome_rx) = oneshot::channel();
         let (incoming, outparam) = {
             let mut http = ctx::http_view(store.data_mut());
             let incoming = http.new_incoming_request(Scheme::Http, request).map_err(|e| GuestError::Trap(e.into()))?;
@@ -281,7 +374,7 @@ impl ComponentPre {
         let pre = self.pre.clone();
         let cpu_limit = config.cpu_limit;
         let wall_limit = config.wall_limit;
-        self.shared.tasks.spawn(async move {
+        let guest = async move {
             let run = async {
                 let proxy = pre.instantiate_async(&mut store).await?;
                 proxy.wasi_http_incoming_handler().call_handle(&mut store, incoming, outparam).await
@@ -294,22 +387,44 @@ impl ComponentPre {
                 Ok(Err(error)) => Err(GuestError::Trap(error.into())),
                 Err(_) => Err(GuestError::Timeout(wall_limit)),
             };
-            // The store (and with it the response sender) goes first, so the
-            // receiver below sees either a response or a closed channel.
+            // The store (and with it the response sender) goes first, so a
+            // waiting receiver sees either a response or a closed channel.
             drop(store);
             drop(permit);
-            let _ = outcome_tx.send(outcome);
-        });
+            drop(ticking);
+            outcome
+        };
+        // Boxed so that it can move to a task of its own after being polled here.
+        let mut guest = Box::pin(guest);
 
-        match tokio::time::timeout_at(deadline, response_rx).await {
-            Ok(Ok(Ok(response))) => Ok(response.map(|body| GuardedBody::new(body, outcome_rx))),
-            Ok(Ok(Err(code))) => Err(HandleError::ErrorCode(code)),
-            Ok(Err(_closed)) => Err(match outcome_rx.await {
-                Ok(Ok(())) => HandleError::NoResponse,
-                Ok(Err(error)) => HandleError::Guest(error),
-                Err(_) => HandleError::Guest(GuestError::Lost),
-            }),
-            Err(_elapsed) => Err(HandleError::Guest(GuestError::Timeout(wall_limit))),
+        // Run the guest right here until it sets its response head. A guest
+        // that has finished by then (most do: they answer, write, return) costs
+        // no task and no cross-thread wake-up; one still running is handed to a
+        // task of its own, so the wall-clock limit holds even when the client
+        // stops reading the body.
+        let mut response_rx = response_rx;
+        let head = tokio::select! {
+            biased;
+            head = &mut response_rx => Head::Set(head),
+            outcome = &mut guest => Head::Finished(outcome),
+        };
+        match head {
+            Head::Finished(outcome) => match response_rx.try_recv() {
+                Ok(Ok(response)) => Ok(response.map(|body| GuardedBody::new(body, Outcome::Ready(outcome)))),
+                Ok(Err(code)) => Err(HandleError::ErrorCode(code)),
+                Err(_) => Err(outcome.err().map_or(HandleError::NoResponse, HandleError::Guest)),
+            },
+            Head::Set(Ok(Ok(response))) => {
+                let (outcome_tx, outcome_rx) = oneshot::channel();
+                self.shared.tasks.spawn(async move {
+                    let _ = outcome_tx.send(guest.await);
+                });
+                Ok(response.map(|body| GuardedBody::new(body, Outcome::Pending(outcome_rx))))
+            }
+            // The guest answered with an error code: nothing it does next can
+            // reach the client, so it is stopped here.
+            Head::Set(Ok(Err(code))) => Err(HandleError::ErrorCode(code)),
+            Head::Set(Err(_closed)) => Err(guest.await.err().map_or(HandleError::NoResponse, HandleError::Guest)),
         }
     }
 

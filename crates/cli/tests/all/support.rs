@@ -139,6 +139,18 @@ impl Server {
         }
     }
 
+    /// Context switches of all the process's threads so far.
+    pub fn context_switches(&self) -> u64 {
+        let mut total = 0;
+        for task in std::fs::read_dir(format!("/proc/{}/task", self.pid())).unwrap() {
+            let status = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap_or_default();
+            for line in status.lines().filter(|l| l.contains("ctxt_switches:")) {
+                total += line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap();
+            }
+        }
+        total
+    }
+
     /// A line of /proc/PID/status in KiB (`VmRSS`, `VmHWM`).
     pub fn memory_kib(&self, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();

@@ -331,3 +331,35 @@ async fn components_see_their_environment_and_cli_values_win() {
     lines.sort();
     assert_eq!(lines, ["EXTRA=a=b", "GREETING=cli", "ONLY_MANIFEST=1"], "nothing of dormouse's own environment leaks");
 }
+
+#[tokio::test]
+async fn an_idle_server_does_not_wake_up() {
+    let app = App::new(&[("/slow", "slow")]);
+    let server = app.start(&[]);
+    // A request runs the epoch ticker; once it is over, nothing should tick.
+    assert_eq!(get(&server.url("/slow?chunks=2&ms=50")).await.status, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = server.context_switches();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let woken = server.context_switches() - before;
+    // The ticker alone would switch 100 times a second.
+    assert!(woken <= 5, "idle threads woke {woken} times in one second");
+}
+
+#[tokio::test]
+async fn identical_components_share_their_compiled_code() {
+    let hello = crate::support::guest("hello");
+    let manifest = format!(
+        "spin_manifest_version = 2\n[application]\nname = \"twins\"\n\
+         [[trigger.http]]\nroute = \"/a\"\ncomponent = \"a\"\n[[trigger.http]]\nroute = \"/b\"\ncomponent = \"b\"\n\
+         [component.a]\nsource = \"{0}\"\n[component.b]\nsource = \"{0}\"\n",
+        hello.display()
+    );
+    let app = App::from_manifest(&manifest);
+    let server = app.start(&[]);
+    assert_eq!(get(&server.url("/a")).await.status, StatusCode::OK);
+    assert_eq!(get(&server.url("/b")).await.status, StatusCode::OK);
+    let log = server.stderr();
+    assert_eq!(log.matches("compiled (cache miss)").count(), 1, "{log}");
+    assert!(log.contains("component `b` shares the code of an identical component"), "{log}");
+}

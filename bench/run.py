@@ -1,0 +1,508 @@
+#!/usr/bin/env python3
+"""The dormouse benchmark suite: one command, peers and baselines in the same run.
+
+    bench/run.py                    # every scenario, 3 rounds (about 30 min on 2 cores)
+    bench/run.py --only hello       # some scenarios: hello instantiate heavy density load
+    bench/run.py --quick            # 1 round, short runs: for trying a change, not for results
+
+It builds dormouse and the native hyper hello server in release mode, installs
+what is missing into bench/.tools (wasmtime-cli 48 and oha with `cargo install
+--locked`, wrk from Debian, componentize-py from PyPI, componentize-js from npm),
+builds the heavy guests into bench/.build, runs each scenario with the
+contenders alternating, and writes bench/results/<date>-<host>.md and .json.
+
+Figures are medians over the rounds. Everything runs on this one machine: the
+load generator shares the CPUs with the server, as it does for every contender.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+TOOLS = BENCH / ".tools"
+BUILD = BENCH / ".build"
+RESULTS = BENCH / "results"
+WASMTIME_VERSION = "48.0.8"
+OHA_VERSION = "1.16.0"
+COMPONENTIZE_PY = "componentize-py==0.25.1"
+SCENARIOS = ["hello", "instantiate", "heavy", "density", "load"]
+GUESTS = ROOT / "guests" / "wasm"
+
+
+def log(message):
+    print(f"[bench {datetime.datetime.now():%H:%M:%S}] {message}", flush=True)
+
+
+def run(command, **kwargs):
+    log("$ " + " ".join(str(c) for c in command))
+    return subprocess.run([str(c) for c in command], check=True, **kwargs)
+
+
+# ---------------------------------------------------------------- set-up ----
+
+def build_dormouse():
+    run(["cargo", "build", "--release", "--locked", "-p", "dormouse-cli", "-p", "dormouse-bench-native-hello"], cwd=ROOT)
+    return ROOT / "target/release/dormouse", ROOT / "target/release/native-hello"
+
+
+def cargo_tool(binary, crate, version):
+    path = TOOLS / "bin" / binary
+    if not path.exists():
+        run(["cargo", "install", "--locked", "--root", TOOLS, f"{crate}@{version}"])
+    return path
+
+
+def wrk():
+    if shutil.which("wrk") is None:
+        run(["apt-get", "install", "-y", "-qq", "wrk"])
+    return shutil.which("wrk")
+
+
+def venv_tool(name, requirement):
+    venv = TOOLS / "venv"
+    if not (venv / "bin" / name).exists():
+        run([sys.executable, "-m", "venv", venv])
+        run([venv / "bin" / "pip", "install", "-q", requirement])
+    return venv / "bin" / name
+
+
+def wit_copy(version):
+    """guests/wit with every 0.2.x WASI version relabelled (componentize-js
+    exports exactly wasi:http/incoming-handler@0.2.10)."""
+    target = BUILD / f"wit-{version}"
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(ROOT / "guests" / "wit", target)
+    for wit in target.rglob("*.wit"):
+        text = wit.read_text()
+        for minor in range(10, 20):
+            text = text.replace(f"0.2.{minor}", version)
+        wit.write_text(text)
+    return target
+
+
+def build_heavy_guests():
+    BUILD.mkdir(parents=True, exist_ok=True)
+    js_dir = BENCH / "guests" / "js"
+    js = BUILD / "js-hello.wasm"
+    if not js.exists() or js.stat().st_mtime < (js_dir / "app.js").stat().st_mtime:
+        if not (js_dir / "node_modules").exists():
+            # `npm ci` trips over optional platform packages; install keeps the lock.
+            run(["npm", "install", "--no-audit", "--no-fund"], cwd=js_dir)
+        run([js_dir / "node_modules/.bin/componentize-js", "--wit", wit_copy("0.2.10"),
+             "--world-name", "dormouse:guests/proxy", "-d", "stdio", "-o", js, js_dir / "app.js"])
+    py_dir = BENCH / "guests" / "python"
+    py = BUILD / "py-hello.wasm"
+    if not py.exists() or py.stat().st_mtime < (py_dir / "app.py").stat().st_mtime:
+        componentize_py = venv_tool("componentize-py", COMPONENTIZE_PY)
+        run([componentize_py, "-d", ROOT / "guests" / "wit", "-w", "dormouse:guests/proxy",
+             "componentize", "app", "-o", py], cwd=py_dir)
+    return js, py
+
+
+def app_dir(name, components):
+    """An app directory routing `/...` (or one route per component)."""
+    directory = BUILD / "apps" / name
+    if directory.exists():
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True)
+    manifest = [f'spin_manifest_version = 2\n[application]\nname = "{name}"\n']
+    for route, component_id, source in components:
+        manifest.append(f'[[trigger.http]]\nroute = "{route}"\ncomponent = "{component_id}"\n')
+        manifest.append(f'[component.{component_id}]\nsource = "{source}"\n')
+    (directory / "spin.toml").write_text("".join(manifest))
+    return directory
+
+
+# ------------------------------------------------------------ processes ----
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_status(port, path):
+    request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(request)
+        head = s.recv(64)
+    return int(head.split()[1]) if head.startswith(b"HTTP/1.1 ") else 0
+
+
+class Server:
+    """A server process on a free port; `ready` waits for its first 200."""
+
+    def __init__(self, command_for_port, path="/hello"):
+        self.port = free_port()
+        self.path = path
+        self.started = time.monotonic()
+        self.process = subprocess.Popen([str(c) for c in command_for_port(self.port)],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                        start_new_session=True)
+
+    def ready(self, timeout=300):
+        """Seconds from spawn to the first 200."""
+        deadline = self.started + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}")
+            try:
+                if http_status(self.port, self.path) == 200:
+                    return time.monotonic() - self.started
+            except OSError:
+                time.sleep(0.001)
+        raise RuntimeError("server not ready in time")
+
+    def url(self):
+        return f"http://127.0.0.1:{self.port}{self.path}"
+
+    def cpu_seconds(self):
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def rss_mib(self):
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    def stop(self):
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=30)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *_):
+        self.stop()
+
+
+WRK_SCRIPT = """
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('WRK {"requests": %d, "duration_us": %d, "errors": %d, "non2xx": %d, "p50_us": %d, "p99_us": %d, "p999_us": %d}\\n',
+    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout, e.status,
+    latency:percentile(50), latency:percentile(99), latency:percentile(99.9)))
+end
+"""
+
+
+def wrk_load(wrk_path, url, connections, seconds):
+    script = BUILD / "report.lua"
+    script.write_text(WRK_SCRIPT)
+    threads = min(2, connections)
+    out = subprocess.run([wrk_path, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "-s", script, url],
+                         capture_output=True, text=True, check=True).stdout
+    line = next(l for l in out.splitlines() if l.startswith("WRK "))
+    result = json.loads(line[4:])
+    result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
+    if result["errors"] or result["non2xx"]:
+        log(f"warning: {result['errors']} errors, {result['non2xx']} non-2xx from {url}")
+    return result
+
+
+def oha_rate(oha_path, url, connections, rate, seconds):
+    """Open loop at a constant rate, latency measured from when each request
+    was due (coordinated-omission corrected)."""
+    out = subprocess.run([oha_path, "-z", f"{seconds}s", "-c", str(connections), "-q", str(int(rate)),
+                          "--latency-correction", "--no-tui", "--output-format", "json", url],
+                         capture_output=True, text=True, check=True).stdout
+    report = json.loads(out)
+    percentiles = report["latencyPercentiles"]
+    return {
+        "rate": rate,
+        "rps": report["summary"]["requestsPerSec"],
+        "success": report["summary"]["successRate"],
+        "p50_us": percentiles["p50"] * 1e6,
+        "p99_us": percentiles["p99"] * 1e6,
+        "p999_us": percentiles["p99.9"] * 1e6,
+    }
+
+
+def median_of(runs, key):
+    return statistics.median(r[key] for r in runs)
+
+
+# ------------------------------------------------------------- scenarios ----
+
+def scenario_hello(ctx):
+    hello = GUESTS / "hello.wasm"
+    app = app_dir("hello", [("/hello", "hello", hello)])
+    cache = BUILD / "cache-hello"
+    contenders = {
+        "dormouse": lambda p: [ctx["dormouse"], "up", "--from", app, "--listen", f"127.0.0.1:{p}", "--cache-dir", cache],
+        "wasmtime serve": lambda p: [ctx["wasmtime"], "serve", "--addr", f"127.0.0.1:{p}", hello],
+        "native hyper": lambda p: [ctx["native"], f"127.0.0.1:{p}"],
+    }
+    runs = {(name, c): [] for name in contenders for c in ctx["connections"]}
+    for round_number in range(ctx["rounds"]):
+        for connections in ctx["connections"]:
+            for name, command in contenders.items():
+                with Server(command) as server:
+                    server.ready()
+                    wrk_load(ctx["wrk"], server.url(), connections, 1)  # warm-up
+                    result = wrk_load(ctx["wrk"], server.url(), connections, ctx["seconds"])
+                    runs[(name, connections)].append(result)
+                    log(f"hello round {round_number + 1} c={connections} {name}: {result['rps']:.0f} req/s, "
+                        f"p50 {result['p50_us']} µs")
+    table = []
+    for (name, connections), results in runs.items():
+        table.append({"contender": name, "connections": connections, "runs": results,
+                      "rps": median_of(results, "rps"), "p50_us": median_of(results, "p50_us"),
+                      "p99_us": median_of(results, "p99_us"), "p999_us": median_of(results, "p999_us")})
+    return table
+
+
+def scenario_instantiate(ctx):
+    args = ["cargo", "bench", "--locked", "-p", "dormouse-wasm-host", "--bench", "instantiate", "--", "--noplot"]
+    if ctx["quick"]:
+        args += ["--warm-up-time", "1", "--measurement-time", "2"]
+    run(args, cwd=ROOT)
+    results = {}
+    for variant in ["pooling", "no-pooling"]:
+        estimates = json.loads((ROOT / "target/criterion/instantiate+handle+teardown" / variant / "new/estimates.json").read_text())
+        results[variant] = {"median_us": estimates["median"]["point_estimate"] / 1000,
+                            "mean_us": estimates["mean"]["point_estimate"] / 1000}
+        log(f"instantiate {variant}: median {results[variant]['median_us']:.1f} µs")
+    return results
+
+
+def scenario_heavy(ctx):
+    js, py = ctx["heavy_guests"]
+    results = {}
+    for name, wasm in [("javascript", js), ("python", py)]:
+        app = app_dir(f"heavy-{name}", [("/...", "app", wasm)])
+        precompiled = BUILD / f"{name}.cwasm"
+        run([ctx["wasmtime"], "compile", "-o", precompiled, wasm])
+        first = {"dormouse cold": [], "dormouse warm": [], "wasmtime serve cold": [], "wasmtime serve precompiled": []}
+        for _ in range(ctx["rounds"]):
+            cache = Path(tempfile.mkdtemp(prefix="dormouse-bench-"))
+            try:
+                dormouse = lambda p: [ctx["dormouse"], "up", "--from", app, "--listen", f"127.0.0.1:{p}", "--cache-dir", cache]
+                with Server(dormouse, "/") as server:
+                    first["dormouse cold"].append(server.ready())
+                with Server(dormouse, "/") as server:
+                    first["dormouse warm"].append(server.ready())
+            finally:
+                shutil.rmtree(cache)
+            wasmtime_cold = lambda p: [ctx["wasmtime"], "serve", "-Scli", "-C", "cache=n", "--addr", f"127.0.0.1:{p}", wasm]
+            with Server(wasmtime_cold, "/") as server:
+                first["wasmtime serve cold"].append(server.ready())
+            wasmtime_warm = lambda p: [ctx["wasmtime"], "serve", "-Scli", "--allow-precompiled", "--addr", f"127.0.0.1:{p}", precompiled]
+            with Server(wasmtime_warm, "/") as server:
+                first["wasmtime serve precompiled"].append(server.ready())
+        throughput = {"dormouse": [], "wasmtime serve": []}
+        cache = BUILD / f"cache-heavy-{name}"
+        for _ in range(ctx["rounds"]):
+            commands = {
+                "dormouse": lambda p: [ctx["dormouse"], "up", "--from", app, "--listen", f"127.0.0.1:{p}", "--cache-dir", cache],
+                "wasmtime serve": lambda p: [ctx["wasmtime"], "serve", "-Scli", "--allow-precompiled", "--addr", f"127.0.0.1:{p}", precompiled],
+            }
+            for contender, command in commands.items():
+                with Server(command, "/") as server:
+                    server.ready()
+                    wrk_load(ctx["wrk"], server.url(), 50, 1)
+                    throughput[contender].append(wrk_load(ctx["wrk"], server.url(), 50, ctx["seconds"]))
+        results[name] = {
+            "size_mib": wasm.stat().st_size / 2**20,
+            "first_response_ms": {k: statistics.median(v) * 1000 for k, v in first.items()},
+            "first_response_runs_ms": {k: [t * 1000 for t in v] for k, v in first.items()},
+            "rps": {k: median_of(v, "rps") for k, v in throughput.items()},
+        }
+        log(f"heavy {name}: {json.dumps(results[name]['first_response_ms'])} rps {json.dumps(results[name]['rps'])}")
+    return results
+
+
+def scenario_density(ctx):
+    count = ctx["density_count"]
+    directory = BUILD / "apps" / "density"
+    if directory.exists():
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True)
+    shutil.copy(GUESTS / "hello.wasm", directory / "hello.wasm")
+    manifest = ['spin_manifest_version = 2\n[application]\nname = "density"\n']
+    for i in range(count):
+        manifest.append(f'[[trigger.http]]\nroute = "/c{i}"\ncomponent = "c{i}"\n[component.c{i}]\nsource = "hello.wasm"\n')
+    (directory / "spin.toml").write_text("".join(manifest))
+    cache = BUILD / "cache-density"
+    shutil.rmtree(cache, ignore_errors=True)
+    runs = []
+    for round_number in range(ctx["rounds"]):
+        command = lambda p: [ctx["dormouse"], "up", "--from", directory, "--listen", f"127.0.0.1:{p}", "--cache-dir", cache]
+        with Server(command, f"/c{count - 1}") as server:
+            ready = server.ready()
+            time.sleep(2)
+            cpu_before = server.cpu_seconds()
+            time.sleep(10)
+            cpu = server.cpu_seconds() - cpu_before
+            runs.append({"ready_s": ready, "rss_mib": server.rss_mib(), "idle_cpu_percent": cpu / 10 * 100,
+                         "cache": "cold" if round_number == 0 else "warm"})
+            log(f"density: ready {ready:.2f} s, RSS {runs[-1]['rss_mib']:.1f} MiB, idle CPU {runs[-1]['idle_cpu_percent']:.2f} %")
+    return {"components": count, "runs": runs,
+            "ready_s": statistics.median(r["ready_s"] for r in runs),
+            "rss_mib": statistics.median(r["rss_mib"] for r in runs),
+            "idle_cpu_percent": statistics.median(r["idle_cpu_percent"] for r in runs)}
+
+
+def scenario_load(ctx):
+    """p99 at a constant 50 % of each contender's measured maximum."""
+    hello = GUESTS / "hello.wasm"
+    app = app_dir("load", [("/hello", "hello", hello)])
+    cache = BUILD / "cache-load"
+    contenders = {
+        "dormouse": lambda p: [ctx["dormouse"], "up", "--from", app, "--listen", f"127.0.0.1:{p}", "--cache-dir", cache],
+        "wasmtime serve": lambda p: [ctx["wasmtime"], "serve", "--addr", f"127.0.0.1:{p}", hello],
+        "native hyper": lambda p: [ctx["native"], f"127.0.0.1:{p}"],
+    }
+    results = {name: [] for name in contenders}
+    for _ in range(ctx["rounds"]):
+        for name, command in contenders.items():
+            with Server(command) as server:
+                server.ready()
+                maximum = wrk_load(ctx["wrk"], server.url(), 50, ctx["seconds"])["rps"]
+                result = oha_rate(ctx["oha"], server.url(), 50, maximum / 2, ctx["seconds"])
+                result["max_rps"] = maximum
+                results[name].append(result)
+                log(f"load {name}: max {maximum:.0f} req/s, at {maximum / 2:.0f}/s p99 {result['p99_us']:.0f} µs")
+    return {name: {"runs": runs, "max_rps": median_of(runs, "max_rps"), "p50_us": median_of(runs, "p50_us"),
+                   "p99_us": median_of(runs, "p99_us"), "p999_us": median_of(runs, "p999_us")}
+            for name, runs in results.items()}
+
+
+# --------------------------------------------------------------- report ----
+
+def machine():
+    model = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    memory_kib = int(next(l for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal")).split()[1])
+    return {"host": platform.node(), "cpu": model, "cpus": os.cpu_count(), "memory_gib": round(memory_kib / 2**20, 1),
+            "kernel": platform.release(), "virtualised": Path("/sys/hypervisor").exists() or "hypervisor" in Path("/proc/cpuinfo").read_text()}
+
+
+def report(results, ctx):
+    lines = [f"# dormouse benchmarks, {results['date']}", "",
+             f"Machine: {results['machine']['cpu']}, {results['machine']['cpus']} CPUs, "
+             f"{results['machine']['memory_gib']} GiB, Linux {results['machine']['kernel']}"
+             f"{' (virtual machine)' if results['machine']['virtualised'] else ''}. "
+             f"Load generator on the same machine. Medians of {ctx['rounds']} rounds; "
+             f"{ctx['seconds']} s per load run. Command: `{results['command']}`.", ""]
+    goals = []
+    hello = results.get("hello")
+    if hello:
+        lines += ["## hello: req/s and latency (wrk, closed loop)", "",
+                  "| contender | connections | req/s | p50 µs | p99 µs | p99.9 µs |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+        for row in hello:
+            lines.append(f"| {row['contender']} | {row['connections']} | {row['rps']:.0f} | {row['p50_us']:.0f} | "
+                         f"{row['p99_us']:.0f} | {row['p999_us']:.0f} |")
+        lines.append("")
+        pick = lambda name, c: next((r for r in hello if r["contender"] == name and r["connections"] == c), None)
+        d50, w50, n50 = pick("dormouse", 50), pick("wasmtime serve", 50), pick("native hyper", 50)
+        d1, n1 = pick("dormouse", 1), pick("native hyper", 1)
+        if d50 and w50:
+            goals.append(("hello req/s ÷ `wasmtime serve` (50 connections)", "≥ 3", d50["rps"] / w50["rps"], lambda v: v >= 3, "{:.2f}"))
+        if d50 and n50:
+            goals.append(("hello req/s ÷ native hyper hello (50 connections)", "≥ 0.5", d50["rps"] / n50["rps"], lambda v: v >= 0.5, "{:.2f}"))
+        if d1 and n1:
+            goals.append(("single-connection p50 − native p50", "≤ 25 µs", d1["p50_us"] - n1["p50_us"], lambda v: v <= 25, "{:.0f} µs"))
+    inst = results.get("instantiate")
+    if inst:
+        lines += ["## instantiate + handle + teardown (criterion, hello guest, in process)", "",
+                  "| allocator | median µs | mean µs |", "| --- | ---: | ---: |"]
+        for variant, values in inst.items():
+            lines.append(f"| {variant} | {values['median_us']:.1f} | {values['mean_us']:.1f} |")
+        lines.append("")
+        goals.append(("instantiate + teardown, p50 (pooling)", "≤ 10 µs", inst["pooling"]["median_us"], lambda v: v <= 10, "{:.1f} µs"))
+    load = results.get("load")
+    if load:
+        lines += ["## latency at 50 % of each contender's maximum (oha, open loop, latency-corrected)", "",
+                  "| contender | max req/s | rate | p50 µs | p99 µs | p99.9 µs |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+        for name, row in load.items():
+            lines.append(f"| {name} | {row['max_rps']:.0f} | {row['max_rps'] / 2:.0f}/s | {row['p50_us']:.0f} | {row['p99_us']:.0f} | {row['p999_us']:.0f} |")
+        lines.append("")
+        goals.append(("p99 at 50 % of max load", "≤ 1 ms", load["dormouse"]["p99_us"] / 1000, lambda v: v <= 1, "{:.2f} ms"))
+    heavy = results.get("heavy")
+    if heavy:
+        lines += ["## heavy guests: start → first response, and req/s (50 connections)", "",
+                  "| guest | size | dormouse cold | dormouse warm | wasmtime serve cold | wasmtime serve precompiled | dormouse req/s | wasmtime serve req/s |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for name, row in heavy.items():
+            f = row["first_response_ms"]
+            lines.append(f"| {name} | {row['size_mib']:.1f} MiB | {f['dormouse cold']:.0f} ms | {f['dormouse warm']:.0f} ms | "
+                         f"{f['wasmtime serve cold']:.0f} ms | {f['wasmtime serve precompiled']:.0f} ms | "
+                         f"{row['rps']['dormouse']:.0f} | {row['rps']['wasmtime serve']:.0f} |")
+        lines.append("")
+        if "javascript" in heavy:
+            goals.append(("warm-cache restart → first response, JS", "≤ 50 ms",
+                          heavy["javascript"]["first_response_ms"]["dormouse warm"], lambda v: v <= 50, "{:.0f} ms"))
+    density = results.get("density")
+    if density:
+        lines += [f"## density: {density['components']} copies of hello, no traffic", "",
+                  "| run | compile cache | ready s | RSS MiB | idle CPU % |", "| ---: | --- | ---: | ---: | ---: |"]
+        for i, run_ in enumerate(density["runs"]):
+            lines.append(f"| {i + 1} | {run_['cache']} | {run_['ready_s']:.2f} | {run_['rss_mib']:.1f} | {run_['idle_cpu_percent']:.2f} |")
+        lines.append("")
+        goals.append(("1,000 components: RSS", "≤ 100 MiB", density["rss_mib"], lambda v: v <= 100, "{:.1f} MiB"))
+        goals.append(("1,000 components: ready", "≤ 1 s", density["ready_s"], lambda v: v <= 1, "{:.2f} s"))
+        goals.append(("1,000 components: idle CPU", "~0 %", density["idle_cpu_percent"], lambda v: v < 0.5, "{:.2f} %"))
+    if goals:
+        table = ["## goals", "", "| measure | goal | measured | met |", "| --- | --- | ---: | --- |"]
+        for name, goal, value, met, fmt in goals:
+            table.append(f"| {name} | {goal} | {fmt.format(value)} | {'yes' if met(value) else 'no'} |")
+        lines = lines[:3] + table + [""] + lines[3:]
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="+", choices=SCENARIOS, default=SCENARIOS)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--rounds", type=int)
+    parser.add_argument("--seconds", type=int)
+    args = parser.parse_args()
+    ctx = {"quick": args.quick, "rounds": args.rounds or (1 if args.quick else 3),
+           "seconds": args.seconds or (3 if args.quick else 10), "connections": [1, 50, 200], "density_count": 1000}
+    BUILD.mkdir(parents=True, exist_ok=True)
+    ctx["dormouse"], ctx["native"] = build_dormouse()
+    ctx["wrk"] = wrk()
+    if set(args.only) & {"hello", "heavy", "load"}:
+        ctx["wasmtime"] = cargo_tool("wasmtime", "wasmtime-cli", WASMTIME_VERSION)
+    if "load" in args.only:
+        ctx["oha"] = cargo_tool("oha", "oha", OHA_VERSION)
+    if "heavy" in args.only:
+        ctx["heavy_guests"] = build_heavy_guests()
+    results = {"date": datetime.date.today().isoformat(), "machine": machine(),
+               "command": "bench/run.py " + " ".join(sys.argv[1:]), "rounds": ctx["rounds"], "seconds": ctx["seconds"]}
+    for scenario in SCENARIOS:
+        if scenario in args.only:
+            log(f"scenario {scenario}")
+            results[scenario] = globals()[f"scenario_{scenario}"](ctx)
+    RESULTS.mkdir(exist_ok=True)
+    stem = RESULTS / f"{results['date']}-{results['machine']['host']}"
+    stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    stem.with_suffix(".md").write_text(report(results, ctx))
+    print(stem.with_suffix(".md").read_text())
+    log(f"wrote {stem}.md and .json")
+
+
+if __name__ == "__main__":
+    main()
