@@ -3,9 +3,14 @@
 //! An entry is keyed by the BLAKE3 hash of the component's bytes and a
 //! fingerprint of everything that makes compiled code incompatible (wasmtime's
 //! own compatibility hash of the engine configuration, and this crate's
-//! version). The file holds wasmtime's serialized artifact followed by the
-//! BLAKE3 hash of that artifact: an entry whose hash does not check out, or that
-//! wasmtime refuses, is compiled again and rewritten, never loaded.
+//! version). `<key>.cwasm` holds wasmtime's serialized artifact and
+//! `<key>.cwasm.b3` the BLAKE3 hash of it: an entry whose hash does not check
+//! out, or that wasmtime refuses, is compiled again and rewritten, never loaded.
+//!
+//! A valid entry is loaded by mapping the file, not reading it: the code pages
+//! come from the page cache as they are first used, and memory images are
+//! mapped from the file too. For a 37 MB artifact (a JavaScript guest) that
+//! turns ~65 ms of copying into ~10 ms.
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -28,8 +33,6 @@ pub enum CacheOutcome {
     /// Same bytes as a component already loaded: its compiled code is shared.
     Shared,
 }
-
-const CHECKSUM_LEN: usize = blake3::OUT_LEN;
 
 #[derive(Debug, Clone)]
 pub struct CompileCache {
@@ -57,69 +60,93 @@ impl CompileCache {
         Some(dir.join(format!("{}-{}.cwasm", &content.to_hex()[..32], self.fingerprint)))
     }
 
-    /// Returns the compiled component for `bytes` (whose hash is `content`),
-    /// from the cache when a valid entry exists, else by compiling (and
-    /// caching) it; `on_compile` is called just before a compilation starts.
+    /// Returns the compiled component whose bytes hash to `content`, from the
+    /// cache when a valid entry exists, else by compiling (and caching) the
+    /// bytes `read` returns; it is called only when a compilation is needed.
     pub fn load_or_compile(
         &self,
         engine: &Engine,
         content: &blake3::Hash,
-        bytes: &[u8],
-        on_compile: &dyn Fn(),
+        read: &dyn Fn() -> anyhow::Result<Vec<u8>>,
     ) -> anyhow::Result<(Component, CacheOutcome)> {
         let Some(path) = self.entry_path(content) else {
-            on_compile();
-            return Ok((Component::new(engine, bytes)?, CacheOutcome::Disabled));
+            return Ok((Component::new(engine, read()?)?, CacheOutcome::Disabled));
         };
-        let outcome = match std::fs::read(&path) {
-            Ok(entry) => match deserialize_checked(engine, &entry) {
-                Ok(component) => return Ok((component, CacheOutcome::Hit)),
-                Err(why) => {
-                    tracing::warn!(path = %path.display(), "discarding compile cache entry: {why:#}");
-                    CacheOutcome::Replaced
-                }
-            },
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => CacheOutcome::Miss,
-            Err(error) => {
-                tracing::warn!(path = %path.display(), "cannot read compile cache entry: {error}");
+        let outcome = match load_checked(engine, &path) {
+            Ok(component) => return Ok((component, CacheOutcome::Hit)),
+            Err(LoadError::Missing) => CacheOutcome::Miss,
+            Err(LoadError::Invalid(why)) => {
+                tracing::warn!(path = %path.display(), "discarding compile cache entry: {why:#}");
                 CacheOutcome::Replaced
             }
         };
 
-        on_compile();
-        let mut artifact = engine.precompile_component(bytes)?;
-        let checksum = blake3::hash(&artifact);
-        artifact.extend_from_slice(checksum.as_bytes());
+        let artifact = engine.precompile_component(&read()?)?;
         // A failure to write the cache costs the next start a compile, nothing more.
-        if let Err(error) = write_atomically(&path, &artifact) {
+        if let Err(error) = write_entry(&path, &artifact) {
             tracing::warn!(path = %path.display(), "cannot write compile cache entry: {error:#}");
         }
-        let component = deserialize_checked(engine, &artifact)?;
+        // SAFETY: the bytes are what `precompile_component` just returned.
+        let component = unsafe { Component::deserialize(engine, &artifact) }?;
         Ok((component, outcome))
     }
 }
 
-fn deserialize_checked(engine: &Engine, entry: &[u8]) -> anyhow::Result<Component> {
-    let Some(split) = entry.len().checked_sub(CHECKSUM_LEN) else {
-        anyhow::bail!("entry is truncated ({} bytes)", entry.len());
-    };
-    let (artifact, checksum) = entry.split_at(split);
-    if blake3::hash(artifact).as_bytes() != checksum {
-        anyhow::bail!("checksum mismatch");
-    }
-    // SAFETY: `deserialize` trusts its input to be an artifact this wasmtime
-    // produced. The bytes are exactly what `precompile_component` returned when
-    // the entry was written (the checksum above proves they were not altered),
-    // and wasmtime itself rejects artifacts from another version or config.
-    unsafe { Component::deserialize(engine, artifact) }.map_err(anyhow::Error::from)
+enum LoadError {
+    Missing,
+    Invalid(anyhow::Error),
 }
 
-/// Writes to a temporary file in the same directory, then renames it over
-/// `path`, so a reader never sees a half-written entry.
-fn write_atomically(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+/// Loads the entry at `path` if its checksum file exists and matches.
+fn load_checked(engine: &Engine, path: &Path) -> Result<Component, LoadError> {
+    let invalid = |error: anyhow::Error| LoadError::Invalid(error);
+    let file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Err(LoadError::Missing),
+        Err(error) => return Err(invalid(error.into())),
+    };
+    let expected = std::fs::read(checksum_path(path)).map_err(|e| invalid(anyhow::anyhow!("checksum file: {e}")))?;
+    // Every later step goes through this one open file, so the bytes that are
+    // verified are the bytes that are mapped, whatever happens to the path.
+    let same_file = PathBuf::from(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&file)));
+    let started = std::time::Instant::now();
+    let mut hasher = blake3::Hasher::new();
+    hasher.update_mmap(&same_file).map_err(|e| invalid(e.into()))?;
+    if hasher.finalize().as_bytes()[..] != expected[..] {
+        return Err(invalid(anyhow::anyhow!("checksum mismatch")));
+    }
+    tracing::debug!(path = %path.display(), "cache entry checksum verified in {:.1?}", started.elapsed());
+    // SAFETY: `deserialize_file` trusts the file to hold an artifact this
+    // wasmtime produced and to stay unchanged while mapped. Its bytes are those
+    // `precompile_component` returned when the entry was written (the checksum
+    // above proves it); entries are only ever replaced by rename, never written
+    // in place, so the mapped file does not change; and wasmtime itself rejects
+    // artifacts from another version or configuration.
+    let component = unsafe { Component::deserialize_file(engine, &same_file) }.map_err(|e| invalid(e.into()))?;
+    drop(file);
+    Ok(component)
+}
+
+fn checksum_path(entry: &Path) -> PathBuf {
+    let mut name = entry.as_os_str().to_owned();
+    name.push(".b3");
+    PathBuf::from(name)
+}
+
+/// Writes the artifact, then its checksum, each to a temporary file renamed
+/// into place, so a reader never sees a half-written file; an artifact
+/// without its checksum yet is simply not loaded.
+fn write_entry(path: &Path, artifact: &[u8]) -> anyhow::Result<()> {
     let dir = path.parent().context("cache entry has no directory")?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let temporary = path.with_extension(format!("tmp{}", std::process::id()));
+    let _ = std::fs::remove_file(checksum_path(path));
+    write_atomically(path, artifact)?;
+    write_atomically(&checksum_path(path), blake3::hash(artifact).as_bytes())
+}
+
+fn write_atomically(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(format!(".tmp{}", std::process::id()));
     std::fs::write(&temporary, contents)?;
     std::fs::rename(&temporary, path)?;
     Ok(())
@@ -150,13 +177,19 @@ mod tests {
 
     fn load(cache: &CompileCache, engine: &Engine, bytes: &[u8]) -> (CacheOutcome, bool) {
         let compiled = std::cell::Cell::new(false);
-        let (_, outcome) = cache.load_or_compile(engine, &blake3::hash(bytes), bytes, &|| compiled.set(true)).unwrap();
+        let read = || {
+            compiled.set(true);
+            Ok(bytes.to_vec())
+        };
+        let (_, outcome) = cache.load_or_compile(engine, &blake3::hash(bytes), &read).unwrap();
         (outcome, compiled.get())
     }
 
     fn only_entry(dir: &Path) -> PathBuf {
-        let entries: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
-        assert_eq!(entries.len(), 1, "{entries:?}");
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+        entries.sort();
+        assert_eq!(entries.len(), 2, "an artifact and its checksum: {entries:?}");
+        assert_eq!(checksum_path(&entries[0]), entries[1]);
         entries[0].clone()
     }
 
@@ -185,6 +218,10 @@ mod tests {
 
         std::fs::write(&entry, b"short").unwrap();
         assert_eq!(load(&cache, &engine, &hello()), (CacheOutcome::Replaced, true));
+
+        std::fs::remove_file(checksum_path(&entry)).unwrap();
+        assert_eq!(load(&cache, &engine, &hello()), (CacheOutcome::Replaced, true), "no checksum, no trust");
+        assert_eq!(load(&cache, &engine, &hello()), (CacheOutcome::Hit, false));
     }
 
     #[test]

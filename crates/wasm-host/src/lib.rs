@@ -187,20 +187,29 @@ impl Host {
     /// Blocking: call it off the async runtime's worker threads.
     pub fn load(&self, spec: &ComponentSpec, on_event: &dyn Fn(LoadEvent<'_>)) -> anyhow::Result<ComponentPre> {
         let started = Instant::now();
-        let bytes = std::fs::read(&spec.source)
-            .with_context(|| format!("component `{}`: cannot read `{}`", spec.id, spec.source.display()))?;
-        let content = blake3::hash(&bytes);
+        let cannot_read = || format!("component `{}`: cannot read `{}`", spec.id, spec.source.display());
+        // Hashed through a mapping: the bytes themselves are read only if the
+        // component has to be compiled.
+        let mut hasher = blake3::Hasher::new();
+        hasher.update_mmap(&spec.source).with_context(cannot_read)?;
+        let content = hasher.finalize();
+        tracing::debug!(id = %spec.id, "source hashed in {:.1?}", started.elapsed());
         let shared = self.shared.loaded.lock().expect("not poisoned").get(&content).cloned();
         let (pre, outcome) = match shared {
             Some(pre) => (pre, CacheOutcome::Shared),
             None => {
-                let on_compile = || on_event(LoadEvent::CompileStarted { id: &spec.id, bytes: bytes.len() });
-                let (component, outcome) = self
-                    .shared
-                    .cache
-                    .load_or_compile(&self.shared.engine, &content, &bytes, &on_compile)
-                    .with_context(|| format!("component `{}`: cannot compile `{}`", spec.id, spec.source.display()))?;
+                let read = || {
+                    let bytes = std::fs::read(&spec.source).with_context(cannot_read)?;
+                    on_event(LoadEvent::CompileStarted { id: &spec.id, bytes: bytes.len() });
+                    Ok(bytes)
+                };
+                let (component, outcome) =
+                    self.shared.cache.load_or_compile(&self.shared.engine, &content, &read).with_context(|| {
+                        format!("component `{}`: cannot compile `{}`", spec.id, spec.source.display())
+                    })?;
+                let loaded = Instant::now();
                 let pre = self.pre_instantiate(&spec.id, &spec.source, &component)?;
+                tracing::debug!(id = %spec.id, "pre-instantiated in {:.1?}", loaded.elapsed());
                 self.shared.loaded.lock().expect("not poisoned").insert(content, pre.clone());
                 (pre, outcome)
             }
