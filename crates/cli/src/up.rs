@@ -46,6 +46,15 @@ pub struct UpArgs {
     /// Largest request body; larger gets 413.
     #[arg(long, default_value = "10MiB")]
     max_body: ByteSize,
+    /// Longest URL (path and query); longer gets 414.
+    #[arg(long, default_value = "8KiB")]
+    max_url: ByteSize,
+    /// Largest header section; larger gets 431.
+    #[arg(long, default_value = "32KiB")]
+    max_headers: ByteSize,
+    /// Time a client has to send a request head.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    header_timeout: Duration,
     /// How long shutdown waits for in-flight requests.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
@@ -84,9 +93,11 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         ..HostConfig::default()
     };
     let gateway_config = GatewayConfig {
+        header_read_timeout: args.header_timeout,
+        max_url_bytes: usize::try_from(args.max_url.as_u64()).context("URL limit too large")?,
+        max_header_bytes: usize::try_from(args.max_headers.as_u64()).context("header limit too large")?,
         max_body_bytes: args.max_body.as_u64(),
         drain_timeout: args.drain_timeout,
-        ..GatewayConfig::default()
     };
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

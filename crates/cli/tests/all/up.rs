@@ -210,6 +210,32 @@ async fn long_urls_and_large_headers_are_refused() {
         );
     }
     assert_eq!(send(request).await.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+
+    // Both limits follow their flags.
+    let strict = app.start(&["--max-url", "100B", "--max-headers", "1KiB"]);
+    assert_eq!(get(&strict.url(&format!("/{}", "x".repeat(120)))).await.status, StatusCode::URI_TOO_LONG);
+    assert_eq!(get(&strict.url(&format!("/{}", "x".repeat(80)))).await.status, StatusCode::OK);
+    let request =
+        Request::get(strict.url("/")).header("x-big", "v".repeat(1100)).body(Full::new(Bytes::new())).unwrap();
+    assert_eq!(send(request).await.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_head_is_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = App::new(&[("/hello", "hello")]);
+    let server = app.start(&["--header-timeout", "300ms"]);
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    stream.write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let started = Instant::now();
+    let mut buffer = Vec::new();
+    // Closed (or reset) by the server: either way the read ends.
+    let _ = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut buffer))
+        .await
+        .expect("the server closes the connection");
+    // Well under the 10 s default: the flag took effect.
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    assert_eq!(get(&server.url("/hello")).await.status, StatusCode::OK);
 }
 
 #[tokio::test]
