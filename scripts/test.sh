@@ -7,6 +7,13 @@ cd "$(dirname "$0")/.."
 
 # Tools the checks use; the Rust toolchain itself comes with the machine.
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
+# The service tests run Debian's nginx and a Python app.
+if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ] || ! command -v python3 >/dev/null; then
+  echo "== installing nginx and python3"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light python3 >/dev/null ||
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx python3 >/dev/null
+fi
 
 echo "== fmt"
 cargo fmt --all -- --check

@@ -103,15 +103,18 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let host = Host::new(host_config)?;
     let components = load_components(&host, &app, &args.env)?;
-    let gateway = Arc::new(Gateway::new(&app, components, host, gateway_config)?);
+    let supervisor = Arc::new(dormouse_supervisor::Supervisor::new(app.services.values().cloned()));
+    let gateway = Arc::new(Gateway::new(&app, components, supervisor.clone(), host, gateway_config)?);
 
     runtime.block_on(async move {
+        supervisor.start();
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let address = listener.local_addr()?;
         print_banner(&app, address);
         let drained = gateway.serve(listener, shutdown_signal()).await;
+        supervisor.shutdown().await;
         if drained {
             tracing::info!("stopped");
             Ok(ExitCode::SUCCESS)
@@ -168,7 +171,11 @@ fn print_banner(app: &App, address: SocketAddr) {
             let path =
                 if pattern.is_wildcard() { format!("{} (wildcard)", pattern.prefix()) } else { pattern.normalized() };
             let path = if path.starts_with('/') { path } else { format!("/{path}") };
-            println!("  {}: http://{address}{path}", trigger.component);
+            let target = match &trigger.target {
+                dormouse_manifest::model::Target::Component(id) => id.clone(),
+                dormouse_manifest::model::Target::Service(id) => format!("{id} (service)"),
+            };
+            println!("  {target}: http://{address}{path}");
         }
     }
 }

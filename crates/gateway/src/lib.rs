@@ -7,6 +7,7 @@
 //! holds no per-request state after the response body ends.
 
 mod limits;
+mod proxy;
 mod router;
 mod spin;
 
@@ -18,6 +19,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use dormouse_manifest::App;
+use dormouse_manifest::model::Target;
+use dormouse_supervisor::Supervisor;
 use dormouse_wasm_host::{ComponentPre, GuardedBody, GuestError, HandleError, Host};
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{Either, Full};
@@ -25,10 +28,12 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
-pub use router::{RouteEntry, Router};
+pub use router::{RouteEntry, Router, Slot};
 
 /// The path Spin's health check answers on.
 pub const HEALTH_PATH: &str = "/.well-known/spin/health";
+/// The path that reports services' states as JSON.
+pub const SERVICES_PATH: &str = "/.well-known/dormouse/services";
 
 /// Request limits and timeouts of the front. Defaults are DESIGN.md's.
 #[derive(Debug, Clone)]
@@ -58,11 +63,13 @@ impl Default for GatewayConfig {
     }
 }
 
-pub type ResponseBody = Either<limits::CheckedResponse<GuardedBody>, Full<Bytes>>;
+pub type ResponseBody = Either<Either<limits::CheckedResponse<GuardedBody>, proxy::LeasedBody>, Full<Bytes>>;
 
 pub struct Gateway {
     router: Router,
     components: Vec<ComponentPre>,
+    supervisor: Arc<Supervisor>,
+    backends: proxy::BackendClient,
     host: Host,
     config: GatewayConfig,
 }
@@ -70,16 +77,26 @@ pub struct Gateway {
 impl Gateway {
     /// `components` must hold a loaded component for every component id the
     /// app's routes name.
-    pub fn new(app: &App, components: Vec<ComponentPre>, host: Host, config: GatewayConfig) -> anyhow::Result<Gateway> {
+    pub fn new(
+        app: &App,
+        components: Vec<ComponentPre>,
+        supervisor: Arc<Supervisor>,
+        host: Host,
+        config: GatewayConfig,
+    ) -> anyhow::Result<Gateway> {
+        let slot_of = |target: &Target| match target {
+            Target::Component(id) => components.iter().position(|c| c.id() == id).map(Slot::Component),
+            Target::Service(id) => supervisor.services().iter().position(|s| &s.config().id == id).map(Slot::Service),
+        };
         for trigger in &app.http_triggers {
             anyhow::ensure!(
-                components.iter().any(|c| c.id() == trigger.component),
-                "component `{}` is routed but was not loaded",
-                trigger.component
+                slot_of(&trigger.target).is_some(),
+                "`{}` is routed but was not loaded",
+                trigger.target.id()
             );
         }
-        let router = Router::new(app, |id| components.iter().position(|c| c.id() == id).expect("checked above"));
-        Ok(Gateway { router, components, host, config })
+        let router = Router::new(app, |target| slot_of(target).expect("checked above"));
+        Ok(Gateway { router, components, supervisor, backends: proxy::client(), host, config })
     }
 
     pub fn router(&self) -> &Router {
@@ -153,14 +170,26 @@ impl Gateway {
         if path == HEALTH_PATH {
             return plain(StatusCode::OK, "OK\n");
         }
+        if path == SERVICES_PATH {
+            let json = serde_json::to_string_pretty(&self.supervisor.status()).expect("status serializes");
+            let mut response = plain(StatusCode::OK, &json);
+            response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            return response;
+        }
         if let Err(rejection) = limits::check_head(&request, &self.config) {
             return rejection.response();
         }
         let Some((entry, matched)) = self.router.route(path) else {
             return empty(StatusCode::NOT_FOUND);
         };
+        let component = match entry.target {
+            Slot::Component(index) => &self.components[index],
+            Slot::Service(index) => {
+                let service = &self.supervisor.services()[index];
+                return proxy::forward(&self.backends, service, request).await;
+            }
+        };
         let headers = spin::request_headers(&request, entry, &matched, client, local);
-        let component = &self.components[entry.target];
         spin::apply(request.headers_mut(), headers);
 
         let (request, over_limit) = limits::limit_body(request, self.config.max_body_bytes);
@@ -168,7 +197,9 @@ impl Gateway {
         // truncated request: whatever it said, the client gets 413.
         match component.handle(request).await {
             _ if over_limit.tripped() => limits::Rejection::BodyTooLarge(self.config.max_body_bytes).response(),
-            Ok(response) => response.map(|body| Either::Left(limits::CheckedResponse::new(body, over_limit))),
+            Ok(response) => {
+                response.map(|body| Either::Left(Either::Left(limits::CheckedResponse::new(body, over_limit))))
+            }
             Err(error) => rescue(component.id(), &error),
         }
     }

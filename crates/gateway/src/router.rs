@@ -1,20 +1,27 @@
 //! Picks the component for a request path, with Spin's precedence: an exact
 //! route beats a wildcard, otherwise the most specific (longest) prefix wins.
 
-use dormouse_manifest::model::{App, Route};
+use dormouse_manifest::model::{App, Route, Target};
 use dormouse_manifest::{RouteMatch, RoutePattern};
 
 /// One public route and the values the Spin request headers need.
 #[derive(Debug)]
 pub struct RouteEntry {
     pub pattern: RoutePattern,
-    /// Index of the component in the gateway's component table.
-    pub target: usize,
-    pub component_id: String,
+    /// Where requests go: a slot in the gateway's component or service table.
+    pub target: Slot,
+    /// The component or service id.
+    pub target_id: String,
     /// `spin-matched-route`: the normalised route.
     pub matched_route: String,
     /// `spin-component-route`: the route as written, without a trailing `/...`.
     pub component_route: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    Component(usize),
+    Service(usize),
 }
 
 #[derive(Debug, Default)]
@@ -24,16 +31,16 @@ pub struct Router {
 }
 
 impl Router {
-    /// Builds the router for `app`'s public routes; `index_of` maps a
-    /// component id to its slot in the gateway's component table.
-    pub fn new(app: &App, index_of: impl Fn(&str) -> usize) -> Router {
+    /// Builds the router for `app`'s public routes; `slot_of` maps a
+    /// trigger's target to its slot in the gateway's tables.
+    pub fn new(app: &App, slot_of: impl Fn(&Target) -> Slot) -> Router {
         let mut entries: Vec<RouteEntry> = app
             .http_triggers
             .iter()
             .filter_map(|trigger| match &trigger.route {
                 Route::Public(pattern) => Some(RouteEntry {
-                    target: index_of(&trigger.component),
-                    component_id: trigger.component.clone(),
+                    target: slot_of(&trigger.target),
+                    target_id: trigger.target.id().to_owned(),
                     matched_route: pattern.normalized(),
                     component_route: pattern.raw().strip_suffix("/...").unwrap_or(pattern.raw()).to_owned(),
                     pattern: pattern.clone(),
@@ -72,11 +79,11 @@ mod tests {
             text.push_str(&format!("[component.{id}]\nsource = \"{id}.wasm\"\n"));
         }
         let app = dormouse_manifest::parse(&text, Path::new("spin.toml"), Path::new("/")).unwrap();
-        Router::new(&app, |_| 0)
+        Router::new(&app, |_| Slot::Component(0))
     }
 
     fn target<'a>(router: &'a Router, path: &'a str) -> Option<&'a str> {
-        router.route(path).map(|(entry, _)| entry.component_id.as_str())
+        router.route(path).map(|(entry, _)| entry.target_id.as_str())
     }
 
     #[test]

@@ -13,12 +13,16 @@ pub mod route;
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
 
 pub use model::App;
 pub use route::{RouteError, RouteMatch, RoutePattern};
+
+/// The shortest idle cooldown a service may set.
+pub const MIN_COOLDOWN: Duration = Duration::from_millis(100);
 
 /// The file `dormouse up` looks for in a directory.
 pub const DEFAULT_MANIFEST_FILE: &str = "spin.toml";
@@ -132,6 +136,17 @@ impl Resolver<'_> {
             components.insert(id.into_inner(), resolved);
         }
 
+        let mut services = BTreeMap::new();
+        for (id, service) in manifest.service {
+            check_kebab_id(id.get_ref())
+                .map_err(|why| fail(id.span(), format!("invalid service id `{}`: {why}", id.get_ref())))?;
+            if components.contains_key(id.get_ref()) {
+                return Err(fail(id.span(), format!("`{}` is both a component and a service", id.get_ref())));
+            }
+            let resolved = self.service(id.get_ref(), service)?;
+            services.insert(id.into_inner(), resolved);
+        }
+
         let triggers = manifest.trigger.http;
         let trigger_ids = self.trigger_ids(&triggers)?;
         let mut http_triggers: Vec<model::HttpTrigger> = Vec::new();
@@ -151,27 +166,44 @@ impl Resolver<'_> {
                     ),
                 ));
             }
-            let Some(component_ref) = trigger.component else {
-                return Err(fail(trigger_span, "HTTP trigger has no `component`".into()));
-            };
-            let component_span = component_ref.span();
-            let component_id = match component_ref.into_inner() {
-                raw::ComponentRef::Id(id) if components.contains_key(&id) => id,
-                raw::ComponentRef::Id(id) => {
-                    return Err(fail(component_span, format!("trigger refers to undefined component `{id}`")));
+            let target = match (trigger.component, trigger.service) {
+                (Some(_), Some(service)) => {
+                    return Err(fail(
+                        service.span(),
+                        "a trigger names either a `component` or a `service`, not both".into(),
+                    ));
                 }
-                raw::ComponentRef::Inline(component) => {
-                    // Spin's rule: `<trigger id>-component`, else the first free
-                    // `inline-component<n>`.
-                    let natural = format!("{trigger_id}-component");
-                    let id = if check_kebab_id(&natural).is_ok() && !components.contains_key(&natural) {
-                        natural
-                    } else {
-                        first_free(|n| format!("inline-component{n}"), |id| components.contains_key(id))
-                    };
-                    let resolved = self.component(&id, *component, &variables)?;
-                    components.insert(id.clone(), resolved);
-                    id
+                (None, None) => return Err(fail(trigger_span, "HTTP trigger has no `component` or `service`".into())),
+                (None, Some(service)) if services.contains_key(service.get_ref()) => {
+                    model::Target::Service(service.into_inner())
+                }
+                (None, Some(service)) => {
+                    return Err(fail(
+                        service.span(),
+                        format!("trigger refers to undefined service `{}`", service.get_ref()),
+                    ));
+                }
+                (Some(component_ref), None) => {
+                    let component_span = component_ref.span();
+                    model::Target::Component(match component_ref.into_inner() {
+                        raw::ComponentRef::Id(id) if components.contains_key(&id) => id,
+                        raw::ComponentRef::Id(id) => {
+                            return Err(fail(component_span, format!("trigger refers to undefined component `{id}`")));
+                        }
+                        raw::ComponentRef::Inline(component) => {
+                            // Spin's rule: `<trigger id>-component`, else the first free
+                            // `inline-component<n>`.
+                            let natural = format!("{trigger_id}-component");
+                            let id = if check_kebab_id(&natural).is_ok() && !components.contains_key(&natural) {
+                                natural
+                            } else {
+                                first_free(|n| format!("inline-component{n}"), |id| components.contains_key(id))
+                            };
+                            let resolved = self.component(&id, *component, &variables)?;
+                            components.insert(id.clone(), resolved);
+                            id
+                        }
+                    })
                 }
             };
 
@@ -196,8 +228,8 @@ impl Resolver<'_> {
                         return Err(fail(
                             route_span,
                             format!(
-                                "duplicate route `{path}`: component `{}` already serves it (line {line}, column {column})",
-                                other.component
+                                "duplicate route `{path}`: `{}` already serves it (line {line}, column {column})",
+                                other.target.id()
                             ),
                         ));
                     }
@@ -205,7 +237,7 @@ impl Resolver<'_> {
                 }
             };
             route_positions.push(line_column(self.text, route_span.start));
-            http_triggers.push(model::HttpTrigger { id: trigger_id, route, component: component_id });
+            http_triggers.push(model::HttpTrigger { id: trigger_id, route, target });
         }
 
         Ok(App {
@@ -217,6 +249,7 @@ impl Resolver<'_> {
             base_dir: self.base_dir.to_owned(),
             variables,
             components,
+            services,
             http_triggers,
         })
     }
@@ -247,6 +280,94 @@ impl Resolver<'_> {
             ids.push(id);
         }
         Ok(ids)
+    }
+
+    fn service(&self, id: &str, service: raw::Service) -> Result<model::Service, ManifestError> {
+        let fail = |span, message| self.fail(span, message);
+        let command_span = service.command.span();
+        let command = service.command.into_inner();
+        if command.first().is_none_or(|program| program.trim().is_empty()) {
+            return Err(fail(command_span, format!("service `{id}` needs a `command`: the program and its arguments")));
+        }
+        let duration =
+            |value: &Option<Spanned<String>>, default: Duration, what: &str| -> Result<Duration, ManifestError> {
+                match value {
+                    None => Ok(default),
+                    Some(text) => humantime::parse_duration(text.get_ref()).map_err(|error| {
+                        fail(
+                            text.span(),
+                            format!(
+                                "invalid {what} `{}` (service `{id}`): {error}: write e.g. `500ms` or `2s`",
+                                text.get_ref()
+                            ),
+                        )
+                    }),
+                }
+            };
+        let scale = service.scale_to_zero.unwrap_or(raw::ScaleToZero { cooldown: None, standby: None });
+        let cooldown = duration(&scale.cooldown, Duration::from_secs(1), "cooldown")?;
+        if cooldown < MIN_COOLDOWN {
+            let span = scale.cooldown.as_ref().map(Spanned::span).unwrap_or(0..0);
+            return Err(fail(span, format!("cooldown of service `{id}` is below the 100ms minimum")));
+        }
+        let standby = match scale.standby.as_ref().map(|s| s.get_ref().as_str()) {
+            None | Some("stop") => model::Standby::Stop,
+            Some("pause") => model::Standby::Pause,
+            Some(other) => {
+                let span = scale.standby.as_ref().expect("matched Some").span();
+                return Err(fail(
+                    span,
+                    format!("unknown standby `{other}` (service `{id}`): use \"stop\" or \"pause\""),
+                ));
+            }
+        };
+        let autoscale = service.autoscale.unwrap_or(raw::Autoscale { min: None, max: None, target_concurrency: None });
+        let value = |field: &Option<Spanned<u32>>, default: u32| field.as_ref().map_or(default, |v| *v.get_ref());
+        let (min, max) = (value(&autoscale.min, 0), value(&autoscale.max, 1));
+        let target_concurrency = value(&autoscale.target_concurrency, 10);
+        let span_of = |field: &Option<Spanned<u32>>| field.as_ref().map(Spanned::span).unwrap_or(0..0);
+        if max == 0 || min > max {
+            return Err(fail(
+                span_of(&autoscale.max),
+                format!("service `{id}`: autoscale needs 1 ≤ max and min ≤ max (min {min}, max {max})"),
+            ));
+        }
+        if target_concurrency == 0 {
+            return Err(fail(
+                span_of(&autoscale.target_concurrency),
+                format!("service `{id}`: target_concurrency must be at least 1"),
+            ));
+        }
+        if let Some(port) = &service.port
+            && max > 1
+        {
+            return Err(fail(
+                port.span(),
+                format!(
+                    "service `{id}` has a fixed `port` and `max = {max}`: instances cannot share a port; omit `port` and read `PORT`"
+                ),
+            ));
+        }
+        if let Some(path) = &service.ready_path
+            && !path.get_ref().starts_with('/')
+        {
+            return Err(fail(path.span(), format!("ready_path `{}` must start with `/`", path.get_ref())));
+        }
+        Ok(model::Service {
+            id: id.to_owned(),
+            command,
+            environment: service.environment,
+            workdir: service.workdir.map_or_else(|| self.base_dir.to_owned(), |dir| self.base_dir.join(dir)),
+            port: service.port.map(Spanned::into_inner),
+            ready_path: service.ready_path.map(Spanned::into_inner),
+            cooldown,
+            standby,
+            min,
+            max,
+            target_concurrency,
+            ready_timeout: duration(&service.ready_timeout, Duration::from_secs(30), "ready_timeout")?,
+            stop_timeout: duration(&service.stop_timeout, Duration::from_secs(10), "stop_timeout")?,
+        })
     }
 
     fn component(

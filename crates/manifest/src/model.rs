@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::route::RoutePattern;
 
@@ -19,6 +20,8 @@ pub struct App {
     pub variables: BTreeMap<String, Variable>,
     /// Components by id, in id order.
     pub components: BTreeMap<String, Component>,
+    /// Services (`[service.<id>]`) by id.
+    pub services: BTreeMap<String, Service>,
     /// HTTP triggers in manifest order.
     pub http_triggers: Vec<HttpTrigger>,
 }
@@ -34,7 +37,22 @@ pub struct Variable {
 pub struct HttpTrigger {
     pub id: String,
     pub route: Route,
-    pub component: String,
+    pub target: Target,
+}
+
+/// What a trigger's requests go to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Component(String),
+    Service(String),
+}
+
+impl Target {
+    pub fn id(&self) -> &str {
+        match self {
+            Target::Component(id) | Target::Service(id) => id,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -65,4 +83,44 @@ pub enum FileMount {
     Pattern(String),
     /// A file or directory (absolute source) mounted at `destination`.
     Placement { source: PathBuf, destination: String },
+}
+
+/// An ordinary HTTP server process, started on demand and put on standby when
+/// idle. Every default below is DESIGN.md's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    pub id: String,
+    /// argv; the first element is looked up on `PATH`.
+    pub command: Vec<String>,
+    pub environment: BTreeMap<String, String>,
+    /// Absolute; the app directory unless `workdir` says otherwise.
+    pub workdir: PathBuf,
+    /// The port the app listens on; `None`: dormouse picks a free one per
+    /// instance and passes it in `PORT`.
+    pub port: Option<u16>,
+    /// Ready when `GET ready_path` answers below 500; `None`: when the port
+    /// accepts a connection.
+    pub ready_path: Option<String>,
+    /// Idle time before standby. Default 1 s, at least 100 ms.
+    pub cooldown: Duration,
+    pub standby: Standby,
+    /// Instances kept up even when idle. Default 0.
+    pub min: u32,
+    /// Instances at most. Default 1 (and 1 with a fixed `port`).
+    pub max: u32,
+    /// Requests in flight per instance before another is started. Default 10.
+    pub target_concurrency: u32,
+    /// Start to ready, at most. Default 30 s.
+    pub ready_timeout: Duration,
+    /// SIGTERM to SIGKILL. Default 10 s.
+    pub stop_timeout: Duration,
+}
+
+/// What an idle instance becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standby {
+    /// The process exits (SIGTERM, then SIGKILL); the next request starts a new one.
+    Stop,
+    /// The process group is frozen; the next request thaws it.
+    Pause,
 }

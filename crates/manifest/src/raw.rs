@@ -51,6 +51,39 @@ pub struct Manifest {
     pub trigger: Triggers,
     #[serde(default)]
     pub component: BTreeMap<Spanned<String>, Component>,
+    /// dormouse's own table kind: ordinary HTTP server processes.
+    #[serde(default)]
+    pub service: BTreeMap<Spanned<String>, Service>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    pub command: Spanned<Vec<String>>,
+    #[serde(default)]
+    pub environment: BTreeMap<String, String>,
+    pub workdir: Option<String>,
+    pub port: Option<Spanned<u16>>,
+    pub ready_path: Option<Spanned<String>>,
+    pub scale_to_zero: Option<ScaleToZero>,
+    pub autoscale: Option<Autoscale>,
+    pub ready_timeout: Option<Spanned<String>>,
+    pub stop_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleToZero {
+    pub cooldown: Option<Spanned<String>>,
+    pub standby: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Autoscale {
+    pub min: Option<Spanned<u32>>,
+    pub max: Option<Spanned<u32>>,
+    pub target_concurrency: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -118,6 +151,7 @@ pub struct HttpTrigger {
     pub id: Option<Spanned<String>>,
     pub route: Spanned<Route>,
     pub component: Option<Spanned<ComponentRef>>,
+    pub service: Option<Spanned<String>>,
     pub executor: Option<Spanned<Executor>>,
 }
 

@@ -6,7 +6,7 @@
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
 
-use dormouse_manifest::model::{App, FileMount, Route};
+use dormouse_manifest::model::{App, FileMount, Route, Target};
 
 fn cases(kind: &str) -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(kind);
@@ -60,7 +60,11 @@ fn render(app: &App) -> String {
             }
             Route::Private => "private".to_owned(),
         };
-        writeln!(out, "trigger {} route={route} -> {}", trigger.id, trigger.component).unwrap();
+        let target = match &trigger.target {
+            Target::Component(id) => id.clone(),
+            Target::Service(id) => format!("service {id}"),
+        };
+        writeln!(out, "trigger {} route={route} -> {target}", trigger.id).unwrap();
     }
     for (id, component) in &app.components {
         writeln!(out, "component {id}").unwrap();
@@ -83,6 +87,28 @@ fn render(app: &App) -> String {
         if !component.exclude_files.is_empty() {
             writeln!(out, "  exclude_files {:?}", component.exclude_files).unwrap();
         }
+    }
+    for (id, service) in &app.services {
+        writeln!(out, "service {id}").unwrap();
+        writeln!(out, "  command {:?} workdir {}", service.command, service.workdir.display()).unwrap();
+        writeln!(
+            out,
+            "  environment {:?} port {:?} ready_path {:?}",
+            service.environment, service.port, service.ready_path
+        )
+        .unwrap();
+        writeln!(
+            out,
+            "  cooldown {:?} standby {:?} min {} max {} target_concurrency {} ready_timeout {:?} stop_timeout {:?}",
+            service.cooldown,
+            service.standby,
+            service.min,
+            service.max,
+            service.target_concurrency,
+            service.ready_timeout,
+            service.stop_timeout
+        )
+        .unwrap();
     }
     out
 }

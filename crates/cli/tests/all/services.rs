@@ -1,0 +1,186 @@
+//! Services: real processes (a Python app, nginx) woken by requests and put on
+//! standby when idle.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use hyper::StatusCode;
+use serde_json::Value;
+
+use crate::support::{App, PATIENCE, Server, get};
+
+fn python_app(mode: &str, service_extra: &str) -> App {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/services/app.py").canonicalize().unwrap();
+    App::from_manifest(&format!(
+        "spin_manifest_version = 2\n[application]\nname = \"svc\"\n\
+         [[trigger.http]]\nroute = \"/...\"\nservice = \"py\"\n\
+         [service.py]\ncommand = [\"python3\", \"{}\", \"{mode}\"]\n{service_extra}\n",
+        script.display()
+    ))
+}
+
+async fn status(server: &Server) -> Value {
+    let reply = get(&server.url("/.well-known/dormouse/services")).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    serde_json::from_str::<Value>(&reply.body).unwrap()[0].clone()
+}
+
+/// Polls the services JSON until `check` holds, or fails after `PATIENCE`.
+async fn wait_for(server: &Server, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let started = Instant::now();
+    loop {
+        let current = status(server).await;
+        if check(&current) {
+            return current;
+        }
+        assert!(started.elapsed() < PATIENCE, "never {what}: {current:#}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn pid_of(body: &str) -> u32 {
+    body.trim().strip_prefix("pid ").unwrap().parse().unwrap()
+}
+
+fn process_state(pid: u32) -> Option<char> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("State:")).and_then(|s| s.trim().chars().next())
+}
+
+#[tokio::test]
+async fn a_request_wakes_a_stopped_service_and_idle_stops_it_again() {
+    let app = python_app("serve", "scale_to_zero = { cooldown = \"200ms\" }");
+    let server = app.start(&[]);
+    assert_eq!(status(&server).await["state"], "standby", "nothing runs before the first request");
+
+    let reply = get(&server.url("/hello")).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let first = pid_of(&reply.body);
+    let ready = status(&server).await;
+    assert_eq!(ready["instances"][0]["pid"], first);
+    assert!(ready["instances"][0]["boot_time_ms"].as_f64().unwrap() > 0.0);
+
+    let stopped = wait_for(&server, "stopped", |s| s["state"] == "standby").await;
+    assert_eq!(stopped["stops"][0]["reason"], "idle");
+    assert_eq!(stopped["stops"][0]["served"], 1);
+    let started = Instant::now();
+    while process_state(first).is_some_and(|s| s != 'Z') {
+        assert!(started.elapsed() < PATIENCE, "process {first} outlived its instance");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let reply = get(&server.url("/again")).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_ne!(pid_of(&reply.body), first, "a fresh instance");
+    assert_eq!(status(&server).await["starts"], 2);
+}
+
+#[tokio::test]
+async fn a_paused_service_is_frozen_when_idle_and_thawed_by_a_request() {
+    let app = python_app("serve", "scale_to_zero = { cooldown = \"200ms\", standby = \"pause\" }");
+    let server = app.start(&[]);
+    let pid = pid_of(&get(&server.url("/")).await.body);
+    wait_for(&server, "paused", |s| s["state"] == "paused").await;
+    assert_eq!(process_state(pid), Some('T'), "the process group is stopped");
+
+    let reply = get(&server.url("/")).await;
+    assert_eq!((reply.status, pid_of(&reply.body)), (StatusCode::OK, pid), "the same process, thawed");
+    assert_eq!(status(&server).await["starts"], 1);
+}
+
+#[tokio::test]
+async fn concurrent_requests_at_zero_start_at_most_max_instances() {
+    let app =
+        python_app("serve", "autoscale = { max = 4, target_concurrency = 10 }\nscale_to_zero = { cooldown = \"5s\" }");
+    let server = app.start(&[]);
+    let requests: Vec<_> = (0..200).map(|_| tokio::spawn(get_owned(server.url("/slow")))).collect();
+    let mut pids = HashSet::new();
+    for request in requests {
+        let reply = request.await.unwrap();
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+        pids.insert(pid_of(&reply.body));
+    }
+    let current = status(&server).await;
+    let starts = current["starts"].as_u64().unwrap();
+    assert!(starts <= 4, "{current:#}");
+    assert!(pids.len() as u64 <= starts, "one process per started instance: {pids:?}");
+    assert!(pids.len() > 1, "200 requests at 10 per instance scale out: {pids:?}");
+}
+
+async fn get_owned(url: String) -> crate::support::Reply {
+    get(&url).await
+}
+
+#[tokio::test]
+async fn an_app_that_never_gets_ready_is_refused_in_time_then_backed_off() {
+    let app = python_app("never-ready", "ready_timeout = \"500ms\"\nstop_timeout = \"200ms\"");
+    let server = app.start(&[]);
+    let started = Instant::now();
+    let reply = get(&server.url("/")).await;
+    // The held request's deadline and the start's deadline are the same 500 ms:
+    // whichever passes first answers, 504 (timed out) or 503 (start failed).
+    assert!([StatusCode::GATEWAY_TIMEOUT, StatusCode::SERVICE_UNAVAILABLE].contains(&reply.status), "{}", reply.status);
+    assert!(reply.body.contains("ready within 500ms"), "{}", reply.body);
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    let failing = wait_for(&server, "failing", |s| s["state"] == "failing").await;
+    assert!(failing["failing"].as_str().unwrap().contains("not ready within"), "{failing:#}");
+    let reply = get(&server.url("/")).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{}", reply.body);
+    assert!(reply.headers.contains_key("retry-after"));
+    assert!(reply.body.contains("is failing"), "{}", reply.body);
+}
+
+#[tokio::test]
+async fn a_crash_fails_only_its_request_and_the_next_one_wakes_a_fresh_instance() {
+    let app = python_app("serve", "");
+    let server = app.start(&[]);
+    let first = pid_of(&get(&server.url("/")).await.body);
+    assert_eq!(get(&server.url("/crash")).await.status, StatusCode::BAD_GATEWAY);
+    let exited = wait_for(&server, "gone", |s| s["instances"].as_array().unwrap().is_empty()).await;
+    assert!(exited["stops"][0]["reason"].as_str().unwrap().contains("exited on its own"), "{exited:#}");
+    let reply = get(&server.url("/")).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_ne!(pid_of(&reply.body), first);
+}
+
+#[tokio::test]
+async fn an_app_that_ignores_sigterm_is_killed_after_the_stop_timeout() {
+    let app = python_app("ignore-term", "scale_to_zero = { cooldown = \"100ms\" }\nstop_timeout = \"300ms\"");
+    let server = app.start(&[]);
+    let pid = pid_of(&get(&server.url("/")).await.body);
+    wait_for(&server, "stopped", |s| s["state"] == "standby").await;
+    assert!(process_state(pid).is_none_or(|s| s == 'Z'), "process {pid} still runs");
+    assert!(server.stderr().contains("ignored SIGTERM"), "{}", server.stderr());
+}
+
+#[tokio::test]
+async fn nginx_sleeps_and_wakes() {
+    let Some(nginx) = ["/usr/sbin/nginx", "/usr/bin/nginx"].into_iter().find(|p| Path::new(p).exists()) else {
+        panic!("nginx is not installed: scripts/test.sh installs it");
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let app = App::from_manifest(&format!(
+        "spin_manifest_version = 2\n[application]\nname = \"web\"\n\
+         [[trigger.http]]\nroute = \"/...\"\nservice = \"web\"\n\
+         [service.web]\ncommand = [\"{nginx}\", \"-p\", \".\", \"-c\", \"nginx.conf\", \"-e\", \"stderr\"]\nport = {port}\n\
+         scale_to_zero = {{ cooldown = \"200ms\" }}\n"
+    ));
+    std::fs::write(
+        app.path().join("nginx.conf"),
+        format!(
+            "daemon off;\npid nginx.pid;\nerror_log stderr;\nevents {{}}\n\
+             http {{ access_log off; client_body_temp_path tmp; proxy_temp_path tmp; fastcgi_temp_path tmp; uwsgi_temp_path tmp; scgi_temp_path tmp;\n\
+             server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"nginx says hi\\n\"; }} }} }}\n"
+        ),
+    )
+    .unwrap();
+    let server = app.start(&[]);
+    for _ in 0..2 {
+        let reply = get(&server.url("/index")).await;
+        assert_eq!((reply.status, reply.body.as_str()), (StatusCode::OK, "nginx says hi\n"));
+        wait_for(&server, "stopped", |s| s["state"] == "standby").await;
+    }
+    assert_eq!(status(&server).await["starts"], 2);
+}
