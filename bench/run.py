@@ -37,7 +37,7 @@ RESULTS = BENCH / "results"
 WASMTIME_VERSION = "48.0.8"
 OHA_VERSION = "1.16.0"
 COMPONENTIZE_PY = "componentize-py==0.25.1"
-SCENARIOS = ["hello", "instantiate", "heavy", "density", "load"]
+SCENARIOS = ["hello", "instantiate", "heavy", "density", "load", "services"]
 GUESTS = ROOT / "guests" / "wasm"
 
 
@@ -386,6 +386,99 @@ def scenario_load(ctx):
             for name, runs in results.items()}
 
 
+NGINX_CONF = """daemon off;
+pid nginx.pid;
+error_log stderr;
+worker_processes 1;
+events {{}}
+http {{
+  access_log off;
+  client_body_temp_path tmp; proxy_temp_path tmp; fastcgi_temp_path tmp; uwsgi_temp_path tmp; scgi_temp_path tmp;
+  server {{ listen 127.0.0.1:{port}; location / {{ return 200 "Hello from nginx!\\n"; }} }}
+}}
+"""
+
+
+def nginx_app(name, port, scale_to_zero):
+    directory = BUILD / "apps" / name
+    if directory.exists():
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True)
+    (directory / "nginx.conf").write_text(NGINX_CONF.format(port=port))
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    (directory / "spin.toml").write_text(
+        f'spin_manifest_version = 2\n[application]\nname = "{name}"\n'
+        f'[[trigger.http]]\nroute = "/..."\nservice = "web"\n'
+        f'[service.web]\ncommand = ["{nginx}", "-p", ".", "-c", "nginx.conf", "-e", "stderr"]\nport = {port}\n'
+        f'scale_to_zero = {scale_to_zero}\n')
+    return directory, nginx
+
+
+def timed_get(port, path="/"):
+    """Seconds for one GET on a new connection, until the status line."""
+    started = time.monotonic()
+    status = http_status(port, path)
+    return time.monotonic() - started, status
+
+
+def scenario_services(ctx):
+    """nginx behind dormouse: wake from stop and from pause, and the proxy hop."""
+    samples = 5 if ctx["quick"] else 15
+    # The app's own start: spawn nginx and connect until it accepts, then GET.
+    port = free_port()
+    directory, nginx = nginx_app("services-direct", port, '{ cooldown = "60s" }')
+    own = []
+    for _ in range(samples):
+        started = time.monotonic()
+        process = subprocess.Popen([nginx, "-p", ".", "-c", "nginx.conf", "-e", "stderr"], cwd=directory,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        while True:
+            try:
+                if http_status(port, "/") == 200:
+                    break
+            except OSError:
+                pass
+        own.append(time.monotonic() - started)
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait()
+    results = {"nginx_start_to_first_200_ms": statistics.median(own) * 1000}
+
+    for standby in ["stop", "pause"]:
+        port = free_port()
+        directory, _ = nginx_app(f"services-{standby}", port, f'{{ cooldown = "100ms", standby = "{standby}" }}')
+        command = lambda p: [ctx["dormouse"], "up", "--from", directory, "--listen", f"127.0.0.1:{p}"]
+        with Server(command, "/") as server:
+            server.ready()
+            wakes, warm = [], []
+            for _ in range(samples):
+                time.sleep(0.4)  # past the cooldown: stopped or paused
+                elapsed, status = timed_get(server.port)
+                assert status == 200, status
+                wakes.append(elapsed)
+                warm.append(timed_get(server.port)[0])
+        results[standby] = {"first_response_ms": statistics.median(wakes) * 1000,
+                            "warm_response_ms": statistics.median(warm) * 1000,
+                            "runs_ms": [w * 1000 for w in wakes]}
+        log(f"services {standby}: wake {results[standby]['first_response_ms']:.2f} ms, warm {results[standby]['warm_response_ms']:.2f} ms")
+    results["stop"]["overhead_ms"] = results["stop"]["first_response_ms"] - results["nginx_start_to_first_200_ms"]
+    results["pause"]["overhead_ms"] = results["pause"]["first_response_ms"] - results["pause"]["warm_response_ms"]
+
+    # The proxy hop: req/s through dormouse against nginx directly.
+    port = free_port()
+    directory, _ = nginx_app("services-hop", port, '{ cooldown = "60s" }')
+    hop = {"direct": [], "dormouse": []}
+    command = lambda p: [ctx["dormouse"], "up", "--from", directory, "--listen", f"127.0.0.1:{p}"]
+    with Server(command, "/") as server:
+        server.ready()
+        for _ in range(ctx["rounds"]):
+            for name, url in [("direct", f"http://127.0.0.1:{port}/"), ("dormouse", server.url())]:
+                wrk_load(ctx["wrk"], url, 50, 1)
+                hop[name].append(wrk_load(ctx["wrk"], url, 50, ctx["seconds"]))
+    results["hop"] = {name: median_of(runs, "rps") for name, runs in hop.items()}
+    log(f"services hop: {json.dumps(results['hop'])}")
+    return results
+
+
 # --------------------------------------------------------------- report ----
 
 def machine():
@@ -464,6 +557,19 @@ def report(results, ctx):
         goals.append(("1,000 components: RSS", "≤ 100 MiB", density["rss_mib"], lambda v: v <= 100, "{:.1f} MiB"))
         goals.append(("1,000 components: ready", "≤ 1 s", density["ready_s"], lambda v: v <= 1, "{:.2f} s"))
         goals.append(("1,000 components: idle CPU", "~0 %", density["idle_cpu_percent"], lambda v: v < 0.5, "{:.2f} %"))
+    services = results.get("services")
+    if services:
+        lines += ["## services: nginx behind dormouse", "",
+                  "| measure | value |", "| --- | ---: |",
+                  f"| nginx alone: spawn → first 200 | {services['nginx_start_to_first_200_ms']:.2f} ms |",
+                  f"| wake from stop → first response | {services['stop']['first_response_ms']:.2f} ms |",
+                  f"| wake from pause → first response | {services['pause']['first_response_ms']:.2f} ms |",
+                  f"| warm response (paused service's next request) | {services['pause']['warm_response_ms']:.2f} ms |",
+                  f"| req/s direct to nginx (50 connections) | {services['hop']['direct']:.0f} |",
+                  f"| req/s through dormouse (50 connections) | {services['hop']['dormouse']:.0f} |", ""]
+        goals.append(("wake from stop − the app's own spawn → first 200", "≤ 1 ms", services["stop"]["overhead_ms"], lambda v: v <= 1, "{:.2f} ms"))
+        goals.append(("wake from pause, extra over a warm request", "≤ 1 ms", services["pause"]["overhead_ms"], lambda v: v <= 1, "{:.2f} ms"))
+        goals.append(("warm proxy hop to nginx, req/s ÷ direct", "≥ 0.85", services["hop"]["dormouse"] / services["hop"]["direct"], lambda v: v >= 0.85, "{:.2f}"))
     if goals:
         table = ["## goals", "", "| measure | goal | measured | met |", "| --- | --- | ---: | --- |"]
         for name, goal, value, met, fmt in goals:
@@ -484,6 +590,8 @@ def main():
     BUILD.mkdir(parents=True, exist_ok=True)
     ctx["dormouse"], ctx["native"] = build_dormouse()
     ctx["wrk"] = wrk()
+    if "services" in args.only and shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists():
+        run(["apt-get", "install", "-y", "-qq", "nginx-light"])
     if set(args.only) & {"hello", "heavy", "load"}:
         ctx["wasmtime"] = cargo_tool("wasmtime", "wasmtime-cli", WASMTIME_VERSION)
     if "load" in args.only:
@@ -497,7 +605,10 @@ def main():
             log(f"scenario {scenario}")
             results[scenario] = globals()[f"scenario_{scenario}"](ctx)
     RESULTS.mkdir(exist_ok=True)
-    stem = RESULTS / f"{results['date']}-{results['machine']['host']}"
+    # A partial or quick run never replaces the full results of the day.
+    suffix = "" if set(args.only) == set(SCENARIOS) else "-only-" + "-".join(args.only)
+    suffix += "-quick" if args.quick else ""
+    stem = RESULTS / f"{results['date']}-{results['machine']['host']}{suffix}"
     stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
     stem.with_suffix(".md").write_text(report(results, ctx))
     print(stem.with_suffix(".md").read_text())

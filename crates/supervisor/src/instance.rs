@@ -27,8 +27,11 @@ pub(crate) struct Instance {
     pub served: u64,
     pub started_at: Instant,
     pub boot_time: Option<Duration>,
-    /// Bumped by every lease; an idle check only acts if it did not change.
-    pub idle_generation: u64,
+    /// When the last lease was dropped (or the instance became ready with
+    /// none); `None` while leased.
+    pub idle_since: Option<Instant>,
+    /// Wakes the owning task when the instance becomes idle.
+    pub activity: Arc<Notify>,
     /// Wakes the task that owns the process, to stop it.
     pub stop_signal: Arc<Notify>,
     pub stop_reason: Option<String>,
@@ -63,7 +66,8 @@ impl Instance {
             served: 0,
             started_at: Instant::now(),
             boot_time: None,
-            idle_generation: 0,
+            idle_since: None,
+            activity: Arc::new(Notify::new()),
             stop_signal: Arc::new(Notify::new()),
             stop_reason: None,
         };

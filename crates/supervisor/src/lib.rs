@@ -138,12 +138,16 @@ impl Drop for Lease {
         instance.in_flight -= 1;
         instance.served += 1;
         if instance.in_flight == 0 {
-            instance.idle_generation += 1;
-            let generation = instance.idle_generation;
-            drop(state);
-            self.service.clone().schedule_idle_check(self.number, generation);
+            // The last lease starts the cooldown, kept by the instance's own task.
+            instance.idle_since = Some(Instant::now());
+            instance.activity.notify_one();
         }
-        self.service.changed.notify_waiters();
+        // Room freed on an instance matters only to requests waiting for it.
+        let someone_waits = state.waiting > 0;
+        drop(state);
+        if someone_waits {
+            self.service.changed.notify_waiters();
+        }
     }
 }
 
@@ -163,6 +167,10 @@ impl ServiceHandle {
 
     /// A lease on a ready instance, starting or thawing instances as needed.
     pub async fn acquire(self: &Arc<Self>) -> Result<Lease, WakeError> {
+        // The common case, a ready instance with room, needs no waiting list.
+        if let Some(lease) = self.try_lease(&mut self.state.lock().expect("not poisoned")) {
+            return Ok(lease);
+        }
         let deadline = tokio::time::Instant::now() + self.config.ready_timeout;
         let mut counted = false;
         loop {
@@ -245,7 +253,7 @@ impl ServiceHandle {
             }
         };
         instance.in_flight += 1;
-        instance.idle_generation += 1;
+        instance.idle_since = None;
         Some(Lease { service: self.clone(), number: instance.number, addr: instance.addr() })
     }
 
@@ -303,17 +311,16 @@ impl ServiceHandle {
                 let mut state = self.state.lock().expect("not poisoned");
                 state.backoff.succeed(Instant::now());
                 state.failing = None;
-                let generation = state.instances.iter_mut().find(|i| i.number == number).map(|i| {
-                    i.phase = Phase::Ready;
-                    i.boot_time = Some(boot);
-                    i.idle_generation
-                });
+                if let Some(instance) = state.instances.iter_mut().find(|i| i.number == number) {
+                    instance.phase = Phase::Ready;
+                    instance.boot_time = Some(boot);
+                    // An instance nobody came for still goes to standby.
+                    if instance.in_flight == 0 {
+                        instance.idle_since = Some(Instant::now());
+                    }
+                }
                 drop(state);
                 self.changed.notify_waiters();
-                // An instance nobody came for still goes to standby.
-                if let Some(generation) = generation {
-                    self.clone().schedule_idle_check(number, generation);
-                }
             }
             Err(reason) => {
                 let mut state = self.state.lock().expect("not poisoned");
@@ -326,13 +333,20 @@ impl ServiceHandle {
             }
         }
 
-        // Serve until stopped or the process exits on its own.
-        let reason = tokio::select! {
-            status = child.wait() => format!("exited on its own ({})", describe(status)),
-            () = stop.notified() => {
-                let reason = self.stop_reason(number);
-                instance::terminate(&mut child, self.config.stop_timeout).await;
-                reason
+        // Serve until stopped or the process exits on its own, putting the
+        // instance on standby whenever it stays idle for the cooldown.
+        let activity = self.activity_signal(number);
+        let reason = loop {
+            let idle_wait = self.idle_check(number);
+            tokio::select! {
+                status = child.wait() => break format!("exited on its own ({})", describe(status)),
+                () = stop.notified() => {
+                    let reason = self.stop_reason(number);
+                    instance::terminate(&mut child, self.config.stop_timeout).await;
+                    break reason;
+                }
+                () = activity.notified() => {}
+                () = tokio::time::sleep(idle_wait.unwrap_or(Duration::from_secs(86_400))) => {}
             }
         };
         let mut state = self.state.lock().expect("not poisoned");
@@ -358,25 +372,33 @@ impl ServiceHandle {
         state.instances.iter().find(|i| i.number == number).and_then(|i| i.stop_reason.clone()).unwrap_or_default()
     }
 
-    /// After the cooldown, puts the instance on standby if it stayed idle.
-    fn schedule_idle_check(self: Arc<Self>, number: u64, generation: u64) {
-        tokio::spawn(async move {
-            tokio::time::sleep(self.config.cooldown).await;
-            let mut state = self.state.lock().expect("not poisoned");
-            let min = self.config.min as usize;
-            let awake = state.instances.iter().filter(|i| i.phase == Phase::Ready).count();
-            let Some(instance) = state.instances.iter_mut().find(|i| i.number == number) else { return };
-            if instance.phase != Phase::Ready || instance.in_flight > 0 || instance.idle_generation != generation {
-                return;
-            }
-            if awake <= min {
-                return;
-            }
-            match self.config.standby {
-                Standby::Pause => instance.freeze(),
-                Standby::Stop => instance.stop("idle"),
-            }
-        });
+    fn activity_signal(&self, number: u64) -> Arc<Notify> {
+        let state = self.state.lock().expect("not poisoned");
+        state.instances.iter().find(|i| i.number == number).map(|i| i.activity.clone()).unwrap_or_default()
+    }
+
+    /// Puts the instance on standby if it has been idle for the cooldown;
+    /// otherwise returns how long until it would have been, if it is idle.
+    fn idle_check(&self, number: u64) -> Option<Duration> {
+        let mut state = self.state.lock().expect("not poisoned");
+        let awake = state.instances.iter().filter(|i| i.phase == Phase::Ready).count();
+        let min = self.config.min as usize;
+        let instance = state.instances.iter_mut().find(|i| i.number == number)?;
+        if instance.phase != Phase::Ready || instance.in_flight > 0 {
+            return None;
+        }
+        let idle_for = instance.idle_since?.elapsed();
+        if idle_for < self.config.cooldown {
+            return Some(self.config.cooldown - idle_for);
+        }
+        if awake <= min {
+            return None;
+        }
+        match self.config.standby {
+            Standby::Pause => instance.freeze(),
+            Standby::Stop => instance.stop("idle"),
+        }
+        None
     }
 }
 
