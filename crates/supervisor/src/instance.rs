@@ -10,6 +10,8 @@ use rustix::process::{Pid, Signal, kill_process_group};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
 
+use crate::freezer::Freezer;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Phase {
     Starting,
@@ -35,6 +37,7 @@ pub(crate) struct Instance {
     /// Wakes the task that owns the process, to stop it.
     pub stop_signal: Arc<Notify>,
     pub stop_reason: Option<String>,
+    pub freezer: Freezer,
 }
 
 impl Instance {
@@ -57,6 +60,8 @@ impl Instance {
             .kill_on_drop(true);
         let child = command.spawn()?;
         let pid = child.id().expect("a child that was just spawned has a pid");
+        // Joined right after spawn; what the app forks later is born inside.
+        let freezer = Freezer::for_process(&format!("{}-{number}-{pid}", config.id), pid);
         let instance = Instance {
             number,
             port,
@@ -70,6 +75,7 @@ impl Instance {
             activity: Arc::new(Notify::new()),
             stop_signal: Arc::new(Notify::new()),
             stop_reason: None,
+            freezer,
         };
         Ok((instance, child))
     }
@@ -85,7 +91,7 @@ impl Instance {
         }
         if self.phase == Phase::Paused {
             // A frozen process cannot act on SIGTERM.
-            self.signal(Signal::CONT);
+            self.freezer.thaw();
         }
         self.phase = Phase::Stopping;
         self.stop_reason = Some(reason.to_owned());
@@ -93,22 +99,14 @@ impl Instance {
     }
 
     pub fn freeze(&mut self) {
-        self.signal(Signal::STOP);
+        self.freezer.freeze();
         self.phase = Phase::Paused;
-        tracing::info!(instance = self.number, pid = self.pid, "paused");
+        tracing::info!(instance = self.number, pid = self.pid, freezer = self.freezer.name(), "paused");
     }
 
     pub fn thaw(&mut self) {
-        self.signal(Signal::CONT);
+        self.freezer.thaw();
         self.phase = Phase::Ready;
-    }
-
-    fn signal(&self, signal: Signal) {
-        if let Some(pid) = Pid::from_raw(self.pid as i32)
-            && let Err(error) = kill_process_group(pid, signal)
-        {
-            tracing::debug!(pid = self.pid, "signal {signal:?} to the process group failed: {error}");
-        }
     }
 }
 

@@ -14,6 +14,7 @@
 //! this crate runs no wasm and knows nothing of HTTP routing.
 
 mod backoff;
+mod freezer;
 mod instance;
 pub mod status;
 
@@ -352,6 +353,7 @@ impl ServiceHandle {
         let mut state = self.state.lock().expect("not poisoned");
         if let Some(position) = state.instances.iter().position(|i| i.number == number) {
             let instance = state.instances.remove(position);
+            instance.freezer.remove();
             tracing::info!(service = %self.config.id, instance = number, "stopped: {reason}");
             if state.stops.len() == status::STOPS_KEPT {
                 state.stops.pop_front();

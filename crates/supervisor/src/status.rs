@@ -32,6 +32,8 @@ pub struct InstanceStatus {
     pub served: u64,
     pub boot_time_ms: Option<f64>,
     pub uptime_ms: f64,
+    /// How a pause freezes it: `cgroup-v2`, `cgroup-v1` or `sigstop`.
+    pub freezer: &'static str,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -86,6 +88,7 @@ impl ServiceHandle {
                     served: i.served,
                     boot_time_ms: i.boot_time.map(|d| d.as_secs_f64() * 1000.0),
                     uptime_ms: i.started_at.elapsed().as_secs_f64() * 1000.0,
+                    freezer: i.freezer.name(),
                 })
                 .collect(),
             stops: state.stops.iter().cloned().collect(),

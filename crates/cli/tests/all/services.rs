@@ -81,12 +81,34 @@ async fn a_paused_service_is_frozen_when_idle_and_thawed_by_a_request() {
     let app = python_app("serve", "scale_to_zero = { cooldown = \"200ms\", standby = \"pause\" }");
     let server = app.start(&[]);
     let pid = pid_of(&get(&server.url("/")).await.body);
-    wait_for(&server, "paused", |s| s["state"] == "paused").await;
-    assert_eq!(process_state(pid), Some('T'), "the process group is stopped");
+    let paused = wait_for(&server, "paused", |s| s["state"] == "paused").await;
+    let freezer = paused["instances"][0]["freezer"].as_str().unwrap().to_owned();
+    assert!(is_frozen(pid, &freezer), "process {pid} is not frozen ({freezer})");
 
     let reply = get(&server.url("/")).await;
     assert_eq!((reply.status, pid_of(&reply.body)), (StatusCode::OK, pid), "the same process, thawed");
     assert_eq!(status(&server).await["starts"], 1);
+}
+
+/// Whether `pid` is frozen, asked of the mechanism that froze it.
+fn is_frozen(pid: u32, freezer: &str) -> bool {
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let path_in = |prefix: &str| cgroups.lines().find_map(|l| l.split_once(prefix).map(|(_, p)| p.to_owned()));
+    match freezer {
+        "sigstop" => process_state(pid) == Some('T'),
+        "cgroup-v1" => {
+            let group = path_in(":freezer:").unwrap();
+            std::fs::read_to_string(format!("/sys/fs/cgroup/freezer{group}/freezer.state")).unwrap().trim() == "FROZEN"
+        }
+        "cgroup-v2" => {
+            let group = path_in("0::").unwrap();
+            ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"].iter().any(|root| {
+                std::fs::read_to_string(format!("{root}{group}/cgroup.events"))
+                    .is_ok_and(|events| events.lines().any(|l| l == "frozen 1"))
+            })
+        }
+        other => panic!("unknown freezer {other}"),
+    }
 }
 
 #[tokio::test]
