@@ -13,7 +13,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use crate::{ResponseBody, plain};
 
@@ -40,7 +40,30 @@ pub async fn forward(
         Ok(uri) => uri,
         Err(_) => return plain(StatusCode::BAD_REQUEST, "invalid request URI\n"),
     };
+    let client_upgrade = request.headers().contains_key(header::UPGRADE).then(|| hyper::upgrade::on(&mut request));
     match client.request(request).await {
+        Ok(mut response) if response.status() == StatusCode::SWITCHING_PROTOCOLS && client_upgrade.is_some() => {
+            // An upgraded connection (WebSocket and the like) is activity for
+            // as long as it is open: the lease goes with the byte copy.
+            let backend_upgrade = hyper::upgrade::on(&mut response);
+            let client_upgrade = client_upgrade.expect("checked in the guard");
+            let service_id = service.config().id.clone();
+            tokio::spawn(async move {
+                let (client, backend) = tokio::join!(client_upgrade, backend_upgrade);
+                match (client, backend) {
+                    (Ok(client), Ok(backend)) => {
+                        let (mut client, mut backend) = (TokioIo::new(client), TokioIo::new(backend));
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut backend).await;
+                    }
+                    (client, backend) => {
+                        tracing::warn!(service = %service_id, "upgrade failed: client {:?}, backend {:?}", client.err(), backend.err());
+                    }
+                }
+                drop(lease);
+            });
+            let (parts, _) = response.into_parts();
+            Response::from_parts(parts, ResponseBody::Right(http_body_util::Full::new(Bytes::new())))
+        }
         Ok(response) => {
             response.map(|body| ResponseBody::Left(http_body_util::Either::Right(LeasedBody { body, _lease: lease })))
         }

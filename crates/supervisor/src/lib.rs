@@ -393,6 +393,12 @@ impl ServiceHandle {
         if idle_for < self.config.cooldown {
             return Some(self.config.cooldown - idle_for);
         }
+        // Start-up grace: an instance started for requests that gave up
+        // waiting stays until it served one, or for the ready timeout.
+        let age = instance.started_at.elapsed();
+        if instance.served == 0 && age < self.config.ready_timeout {
+            return Some(self.config.ready_timeout - age);
+        }
         if awake <= min {
             return None;
         }

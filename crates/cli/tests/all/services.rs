@@ -206,3 +206,31 @@ async fn nginx_sleeps_and_wakes() {
     }
     assert_eq!(status(&server).await["starts"], 2);
 }
+
+#[tokio::test]
+async fn an_upgraded_connection_keeps_its_instance_awake_while_open() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = python_app("serve", "scale_to_zero = { cooldown = \"200ms\" }");
+    let server = app.start(&[]);
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    stream.write_all(b"GET /chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n").await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        stream.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+
+    for message in [&b"ping"[..], b"pong"] {
+        // Four cooldowns pass with the connection open but quiet.
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert_eq!(status(&server).await["state"], "ready", "an open upgraded connection is activity");
+        stream.write_all(message).await.unwrap();
+        let mut echo = [0u8; 4];
+        stream.read_exact(&mut echo).await.unwrap();
+        assert_eq!(&echo, message);
+    }
+    drop(stream);
+    wait_for(&server, "stopped after the connection closed", |s| s["state"] == "standby").await;
+}

@@ -2,7 +2,8 @@
 `pid <pid>`; its first argument picks a behaviour:
 
     serve        (default) answer every request; `/crash` exits mid-request,
-                 `/slow` takes 300 ms
+                 `/slow` takes 300 ms, `Upgrade: echo` switches to an echo
+                 of raw bytes
     never-ready  never listen
     ignore-term  like serve, but ignore SIGTERM
 """
@@ -24,6 +25,17 @@ class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_GET(self):
+        if self.headers.get("Upgrade") == "echo":
+            # A raw upgraded connection: echo bytes until the client closes.
+            self.send_response(101)
+            self.send_header("Upgrade", "echo")
+            self.send_header("Connection", "Upgrade")
+            self.end_headers()
+            self.wfile.flush()
+            while data := self.connection.recv(1024):
+                self.connection.sendall(data)
+            self.close_connection = True
+            return
         if self.path.startswith("/crash"):
             os._exit(7)
         if self.path.startswith("/slow"):
