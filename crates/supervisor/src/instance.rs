@@ -3,7 +3,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::Stdio;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use dormouse_manifest::model::Service;
 use rustix::process::{Pid, Signal, kill_process_group};
@@ -27,11 +27,11 @@ pub(crate) struct Instance {
     pub phase: Phase,
     pub in_flight: u32,
     pub served: u64,
-    pub started_at: Instant,
+    pub started_at: tokio::time::Instant,
     pub boot_time: Option<Duration>,
     /// When the last lease was dropped (or the instance became ready with
     /// none); `None` while leased.
-    pub idle_since: Option<Instant>,
+    pub idle_since: Option<tokio::time::Instant>,
     /// Wakes the owning task when the instance becomes idle.
     pub activity: Arc<Notify>,
     /// Wakes the task that owns the process, to stop it.
@@ -69,7 +69,7 @@ impl Instance {
             phase: Phase::Starting,
             in_flight: 0,
             served: 0,
-            started_at: Instant::now(),
+            started_at: tokio::time::Instant::now(),
             boot_time: None,
             idle_since: None,
             activity: Arc::new(Notify::new()),

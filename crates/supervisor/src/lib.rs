@@ -15,11 +15,14 @@
 
 mod backoff;
 mod freezer;
+mod idle;
 mod instance;
 pub mod status;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use tokio::time::Instant as TokioInstant;
 
 use dormouse_manifest::model::{Service, Standby};
 use tokio::sync::Notify;
@@ -140,7 +143,7 @@ impl Drop for Lease {
         instance.served += 1;
         if instance.in_flight == 0 {
             // The last lease starts the cooldown, kept by the instance's own task.
-            instance.idle_since = Some(Instant::now());
+            instance.idle_since = Some(TokioInstant::now());
             instance.activity.notify_one();
         }
         // Room freed on an instance matters only to requests waiting for it.
@@ -317,7 +320,7 @@ impl ServiceHandle {
                     instance.boot_time = Some(boot);
                     // An instance nobody came for still goes to standby.
                     if instance.in_flight == 0 {
-                        instance.idle_since = Some(Instant::now());
+                        instance.idle_since = Some(TokioInstant::now());
                     }
                 }
                 drop(state);
@@ -389,18 +392,19 @@ impl ServiceHandle {
         if instance.phase != Phase::Ready || instance.in_flight > 0 {
             return None;
         }
-        let idle_for = instance.idle_since?.elapsed();
-        if idle_for < self.config.cooldown {
-            return Some(self.config.cooldown - idle_for);
-        }
-        // Start-up grace: an instance started for requests that gave up
-        // waiting stays until it served one, or for the ready timeout.
-        let age = instance.started_at.elapsed();
-        if instance.served == 0 && age < self.config.ready_timeout {
-            return Some(self.config.ready_timeout - age);
-        }
-        if awake <= min {
-            return None;
+        let decision = idle::decide(&idle::Clock {
+            idle_since: instance.idle_since?,
+            started_at: instance.started_at,
+            served: instance.served,
+            cooldown: self.config.cooldown,
+            ready_timeout: self.config.ready_timeout,
+            awake,
+            min,
+        });
+        match decision {
+            idle::Decision::Wait(duration) => return Some(duration),
+            idle::Decision::Stay => return None,
+            idle::Decision::Standby => {}
         }
         match self.config.standby {
             Standby::Pause => instance.freeze(),
