@@ -242,15 +242,20 @@ def median_of(runs, key):
 
 # ------------------------------------------------------------- scenarios ----
 
-def scenario_hello(ctx):
+def hello_contenders(ctx, name):
+    """The hello guest under dormouse and `wasmtime serve`, and the native server."""
     hello = GUESTS / "hello.wasm"
-    app = app_dir("hello", [("/hello", "hello", hello)])
-    cache = BUILD / "cache-hello"
-    contenders = {
+    app = app_dir(name, [("/hello", "hello", hello)])
+    cache = BUILD / f"cache-{name}"
+    return {
         "dormouse": lambda p: [ctx["dormouse"], "up", "--from", app, "--listen", f"127.0.0.1:{p}", "--cache-dir", cache],
         "wasmtime serve": lambda p: [ctx["wasmtime"], "serve", "--addr", f"127.0.0.1:{p}", hello],
         "native hyper": lambda p: [ctx["native"], f"127.0.0.1:{p}"],
     }
+
+
+def scenario_hello(ctx):
+    contenders = hello_contenders(ctx, "hello")
     runs = {(name, c): [] for name in contenders for c in ctx["connections"]}
     for round_number in range(ctx["rounds"]):
         for connections in ctx["connections"]:
@@ -363,14 +368,7 @@ def scenario_density(ctx):
 
 def scenario_load(ctx):
     """p99 at a constant 50 % of each contender's measured maximum."""
-    hello = GUESTS / "hello.wasm"
-    app = app_dir("load", [("/hello", "hello", hello)])
-    cache = BUILD / "cache-load"
-    contenders = {
-        "dormouse": lambda p: [ctx["dormouse"], "up", "--from", app, "--listen", f"127.0.0.1:{p}", "--cache-dir", cache],
-        "wasmtime serve": lambda p: [ctx["wasmtime"], "serve", "--addr", f"127.0.0.1:{p}", hello],
-        "native hyper": lambda p: [ctx["native"], f"127.0.0.1:{p}"],
-    }
+    contenders = hello_contenders(ctx, "load")
     results = {name: [] for name in contenders}
     for _ in range(ctx["rounds"]):
         for name, command in contenders.items():
