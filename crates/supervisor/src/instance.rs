@@ -5,7 +5,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dormouse_manifest::model::Service;
+use dormouse_manifest::model::{Service, Standby};
 use rustix::process::{Pid, Signal, kill_process_group};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
@@ -60,8 +60,14 @@ impl Instance {
             .kill_on_drop(true);
         let child = command.spawn()?;
         let pid = child.id().expect("a child that was just spawned has a pid");
-        // Joined right after spawn; what the app forks later is born inside.
-        let freezer = Freezer::for_process(&format!("{}-{number}-{pid}", config.id), pid);
+        // Only a service that pauses needs a cgroup; making one costs
+        // milliseconds (the kernel waits out RCU), which a stop-mode wake
+        // would pay. Joined right after spawn: what the app forks later is
+        // born inside.
+        let freezer = match config.standby {
+            Standby::Pause => Freezer::for_process(&format!("{}-{number}-{pid}", config.id), pid),
+            Standby::Stop => Freezer::Signals(pid),
+        };
         let instance = Instance {
             number,
             port,
