@@ -7,8 +7,11 @@
 #![forbid(unsafe_code)]
 
 pub mod model;
+pub mod outbound;
 mod raw;
 pub mod route;
+pub mod runtime_config;
+pub mod variables;
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -19,7 +22,10 @@ use serde::Deserialize;
 use toml::Spanned;
 
 pub use model::App;
+pub use outbound::AllowedHosts;
 pub use route::{RouteError, RouteMatch, RoutePattern};
+pub use runtime_config::RuntimeConfig;
+pub use variables::{VariableError, Variables};
 
 /// The shortest idle cooldown a service may set.
 pub const MIN_COOLDOWN: Duration = Duration::from_millis(100);
@@ -49,7 +55,7 @@ pub fn load(path: &Path) -> Result<App, ManifestError> {
 /// Parses manifest text. `file` names it in errors; relative paths in the
 /// manifest are resolved against `base_dir`.
 pub fn parse(text: &str, file: &Path, base_dir: &Path) -> Result<App, ManifestError> {
-    let resolver = Resolver { text, file, base_dir };
+    let resolver = Resolver { text, file, base_dir, chained: Default::default() };
     let fail = |span, message| resolver.fail(span, message);
     let from_toml = |error: toml::de::Error| {
         let span = error.span().unwrap_or(0..0);
@@ -87,6 +93,9 @@ struct Resolver<'a> {
     text: &'a str,
     file: &'a Path,
     base_dir: &'a Path,
+    /// Service-chaining targets named in `allowed_outbound_hosts`, checked
+    /// once every component (inline ones included) is known.
+    chained: std::cell::RefCell<Vec<(String, Range<usize>)>>,
 }
 
 impl Resolver<'_> {
@@ -238,6 +247,15 @@ impl Resolver<'_> {
             };
             route_positions.push(line_column(self.text, route_span.start));
             http_triggers.push(model::HttpTrigger { id: trigger_id, route, target });
+        }
+
+        for (target, span) in self.chained.take() {
+            if !components.contains_key(&target) {
+                return Err(fail(
+                    span,
+                    format!("allowed host names component `{target}` (`{target}.spin.internal`), which is not defined"),
+                ));
+            }
         }
 
         Ok(App {
@@ -433,16 +451,59 @@ impl Resolver<'_> {
             variables.insert(name.into_inner(), template.into_inner());
         }
 
+        for entry in &component.allowed_outbound_hosts {
+            let text = entry.get_ref();
+            if text.contains("{{") {
+                // Checked again once rendered, at start-up.
+                for reference in template_references(text).map_err(|why| fail(entry.span(), why))? {
+                    if !app_variables.contains_key(reference) {
+                        return Err(fail(
+                            entry.span(),
+                            format!(
+                                "allowed host `{text}` (component `{id}`) refers to undefined variable `{reference}`: declare it under `[variables]`"
+                            ),
+                        ));
+                    }
+                }
+            } else {
+                outbound::AllowedHost::parse(text)
+                    .map_err(|why| fail(entry.span(), format!("{why} (component `{id}`)")))?;
+                let host = text.split_once("://").map_or("", |(_, rest)| rest);
+                let host = host.split([':', '/']).next().unwrap_or_default();
+                if let Some(target) = outbound::chained_component(host)
+                    && target != "*"
+                {
+                    self.chained.borrow_mut().push((target.to_owned(), entry.span()));
+                }
+            }
+        }
+
         let mut files = Vec::new();
         for mount in component.files {
             let span = mount.span();
             files.push(match mount.into_inner() {
-                raw::FileMount::Pattern(glob) => model::FileMount::Pattern(glob),
+                raw::FileMount::Pattern(glob) => {
+                    if glob.starts_with('/') || has_parent_segment(&glob) {
+                        return Err(fail(
+                            span,
+                            format!(
+                                "file pattern `{glob}` (component `{id}`) must stay inside the app directory: no leading `/`, no `..`"
+                            ),
+                        ));
+                    }
+                    model::FileMount::Pattern(glob)
+                }
                 raw::FileMount::Placement(placement) => {
                     if !placement.destination.starts_with('/') {
                         return Err(fail(
                             span,
                             format!("file destination `{}` must be an absolute path", placement.destination),
+                        ));
+                    }
+                    if has_parent_segment(&placement.destination) {
+                        return Err(fail(
+                            span,
+                            format!("file destination `{}` must not contain `..`", placement.destination),
                         ));
                     }
                     model::FileMount::Placement {
@@ -499,17 +560,19 @@ fn check_variable_name(name: &str) -> Result<(), String> {
 
 /// The variable names a `{{ name }}` template refers to.
 pub fn template_references(template: &str) -> Result<Vec<&str>, String> {
-    let mut names = Vec::new();
-    let mut rest = template;
-    while let Some(start) = rest.find("{{") {
-        let after = &rest[start + 2..];
-        let end = after.find("}}").ok_or_else(|| format!("unclosed `{{{{` in template `{template}`"))?;
-        let name = after[..end].trim();
-        check_variable_name(name)?;
-        names.push(name);
-        rest = &after[end + 2..];
-    }
-    Ok(names)
+    let parts = variables::template_parts(template)?;
+    Ok(parts
+        .into_iter()
+        .filter_map(|part| match part {
+            variables::TemplatePart::Variable(name) => Some(name),
+            variables::TemplatePart::Literal(_) => None,
+        })
+        .collect())
+}
+
+/// Whether a `/`-separated path has a `..` segment.
+fn has_parent_segment(path: &str) -> bool {
+    path.split(['/', '\\']).any(|segment| segment == "..")
 }
 
 /// 1-based line and column (in characters) of a byte offset.

@@ -1,0 +1,225 @@
+//! SQLite backend: one table shared by every store label of a file, in Spin's
+//! schema (`spin_key_value (store, key, value)`), so a database Spin wrote
+//! opens here and the other way round.
+//!
+//! Connections come from a small pool and are used on tokio's blocking
+//! threads: a write waits for its fsync (`synchronous = FULL` in WAL mode) and
+//! must not hold an async worker meanwhile; reads go on in parallel with it.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use r2d2_sqlite::SqliteConnectionManager;
+use rusqlite::{OptionalExtension, TransactionBehavior, params};
+
+use crate::{Error, KeyPage, LIST_PAGE_KEYS, Result, parse_counter};
+
+/// Connections kept per file: enough for reads to overlap a write on two
+/// cores; each costs a file descriptor and SQLite's page cache (~2 MiB max).
+const POOL_SIZE: u32 = 8;
+
+/// How long a writer waits for another's lock before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+type Pool = r2d2::Pool<SqliteConnectionManager>;
+
+pub struct SqliteStore {
+    pool: Pool,
+    label: Arc<str>,
+    location: String,
+}
+
+fn sql(error: impl std::fmt::Display) -> Error {
+    Error::Sqlite(error.to_string())
+}
+
+impl SqliteStore {
+    pub fn open(path: Option<&Path>, label: &str) -> Result<SqliteStore> {
+        let (manager, size, location) = match path {
+            Some(path) => {
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir)
+                        .map_err(|error| Error::Sqlite(format!("cannot create `{}`: {error}", dir.display())))?;
+                }
+                (SqliteConnectionManager::file(path), POOL_SIZE, format!("SQLite `{}`", path.display()))
+            }
+            // Every in-memory connection is a database of its own: one
+            // connection, kept for the life of the store, is the store.
+            None => (SqliteConnectionManager::memory(), 1, "SQLite in memory".to_owned()),
+        };
+        let manager = manager.with_init(|connection| {
+            connection.busy_timeout(BUSY_TIMEOUT)?;
+            connection.pragma_update(None, "synchronous", "FULL")
+        });
+        let pool = r2d2::Pool::builder()
+            .max_size(size)
+            .min_idle(Some(1))
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connection_timeout(Duration::from_secs(30))
+            .build(manager)
+            .map_err(|error| Error::Sqlite(format!("cannot open {location}: {error}")))?;
+        let connection = pool.get().map_err(sql)?;
+        if path.is_some() {
+            // Readers never wait for a writer, and a commit is one append.
+            let mode: String = connection
+                .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+                .map_err(|error| Error::Sqlite(format!("cannot use WAL mode for {location}: {error}")))?;
+            if !mode.eq_ignore_ascii_case("wal") {
+                tracing::warn!("{location} is in journal mode `{mode}`, not WAL");
+            }
+        }
+        connection
+            .execute_batch(
+                "CREATE TABLE IF NOT EXISTS spin_key_value (
+                     store TEXT NOT NULL,
+                     key   TEXT NOT NULL,
+                     value BLOB NOT NULL,
+                     PRIMARY KEY (store, key)
+                 )",
+            )
+            .map_err(|error| Error::Sqlite(format!("cannot create the table in {location}: {error}")))?;
+        drop(connection);
+        Ok(SqliteStore { pool, label: label.into(), location })
+    }
+
+    pub fn describe(&self) -> String {
+        self.location.clone()
+    }
+
+    /// Runs `work` with a pooled connection on a blocking thread.
+    async fn with<T, F>(&self, work: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut rusqlite::Connection, &str) -> Result<T> + Send + 'static,
+    {
+        let pool = self.pool.clone();
+        let label = self.label.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut connection = pool.get().map_err(sql)?;
+            work(&mut connection, &label)
+        })
+        .await
+        .map_err(|error| Error::Sqlite(format!("the database task failed: {error}")))?
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let key = key.to_owned();
+        self.with(move |connection, label| read(connection, label, &key)).await
+    }
+
+    pub async fn exists(&self, key: &str) -> Result<bool> {
+        let key = key.to_owned();
+        self.with(move |connection, label| {
+            connection
+                .prepare_cached("SELECT 1 FROM spin_key_value WHERE store = ?1 AND key = ?2")
+                .and_then(|mut statement| statement.exists(params![label, key]))
+                .map_err(sql)
+        })
+        .await
+    }
+
+    pub async fn get_many(&self, keys: Vec<String>) -> Result<Vec<Option<Vec<u8>>>> {
+        self.with(move |connection, label| keys.iter().map(|key| read(connection, label, key)).collect()).await
+    }
+
+    pub async fn set_many(&self, pairs: Vec<(String, Vec<u8>)>) -> Result<()> {
+        self.with(move |connection, label| {
+            let transaction = connection.transaction().map_err(sql)?;
+            for (key, value) in &pairs {
+                write(&transaction, label, key, value)?;
+            }
+            transaction.commit().map_err(sql)
+        })
+        .await
+    }
+
+    pub async fn delete_many(&self, keys: Vec<String>) -> Result<()> {
+        self.with(move |connection, label| {
+            let transaction = connection.transaction().map_err(sql)?;
+            {
+                let mut delete = transaction
+                    .prepare_cached("DELETE FROM spin_key_value WHERE store = ?1 AND key = ?2")
+                    .map_err(sql)?;
+                for key in &keys {
+                    delete.execute(params![label, key]).map_err(sql)?;
+                }
+            }
+            transaction.commit().map_err(sql)
+        })
+        .await
+    }
+
+    pub async fn list_keys(&self, offset: u64) -> Result<KeyPage> {
+        self.with(move |connection, label| {
+            let mut statement = connection
+                .prepare_cached("SELECT key FROM spin_key_value WHERE store = ?1 ORDER BY key LIMIT ?2 OFFSET ?3")
+                .map_err(sql)?;
+            // One more than a page, to learn whether another page follows.
+            let limit = LIST_PAGE_KEYS as i64 + 1;
+            let offset = i64::try_from(offset).unwrap_or(i64::MAX);
+            let mut keys = statement
+                .query_map(params![label, limit, offset], |row| row.get::<_, String>(0))
+                .map_err(sql)?
+                .collect::<rusqlite::Result<Vec<String>>>()
+                .map_err(sql)?;
+            let cursor = (keys.len() > LIST_PAGE_KEYS).then(|| {
+                keys.truncate(LIST_PAGE_KEYS);
+                offset as u64 + LIST_PAGE_KEYS as u64
+            });
+            Ok(KeyPage { keys, cursor })
+        })
+        .await
+    }
+
+    pub async fn increment(&self, key: &str, delta: i64) -> Result<i64> {
+        let key = key.to_owned();
+        self.with(move |connection, label| {
+            // IMMEDIATE takes the write lock first, so two increments never
+            // both read the old value.
+            let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
+            let current = match read(&transaction, label, &key)? {
+                Some(value) => parse_counter(&key, &value)?,
+                None => 0,
+            };
+            let next = current.checked_add(delta).ok_or_else(|| Error::Overflow(key.clone()))?;
+            write(&transaction, label, &key, next.to_string().as_bytes())?;
+            transaction.commit().map_err(sql)?;
+            Ok(next)
+        })
+        .await
+    }
+
+    pub async fn compare_and_swap(&self, key: &str, expected: Option<Vec<u8>>, value: Vec<u8>) -> Result<bool> {
+        let key = key.to_owned();
+        self.with(move |connection, label| {
+            let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
+            if read(&transaction, label, &key)? != expected {
+                return Ok(false);
+            }
+            write(&transaction, label, &key, &value)?;
+            transaction.commit().map_err(sql)?;
+            Ok(true)
+        })
+        .await
+    }
+}
+
+fn read(connection: &rusqlite::Connection, label: &str, key: &str) -> Result<Option<Vec<u8>>> {
+    connection
+        .prepare_cached("SELECT value FROM spin_key_value WHERE store = ?1 AND key = ?2")
+        .and_then(|mut statement| statement.query_row(params![label, key], |row| row.get(0)).optional())
+        .map_err(sql)
+}
+
+fn write(connection: &rusqlite::Connection, label: &str, key: &str, value: &[u8]) -> Result<()> {
+    connection
+        .prepare_cached(
+            "INSERT INTO spin_key_value (store, key, value) VALUES (?1, ?2, ?3)
+             ON CONFLICT (store, key) DO UPDATE SET value = excluded.value",
+        )
+        .and_then(|mut statement| statement.execute(params![label, key, value]))
+        .map(drop)
+        .map_err(sql)
+}
