@@ -106,4 +106,130 @@ static uint64_t query_number(const char *path, const char *name, uint64_t fallba
   return fallback;
 }
 
+static void sleep_ms(uint64_t ms) {
+  if (ms == 0) return;
+  wasi_io_poll_own_pollable_t pollable = wasi_clocks_monotonic_clock_subscribe_duration(ms * 1000000);
+  wasi_io_poll_method_pollable_block(wasi_io_poll_borrow_pollable(pollable));
+  wasi_io_poll_pollable_drop_own(pollable);
+}
+
+// A byte buffer the guest owns.
+typedef struct {
+  uint8_t *data;
+  size_t len;
+} blob_t;
+
+static void blob_push(blob_t *b, const void *data, size_t len) {
+  b->data = realloc(b->data, b->len + len + 1);
+  memcpy(b->data + b->len, data, len);
+  b->len += len;
+  b->data[b->len] = 0;  // always NUL-terminated, for text
+}
+
+// The whole request body (empty if there is none or it cannot be read).
+static blob_t request_body(request_t request) {
+  blob_t all = {calloc(1, 1), 0};
+  wasi_http_types_own_incoming_body_t body;
+  if (!wasi_http_types_method_incoming_request_consume(wasi_http_types_borrow_incoming_request(request), &body)) {
+    return all;
+  }
+  wasi_io_streams_own_input_stream_t stream;
+  wasi_http_types_method_incoming_body_stream(wasi_http_types_borrow_incoming_body(body), &stream);
+  for (;;) {
+    proxy_list_u8_t chunk;
+    wasi_io_streams_stream_error_t err;
+    if (!wasi_io_streams_method_input_stream_blocking_read(wasi_io_streams_borrow_input_stream(stream), 65536, &chunk, &err)) {
+      break;
+    }
+    blob_push(&all, chunk.ptr, chunk.len);
+    proxy_list_u8_free(&chunk);
+  }
+  wasi_io_streams_input_stream_drop_own(stream);
+  wasi_http_types_incoming_body_drop_own(body);
+  return all;
+}
+
+// The request method as a tag (WASI_HTTP_TYPES_METHOD_GET, ...).
+static uint8_t request_method(request_t request) {
+  wasi_http_types_method_t method;
+  wasi_http_types_method_incoming_request_method(wasi_http_types_borrow_incoming_request(request), &method);
+  uint8_t tag = method.tag;
+  wasi_http_types_method_free(&method);
+  return tag;
+}
+
+// The first value of header `name` as a NUL-terminated string (caller
+// frees), or NULL.
+static char *request_header(request_t request, const char *name) {
+  wasi_http_types_own_headers_t headers =
+      wasi_http_types_method_incoming_request_headers(wasi_http_types_borrow_incoming_request(request));
+  proxy_string_t key;
+  proxy_string_set(&key, name);
+  wasi_http_types_list_field_value_t values;
+  wasi_http_types_method_fields_get(wasi_http_types_borrow_fields(headers), &key, &values);
+  char *text = NULL;
+  if (values.len > 0) {
+    text = malloc(values.ptr[0].len + 1);
+    memcpy(text, values.ptr[0].ptr, values.ptr[0].len);
+    text[values.ptr[0].len] = 0;
+  }
+  wasi_http_types_list_field_value_free(&values);
+  wasi_http_types_fields_drop_own(headers);
+  return text;
+}
+
+// Segment `index` (from 0) of the path, without the query, as a new string,
+// or NULL when there are fewer segments.
+static char *path_segment(const char *path, int index) {
+  const char *at = path;
+  for (int i = 0;; i++) {
+    while (*at == '/') at++;
+    if (*at == 0 || *at == '?') return NULL;
+    const char *end = at;
+    while (*end && *end != '/' && *end != '?') end++;
+    if (i == index) {
+      char *segment = malloc((size_t)(end - at) + 1);
+      memcpy(segment, at, (size_t)(end - at));
+      segment[end - at] = 0;
+      return segment;
+    }
+    at = end;
+  }
+}
+
+// The text after `name=` in the query, up to the next `&`, as a new string,
+// or NULL.
+static char *query_text(const char *path, const char *name) {
+  const char *query = strchr(path, '?');
+  size_t name_len = strlen(name);
+  for (const char *at = query; at; at = strchr(at + 1, '&')) {
+    if (strncmp(at + 1, name, name_len) == 0 && at[1 + name_len] == '=') {
+      const char *start = at + 2 + name_len;
+      size_t len = strcspn(start, "&");
+      char *text = malloc(len + 1);
+      memcpy(text, start, len);
+      text[len] = 0;
+      return text;
+    }
+  }
+  return NULL;
+}
+
+// A NUL-terminated copy of a string the host returned (the original is freed).
+static char *take_string(proxy_string_t *s) {
+  char *text = malloc(s->len + 1);
+  memcpy(text, s->ptr, s->len);
+  text[s->len] = 0;
+  proxy_string_free(s);
+  return text;
+}
+
+// Answers with `status` and a one-line text body.
+static void respond_text(outparam_t out, uint16_t status, const char *text) {
+  response_t r = respond(out, status, "text/plain");
+  write_str(&r, text);
+  write_str(&r, "\n");
+  finish(&r);
+}
+
 #endif

@@ -2,12 +2,6 @@
 // (default 200) before each; traps after `trap_after` lines when given.
 #include "guest.h"
 
-static void sleep_ms(uint64_t ms) {
-  wasi_io_poll_own_pollable_t pollable = wasi_clocks_monotonic_clock_subscribe_duration(ms * 1000000);
-  wasi_io_poll_method_pollable_block(wasi_io_poll_borrow_pollable(pollable));
-  wasi_io_poll_pollable_drop_own(pollable);
-}
-
 void exports_wasi_http_incoming_handler_handle(request_t request, outparam_t out) {
   char *path = request_path(request);
   uint64_t chunks = query_number(path, "chunks", 5);

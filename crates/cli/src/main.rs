@@ -31,7 +31,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // Our crates log at info, everything else at warn; RUST_LOG overrides.
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        EnvFilter::new("warn,dormouse=info,dormouse_cli=info,dormouse_gateway=info,dormouse_wasm_host=info")
+        EnvFilter::new("warn,dormouse=info,dormouse_cli=info,dormouse_gateway=info,dormouse_wasm_host=info,dormouse_loader=info,dormouse_kv=info")
     });
     tracing_subscriber::fmt()
         .with_env_filter(filter)

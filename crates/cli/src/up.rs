@@ -11,8 +11,9 @@ use anyhow::Context as _;
 use bytesize::ByteSize;
 use clap::Args;
 use dormouse_gateway::{Gateway, GatewayConfig};
-use dormouse_manifest::App;
-use dormouse_wasm_host::{CacheOutcome, ComponentPre, ComponentSpec, Host, HostConfig, LoadEvent};
+use dormouse_loader::PreparedApp;
+use dormouse_manifest::{App, RuntimeConfig};
+use dormouse_wasm_host::{CacheOutcome, ComponentPre, Host, HostConfig, LoadEvent};
 
 /// Components at least this large get a progress spinner while compiling.
 const SPINNER_MIN_BYTES: usize = 1 << 20;
@@ -28,6 +29,13 @@ pub struct UpArgs {
     /// Environment variable for every component, as KEY=VALUE (repeatable).
     #[arg(short = 'e', long = "env", value_parser = parse_key_value)]
     env: Vec<(String, String)>,
+    /// Spin's runtime configuration file: where key-value stores live.
+    #[arg(long)]
+    runtime_config_file: Option<PathBuf>,
+    /// Where runtime state goes: the default key-value store and staged files
+    /// [default: .dormouse beside the manifest].
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
     /// Linear memory per instance (at most 1 GiB).
     #[arg(long, default_value = "128MiB")]
     memory_limit: ByteSize,
@@ -78,10 +86,15 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     if app.http_triggers.is_empty() {
         tracing::warn!("app `{}` has no HTTP triggers: every request will get 404", app.name);
     }
+    let runtime_config = match &args.runtime_config_file {
+        Some(path) => RuntimeConfig::load(path)?,
+        None => RuntimeConfig::default(),
+    };
+    let state_dir = args.state_dir.clone().unwrap_or_else(|| app.base_dir.join(".dormouse"));
     let cache_dir = match (&args.cache_dir, args.no_cache) {
         (_, true) => None,
         (Some(dir), false) => Some(dir.clone()),
-        (None, false) => Some(app.base_dir.join(".dormouse").join("cache")),
+        (None, false) => Some(state_dir.join("cache")),
     };
     let host_config = HostConfig {
         memory_limit: usize::try_from(args.memory_limit.as_u64()).context("memory limit too large")?,
@@ -98,13 +111,26 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         max_header_bytes: usize::try_from(args.max_headers.as_u64()).context("header limit too large")?,
         max_body_bytes: args.max_body.as_u64(),
         drain_timeout: args.drain_timeout,
+        ..GatewayConfig::default()
     };
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let options = dormouse_loader::Options {
+        state_dir,
+        runtime_config,
+        extra_env: args.env.clone(),
+        env: Box::new(|name| std::env::var(name).ok()),
+    };
+    // Key-value stores are opened here, and Redis's need the runtime.
+    let prepared = runtime.block_on(async { dormouse_loader::prepare(&app, &options) })?;
+    for (label, store) in &prepared.stores {
+        tracing::info!("key-value store `{label}`: {}", store.describe());
+    }
     let host = Host::new(host_config)?;
-    let components = load_components(&host, &app, &args.env)?;
+    let components = load_components(&host, &prepared)?;
+    let allowed_hosts = prepared.components.iter().map(|c| (c.spec.id.clone(), c.allowed_hosts.clone())).collect();
     let supervisor = Arc::new(dormouse_supervisor::Supervisor::new(app.services.values().cloned()));
-    let gateway = Arc::new(Gateway::new(&app, components, supervisor.clone(), host, gateway_config)?);
+    let gateway = Gateway::new(&app, components, allowed_hosts, supervisor.clone(), host, gateway_config)?;
 
     runtime.block_on(async move {
         supervisor.start();
@@ -125,16 +151,11 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn load_components(host: &Host, app: &App, extra_env: &[(String, String)]) -> anyhow::Result<Vec<ComponentPre>> {
+fn load_components(host: &Host, prepared: &PreparedApp) -> anyhow::Result<Vec<ComponentPre>> {
     let show_progress = std::io::stderr().is_terminal();
-    let mut loaded = Vec::with_capacity(app.components.len());
-    for component in app.components.values() {
-        // The manifest's `environment`, then `-e` values, which win for a key
-        // both set.
-        let mut environment = component.environment.clone();
-        environment.extend(extra_env.iter().cloned());
-        let environment = environment.into_iter().collect();
-        let spec = ComponentSpec { id: component.id.clone(), source: component.source.clone(), environment };
+    let mut loaded = Vec::with_capacity(prepared.components.len());
+    for component in &prepared.components {
+        let spec = &component.spec;
         let spinner = std::cell::RefCell::new(None);
         let on_event = |event: LoadEvent<'_>| match event {
             LoadEvent::CompileStarted { id, bytes } if show_progress && bytes >= SPINNER_MIN_BYTES => {
@@ -158,7 +179,7 @@ fn load_components(host: &Host, app: &App, extra_env: &[(String, String)]) -> an
                 tracing::info!("component `{id}` {how} in {:.1?}", elapsed);
             }
         };
-        loaded.push(host.load(&spec, &on_event)?);
+        loaded.push(host.load(spec, &on_event)?);
     }
     Ok(loaded)
 }

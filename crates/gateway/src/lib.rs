@@ -7,6 +7,7 @@
 //! holds no per-request state after the response body ends.
 
 mod limits;
+mod outbound;
 mod proxy;
 mod router;
 mod spin;
@@ -18,16 +19,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use dormouse_manifest::App;
 use dormouse_manifest::model::Target;
+use dormouse_manifest::{AllowedHosts, App};
 use dormouse_supervisor::Supervisor;
-use dormouse_wasm_host::{ComponentPre, GuardedBody, GuestError, HandleError, Host};
+use dormouse_wasm_host::{ComponentPre, GuardedBody, GuestError, HandleError, Host, WasiBody, WasiHttpError};
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
+pub use outbound::{Destination, OutboundConfig};
 pub use router::{RouteEntry, Router, Slot};
 
 /// The path Spin's health check answers on.
@@ -49,6 +50,8 @@ pub struct GatewayConfig {
     pub max_body_bytes: u64,
     /// How long shutdown waits for in-flight requests. Default 30 s.
     pub drain_timeout: Duration,
+    /// Components' outbound HTTP.
+    pub outbound: OutboundConfig,
 }
 
 impl Default for GatewayConfig {
@@ -59,6 +62,7 @@ impl Default for GatewayConfig {
             max_header_bytes: 32 << 10,
             max_body_bytes: 10 << 20,
             drain_timeout: Duration::from_secs(30),
+            outbound: OutboundConfig::default(),
         }
     }
 }
@@ -72,18 +76,24 @@ pub struct Gateway {
     backends: proxy::BackendClient,
     host: Host,
     config: GatewayConfig,
+    /// The address the gateway serves on, once it does: in-process requests
+    /// report it as their client address.
+    local_addr: std::sync::OnceLock<SocketAddr>,
 }
 
 impl Gateway {
     /// `components` must hold a loaded component for every component id the
-    /// app's routes name.
+    /// app's routes name; `allowed_hosts` holds each component's parsed
+    /// `allowed_outbound_hosts` (a component without an entry may reach
+    /// nothing). Installs the outbound policy on `host`.
     pub fn new(
         app: &App,
         components: Vec<ComponentPre>,
+        allowed_hosts: std::collections::HashMap<String, AllowedHosts>,
         supervisor: Arc<Supervisor>,
         host: Host,
         config: GatewayConfig,
-    ) -> anyhow::Result<Gateway> {
+    ) -> anyhow::Result<Arc<Gateway>> {
         let slot_of = |target: &Target| match target {
             Target::Component(id) => components.iter().position(|c| c.id() == id).map(Slot::Component),
             Target::Service(id) => supervisor.services().iter().position(|s| &s.config().id == id).map(Slot::Service),
@@ -96,7 +106,24 @@ impl Gateway {
             );
         }
         let router = Router::new(app, |target| slot_of(target).expect("checked above"));
-        Ok(Gateway { router, components, supervisor, backends: proxy::client(), host, config })
+        let outbound_config = config.outbound.clone();
+        let mut installed = false;
+        let gateway = Arc::new_cyclic(|weak| {
+            let outbound =
+                outbound::Outbound { gateway: weak.clone(), allowed: allowed_hosts, config: outbound_config };
+            installed = host.set_outbound(Arc::new(outbound));
+            Gateway {
+                router,
+                components,
+                supervisor,
+                backends: proxy::client(),
+                host,
+                config,
+                local_addr: Default::default(),
+            }
+        });
+        anyhow::ensure!(installed, "the wasm host already has an outbound HTTP handler: one gateway per host");
+        Ok(gateway)
     }
 
     pub fn router(&self) -> &Router {
@@ -108,6 +135,9 @@ impl Gateway {
     /// requests and guests. Returns whether everything drained in time.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) -> bool {
         let local_addr = listener.local_addr().ok();
+        if let Some(addr) = local_addr {
+            let _ = self.local_addr.set(addr);
+        }
         let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -160,12 +190,16 @@ impl Gateway {
         tokio::time::timeout(self.config.drain_timeout, drain).await.is_ok()
     }
 
-    async fn handle(
+    async fn handle<B>(
         &self,
-        mut request: Request<Incoming>,
+        mut request: Request<B>,
         client: SocketAddr,
         local: Option<SocketAddr>,
-    ) -> Response<ResponseBody> {
+    ) -> Response<ResponseBody>
+    where
+        B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<WasiHttpError> + Into<proxy::BoxError>,
+    {
         let path = request.uri().path();
         if path == HEALTH_PATH {
             return plain(StatusCode::OK, "OK\n");
@@ -189,9 +223,49 @@ impl Gateway {
                 return proxy::forward(&self.backends, service, request).await;
             }
         };
-        let headers = spin::request_headers(&request, entry, &matched, client, local);
+        let headers = spin::request_headers(&request, Some((entry, &matched)), client, local);
         spin::apply(request.headers_mut(), headers);
+        self.call(component, request).await
+    }
 
+    /// A request a component sent to the app itself (`Destination::App`) or to
+    /// one component (`Destination::Component`), answered without a socket.
+    pub(crate) async fn handle_local(
+        &self,
+        mut request: Request<WasiBody>,
+        destination: Destination,
+    ) -> Response<ResponseBody> {
+        let local = self.local_addr.get().copied();
+        let client = local.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)));
+        match destination {
+            Destination::Component(id) => {
+                let Some(component) = self.components.iter().find(|component| component.id() == id) else {
+                    return plain(StatusCode::NOT_FOUND, &format!("no component `{id}` in this app\n"));
+                };
+                // Its own route's headers when the path is on that route;
+                // only the path otherwise (a private component has no route).
+                let path = request.uri().path().to_owned();
+                let routed = self
+                    .router
+                    .entries()
+                    .iter()
+                    .filter(|entry| entry.target_id == id)
+                    .find_map(|entry| entry.pattern.matches(&path).map(|matched| (entry, matched)));
+                let headers = spin::request_headers(&request, routed.as_ref().map(|(e, m)| (*e, m)), client, local);
+                spin::apply(request.headers_mut(), headers);
+                self.call(component, request).await
+            }
+            _ => self.handle(request, client, local).await,
+        }
+    }
+
+    /// Hands a routed request to its component and turns the outcome into
+    /// the response.
+    async fn call<B>(&self, component: &ComponentPre, request: Request<B>) -> Response<ResponseBody>
+    where
+        B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<WasiHttpError>,
+    {
         let (request, over_limit) = limits::limit_body(request, self.config.max_body_bytes);
         // A guest that read past the limit before it answered answered a
         // truncated request: whatever it said, the client gets 413.

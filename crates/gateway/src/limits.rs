@@ -11,7 +11,6 @@ use dormouse_wasm_host::WasiHttpError;
 use http::{Request, Response, StatusCode, header};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 
 use crate::{GatewayConfig, ResponseBody, plain};
 
@@ -76,21 +75,24 @@ const DRAIN_BYTES: u64 = 1 << 20;
 const DRAIN_TIME: Duration = Duration::from_secs(1);
 
 /// Wraps the request body so that it fails once more than `limit` bytes came.
-pub fn limit_body(request: Request<Incoming>, limit: u64) -> (Request<LimitedBody>, LimitTripped) {
+pub fn limit_body<B>(request: Request<B>, limit: u64) -> (Request<LimitedBody<B>>, LimitTripped)
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+{
     let tripped = LimitTripped::default();
     let flag = tripped.clone();
     (request.map(|inner| LimitedBody { inner: Some(inner), remaining: limit, limit, tripped: flag }), tripped)
 }
 
-pub struct LimitedBody {
+pub struct LimitedBody<B: Body<Data = Bytes> + Send + Unpin + 'static> {
     /// Always `Some` until dropped.
-    inner: Option<Incoming>,
+    inner: Option<B>,
     remaining: u64,
     limit: u64,
     tripped: LimitTripped,
 }
 
-impl Drop for LimitedBody {
+impl<B: Body<Data = Bytes> + Send + Unpin + 'static> Drop for LimitedBody<B> {
     fn drop(&mut self) {
         let Some(mut rest) = self.inner.take().filter(|body| self.tripped.tripped() && !body.is_end_stream()) else {
             return;
@@ -110,7 +112,11 @@ impl Drop for LimitedBody {
     }
 }
 
-impl Body for LimitedBody {
+impl<B> Body for LimitedBody<B>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<WasiHttpError>,
+{
     type Data = Bytes;
     type Error = WasiHttpError;
 

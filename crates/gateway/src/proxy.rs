@@ -10,6 +10,7 @@ use bytes::Bytes;
 use dormouse_supervisor::{Lease, ServiceHandle, WakeError};
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -17,7 +18,14 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use crate::{ResponseBody, plain};
 
-pub type BackendClient = Client<HttpConnector, Incoming>;
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Request bodies of every origin (a client connection, a component's own
+/// request) go to services boxed: one allocation per request, beside a hop
+/// over a socket.
+type BackendBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+pub type BackendClient = Client<HttpConnector, BackendBody>;
 
 pub fn client() -> BackendClient {
     let mut connector = HttpConnector::new();
@@ -25,11 +33,15 @@ pub fn client() -> BackendClient {
     Client::builder(TokioExecutor::new()).build(connector)
 }
 
-pub async fn forward(
+pub async fn forward<B>(
     client: &BackendClient,
     service: &Arc<ServiceHandle>,
-    mut request: Request<Incoming>,
-) -> Response<ResponseBody> {
+    mut request: Request<B>,
+) -> Response<ResponseBody>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
     let lease = match service.acquire().await {
         Ok(lease) => lease,
         Err(error) => return wake_failed(&error),
@@ -41,6 +53,7 @@ pub async fn forward(
         Err(_) => return plain(StatusCode::BAD_REQUEST, "invalid request URI\n"),
     };
     let client_upgrade = request.headers().contains_key(header::UPGRADE).then(|| hyper::upgrade::on(&mut request));
+    let request = request.map(|body| body.map_err(Into::into).boxed_unsync());
     match client.request(request).await {
         Ok(mut response) if response.status() == StatusCode::SWITCHING_PROTOCOLS && client_upgrade.is_some() => {
             // An upgraded connection (WebSocket and the like) is activity for

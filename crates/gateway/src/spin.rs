@@ -17,11 +17,11 @@ const BASE_PATH: HeaderName = HeaderName::from_static("spin-base-path");
 const CLIENT_ADDR: HeaderName = HeaderName::from_static("spin-client-addr");
 const PATH_MATCH_PREFIX: &str = "spin-path-match-";
 
-/// The headers to set on a request routed to `entry`.
+/// The headers to set on a request routed to `route` (`None`: a component
+/// reached directly, not through one of its routes).
 pub fn request_headers<B>(
     request: &Request<B>,
-    entry: &RouteEntry,
-    matched: &RouteMatch<'_>,
+    route: Option<(&RouteEntry, &RouteMatch<'_>)>,
     client: SocketAddr,
     local: Option<SocketAddr>,
 ) -> Vec<(HeaderName, HeaderValue)> {
@@ -35,7 +35,7 @@ pub fn request_headers<B>(
     let path_and_query = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
     let full_url = format!("http://{host}{path_and_query}");
 
-    let mut headers = Vec::with_capacity(8 + matched.captures.len());
+    let mut headers = Vec::with_capacity(8 + route.map_or(0, |(_, matched)| matched.captures.len()));
     let mut push = |name: HeaderName, value: &str| {
         // Every value here comes from a valid request line, header or route;
         // one that still cannot be a header value is left out, not guessed at.
@@ -44,13 +44,17 @@ pub fn request_headers<B>(
         }
     };
     push(FULL_URL, &full_url);
+    push(BASE_PATH, "/");
+    push(CLIENT_ADDR, &client.to_string());
+    push(header::HOST, &host);
+    let Some((entry, matched)) = route else {
+        push(PATH_INFO, request.uri().path());
+        return headers;
+    };
     push(PATH_INFO, matched.path_info);
     push(MATCHED_ROUTE, &entry.matched_route);
     push(RAW_COMPONENT_ROUTE, entry.pattern.raw());
     push(COMPONENT_ROUTE, &entry.component_route);
-    push(BASE_PATH, "/");
-    push(CLIENT_ADDR, &client.to_string());
-    push(header::HOST, &host);
     for (name, value) in &matched.captures {
         if let Ok(name) = HeaderName::from_bytes(format!("{PATH_MATCH_PREFIX}{}", name.to_ascii_lowercase()).as_bytes())
         {

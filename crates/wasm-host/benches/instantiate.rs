@@ -15,7 +15,7 @@ fn instantiate(c: &mut Criterion) {
     let mut group = c.benchmark_group("instantiate+handle+teardown");
     for pooling in [true, false] {
         let host = Host::new(HostConfig { pooling, max_instances: 100, ..HostConfig::default() }).unwrap();
-        let spec = ComponentSpec { id: "hello".into(), source: source.clone(), environment: Vec::new() };
+        let spec = ComponentSpec { id: "hello".into(), source: source.clone(), ..ComponentSpec::default() };
         let pre = host.load(&spec, &|_| {}).unwrap();
         let name = if pooling { "pooling" } else { "no-pooling" };
         group.bench_function(name, |b| {

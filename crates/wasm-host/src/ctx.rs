@@ -1,10 +1,15 @@
 //! Per-request store data: the WASI and wasi:http contexts, the resource
-//! table and the memory limiter of one instance.
+//! table, the memory limiter of one instance, and the component's grants.
+
+use std::sync::Arc;
 
 use wasmtime::component::ResourceTable;
 use wasmtime::{StoreLimits, StoreLimitsBuilder};
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+
+use crate::caps::{CapsView, ComponentCaps};
+use crate::outbound::Hops;
 
 pub struct RequestCtx {
     wasi: WasiCtx,
@@ -15,19 +20,37 @@ pub struct RequestCtx {
 }
 
 impl RequestCtx {
-    pub fn new(environment: &[(String, String)], memory_limit: usize) -> Self {
-        // Deny by default: no preopened directories, no socket addresses, no
-        // name lookups. Guest output goes to dormouse's own stdout and stderr.
-        let wasi = WasiCtx::builder().envs(environment).inherit_stdout().inherit_stderr().build();
+    /// `hops`: how many in-process hops the request being handled has made.
+    pub fn new(caps: &Arc<ComponentCaps>, memory_limit: usize, hops: Hops) -> Self {
+        // Deny by default: no socket addresses, no name lookups, and only the
+        // directories the component was granted, read-only. Guest output goes
+        // to dormouse's own stdout and stderr.
+        let mut wasi = WasiCtx::builder();
+        wasi.envs(&caps.environment).inherit_stdout().inherit_stderr();
+        for preopen in &caps.preopens {
+            // Staged at load time; a directory that vanished since is left out
+            // (the guest sees no such file) rather than failing the request.
+            if let Err(error) = wasi.preopened_dir(&preopen.host, &preopen.guest, FsPerms::ReadOnly) {
+                tracing::warn!(component = %caps.id, "cannot open `{}`: {error}", preopen.host.display());
+            }
+        }
         RequestCtx {
-            wasi,
+            wasi: wasi.build(),
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
-            hooks: OutboundHooks,
+            hooks: OutboundHooks { caps: caps.clone(), hops },
             // `memory.grow` past the cap returns -1 to the guest rather than
             // trapping: the guest decides what running out of memory means.
             limits: StoreLimitsBuilder::new().memory_size(memory_limit).build(),
         }
+    }
+
+    pub fn caps(&self) -> &ComponentCaps {
+        &self.hooks.caps
+    }
+
+    pub fn caps_view(&mut self) -> CapsView<'_> {
+        CapsView { table: &mut self.table, caps: &self.hooks.caps }
     }
 }
 
@@ -47,16 +70,19 @@ impl WasiHttpView for RequestCtx {
     }
 }
 
-/// Outbound HTTP policy. Every request is denied until the manifest's
-/// `allowed_outbound_hosts` is enforced; the guest gets `HTTP-request-denied`
-/// and no connection is opened.
-struct OutboundHooks;
+/// Hands each outgoing request to the embedder's handler; with none
+/// installed, the guest gets `HTTP-request-denied` and nothing is opened.
+struct OutboundHooks {
+    caps: Arc<ComponentCaps>,
+    /// Of the request being handled; its outgoing requests carry one more.
+    hops: Hops,
+}
 
 impl WasiHttpHooks for OutboundHooks {
     fn send_request(
         &mut self,
-        request: http::Request<wasmtime_wasi_http::WasiBody>,
-        _options: Option<wasmtime_wasi_http::RequestOptions>,
+        mut request: http::Request<wasmtime_wasi_http::WasiBody>,
+        options: Option<wasmtime_wasi_http::RequestOptions>,
         _fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
     ) -> Box<
         dyn Future<
@@ -66,7 +92,13 @@ impl WasiHttpHooks for OutboundHooks {
                 )>,
             > + Send,
     > {
-        tracing::debug!(uri = %request.uri(), "outbound HTTP request denied");
-        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
+        request.extensions_mut().insert(Hops(self.hops.0 + 1));
+        match self.caps.outbound.get() {
+            Some(outbound) => Box::new(outbound.send(&self.caps.id, request, options)),
+            None => {
+                tracing::debug!(uri = %request.uri(), "outbound HTTP request denied: no outbound handler");
+                Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
+            }
+        }
     }
 }

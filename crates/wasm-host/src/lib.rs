@@ -6,13 +6,19 @@
 //! (the gateway decides which component gets a request); one thread advances
 //! the epoch for every store, never a timer per request.
 
+mod bindings;
 mod body;
 mod cache;
+mod caps;
 mod ctx;
+mod kv;
+mod outbound;
+mod variables;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -26,9 +32,13 @@ use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use body::Outcome;
 pub use body::{GuardedBody, GuestError};
 pub use cache::{CacheOutcome, CompileCache};
+use caps::ComponentCaps;
+pub use caps::Preopen;
 use ctx::RequestCtx;
+pub use outbound::{Hops, IoFuture, OutboundHttp, OutgoingFuture};
 /// The error type of request bodies handed to a guest.
 pub use wasmtime_wasi_http::Error as WasiHttpError;
+pub use wasmtime_wasi_http::{RequestOptions, WasiBody, default_send_request};
 
 /// How often the shared ticker advances the engine's epoch. The CPU budget is
 /// counted in these ticks, and a running guest yields to other tasks once a tick.
@@ -89,13 +99,20 @@ pub enum HandleError {
     NoResponse,
 }
 
-/// A component's request handler and what it needs at start.
-#[derive(Debug, Clone)]
+/// A component's request handler and what it was granted. Anything not
+/// listed here, the guest cannot reach.
+#[derive(Debug, Clone, Default)]
 pub struct ComponentSpec {
     pub id: String,
     pub source: PathBuf,
     /// Environment variables the guest sees (`wasi:cli/environment`).
     pub environment: Vec<(String, String)>,
+    /// Resolved variables (`wasi:config/store`, Spin's variables interfaces).
+    pub variables: BTreeMap<String, String>,
+    /// Key-value stores the guest may open, by label.
+    pub key_value: Vec<(String, dormouse_kv::Store)>,
+    /// Directories the guest may read.
+    pub preopens: Vec<Preopen>,
 }
 
 /// Reported while loading, so a CLI can show progress and tests can see
@@ -125,6 +142,8 @@ struct Shared {
     /// component with the same bytes shares the compiled code and the
     /// pre-instantiation instead of paying for them again.
     loaded: std::sync::Mutex<std::collections::HashMap<blake3::Hash, ProxyPre<RequestCtx>>>,
+    /// Set once by the embedder; every component's grants point at it.
+    outbound: Arc<OnceLock<Arc<dyn OutboundHttp>>>,
 }
 
 impl Host {
@@ -152,6 +171,8 @@ impl Host {
         // (no environment, preopens or socket addresses unless granted).
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+        // Key-value and variables, in every version guests in the field import.
+        caps::add_to_linker(&mut linker)?;
 
         let ticker = EpochTicker::start(&engine);
         let cache = CompileCache::new(&engine, config.cache_dir.clone());
@@ -161,6 +182,7 @@ impl Host {
             tasks: TaskTracker::new(),
             ticker,
             loaded: Default::default(),
+            outbound: Default::default(),
             engine,
             linker,
             cache,
@@ -175,6 +197,13 @@ impl Host {
 
     pub fn engine(&self) -> &Engine {
         &self.shared.engine
+    }
+
+    /// Installs what handles guests' outbound HTTP requests, for every
+    /// component. Until it is set (and if it never is), each is denied.
+    /// Returns `false` if one was installed already.
+    pub fn set_outbound(&self, outbound: Arc<dyn OutboundHttp>) -> bool {
+        self.shared.outbound.set(outbound).is_ok()
     }
 
     /// Guest tasks still running (a guest may run on after its response head
@@ -215,12 +244,16 @@ impl Host {
             }
         };
         on_event(LoadEvent::Loaded { id: &spec.id, outcome, elapsed: started.elapsed() });
-        Ok(ComponentPre {
+        let caps = ComponentCaps {
             id: spec.id.clone().into(),
-            pre,
-            environment: spec.environment.clone().into(),
-            shared: self.shared.clone(),
-        })
+            environment: spec.environment.clone(),
+            config: spec.variables.iter().map(|(name, value)| (name.as_str(), value.as_str())).collect(),
+            variables: spec.variables.clone(),
+            key_value: spec.key_value.clone(),
+            preopens: spec.preopens.clone(),
+            outbound: self.shared.outbound.clone(),
+        };
+        Ok(ComponentPre { pre, caps: Arc::new(caps), shared: self.shared.clone() })
     }
 
     fn pre_instantiate(&self, id: &str, source: &Path, component: &Component) -> anyhow::Result<ProxyPre<RequestCtx>> {
@@ -335,15 +368,14 @@ impl Drop for EpochTicker {
 /// clone; each request gets its own `Store` and instance from it.
 #[derive(Clone)]
 pub struct ComponentPre {
-    id: Arc<str>,
     pre: ProxyPre<RequestCtx>,
-    environment: Arc<[(String, String)]>,
+    caps: Arc<ComponentCaps>,
     shared: Arc<Shared>,
 }
 
 impl ComponentPre {
     pub fn id(&self) -> &str {
-        &self.id
+        &self.caps.id
     }
 
     /// Instantiates the component, hands it the request and returns the
@@ -356,10 +388,11 @@ impl ComponentPre {
     {
         let config = &self.shared.config;
         let deadline = tokio::time::Instant::now() + config.wall_limit;
+        let hops = request.extensions().get::<Hops>().copied().unwrap_or_default();
         let permit = self.acquire_instance(deadline).await?;
         let ticking = self.shared.ticker.enter();
 
-        let mut store = Store::new(&self.shared.engine, RequestCtx::new(&self.environment, config.memory_limit));
+        let mut store = Store::new(&self.shared.engine, RequestCtx::new(&self.caps, config.memory_limit, hops));
         store.limiter(|ctx| &mut ctx.limits);
         let budget_ticks = config.cpu_limit.as_millis().div_ceil(EPOCH_TICK.as_millis()).max(1) as u64;
         let mut ticks_used = 0u64;

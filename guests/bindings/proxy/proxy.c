@@ -14,6 +14,11 @@ extern void __wasm_import_wasi_cli_environment_get_arguments(uint8_t *);
 __attribute__((__import_module__("wasi:cli/environment@0.2.12"), __import_name__("initial-cwd")))
 extern void __wasm_import_wasi_cli_environment_initial_cwd(uint8_t *);
 
+// Imported Functions from `wasi:io/error@0.2.12`
+
+__attribute__((__import_module__("wasi:io/error@0.2.12"), __import_name__("[method]error.to-debug-string")))
+extern void __wasm_import_wasi_io_error_method_error_to_debug_string(int32_t, uint8_t *);
+
 // Imported Functions from `wasi:io/poll@0.2.12`
 
 __attribute__((__import_module__("wasi:io/poll@0.2.12"), __import_name__("[method]pollable.ready")))
@@ -24,41 +29,6 @@ extern void __wasm_import_wasi_io_poll_method_pollable_block(int32_t);
 
 __attribute__((__import_module__("wasi:io/poll@0.2.12"), __import_name__("poll")))
 extern void __wasm_import_wasi_io_poll_poll(uint8_t *, size_t, uint8_t *);
-
-// Imported Functions from `wasi:clocks/monotonic-clock@0.2.12`
-
-__attribute__((__import_module__("wasi:clocks/monotonic-clock@0.2.12"), __import_name__("now")))
-extern int64_t __wasm_import_wasi_clocks_monotonic_clock_now(void);
-
-__attribute__((__import_module__("wasi:clocks/monotonic-clock@0.2.12"), __import_name__("resolution")))
-extern int64_t __wasm_import_wasi_clocks_monotonic_clock_resolution(void);
-
-__attribute__((__import_module__("wasi:clocks/monotonic-clock@0.2.12"), __import_name__("subscribe-instant")))
-extern int32_t __wasm_import_wasi_clocks_monotonic_clock_subscribe_instant(int64_t);
-
-__attribute__((__import_module__("wasi:clocks/monotonic-clock@0.2.12"), __import_name__("subscribe-duration")))
-extern int32_t __wasm_import_wasi_clocks_monotonic_clock_subscribe_duration(int64_t);
-
-// Imported Functions from `wasi:clocks/wall-clock@0.2.12`
-
-__attribute__((__import_module__("wasi:clocks/wall-clock@0.2.12"), __import_name__("now")))
-extern void __wasm_import_wasi_clocks_wall_clock_now(uint8_t *);
-
-__attribute__((__import_module__("wasi:clocks/wall-clock@0.2.12"), __import_name__("resolution")))
-extern void __wasm_import_wasi_clocks_wall_clock_resolution(uint8_t *);
-
-// Imported Functions from `wasi:random/random@0.2.12`
-
-__attribute__((__import_module__("wasi:random/random@0.2.12"), __import_name__("get-random-bytes")))
-extern void __wasm_import_wasi_random_random_get_random_bytes(int64_t, uint8_t *);
-
-__attribute__((__import_module__("wasi:random/random@0.2.12"), __import_name__("get-random-u64")))
-extern int64_t __wasm_import_wasi_random_random_get_random_u64(void);
-
-// Imported Functions from `wasi:io/error@0.2.12`
-
-__attribute__((__import_module__("wasi:io/error@0.2.12"), __import_name__("[method]error.to-debug-string")))
-extern void __wasm_import_wasi_io_error_method_error_to_debug_string(int32_t, uint8_t *);
 
 // Imported Functions from `wasi:io/streams@0.2.12`
 
@@ -106,6 +76,252 @@ extern void __wasm_import_wasi_io_streams_method_output_stream_splice(int32_t, i
 
 __attribute__((__import_module__("wasi:io/streams@0.2.12"), __import_name__("[method]output-stream.blocking-splice")))
 extern void __wasm_import_wasi_io_streams_method_output_stream_blocking_splice(int32_t, int32_t, int64_t, uint8_t *);
+
+// Imported Functions from `wasi:clocks/wall-clock@0.2.12`
+
+__attribute__((__import_module__("wasi:clocks/wall-clock@0.2.12"), __import_name__("now")))
+extern void __wasm_import_wasi_clocks_wall_clock_now(uint8_t *);
+
+__attribute__((__import_module__("wasi:clocks/wall-clock@0.2.12"), __import_name__("resolution")))
+extern void __wasm_import_wasi_clocks_wall_clock_resolution(uint8_t *);
+
+// Imported Functions from `wasi:filesystem/types@0.2.12`
+
+__attribute__((__import_module__("wasi:filesystem/types@0.2.12"), __import_name__("[method]descriptor.read-via-stream")))
+extern void __wasm_import_wasi_filesystem_types_method_descriptor_read_via_stream(int32_t, int64_t, uint8_t *);
+
+__attribute__((__import_module__("wasi:filesystem/types@0.2.12"), __import_name__("[method]descriptor.write-via-stream")))
+extern void __wasm_import_wasi_filesystem_types_method_descriptor_write_via_stream(int32_t, int64_t, uint8_t *);
+
+__attribute__((__import_module__("wasi:filesystem/types@0.2.12"), __import_name__("[method]descriptor.append-via-stream")))
+extern void __wasm_import_wasi_filesystem_types_method_descriptor_append_via_stream(int32_t, uint8_t *);
+
+__attribute__((__import_module__("wasi:filesystem/types@0.2.12"), __import_name__("[method]descriptor.advise")))
+extern void __wasm_import_wasi_filesystem_types_method_descriptor_advise(int32_t, int64_t, int64_t, int32_t, uint8_t *);
+
+__attribute__((__import_module__("wasi:filesystem/types@0.2.12"), __import_name__("[method]descriptor.sync-data")))
+extern void __wasm_import_wasi_filesystem_types_method_descriptor_sync_data(int32_t, uint8_t *);
+
+__attribute__((__import_module__("wasi:filesystem/types@0.2.12"), __import_name__("[method]descriptor.get-flags")))
+extern void __wasm_import_wasi_filesystem_types_method_descriptor_get_flags(int32_t, uint8_t *);
+
+__attribute__((__import_module__("wasi:filesystem/types@0.2.12"), __import_name__("[method]descriptor.get-type")))
+extern void __wasm_import_wasi_filesystem_types_method_descriptor_get_type(int32_t, uint8_t *);
+
+__attribute__((__import_module__("wasi:filesystem/types@0.2.12"), __import_name__("[method]descriptor.set-size")))
+extern void __wasm_import_wasi_filesystem_types_method_descriptor_set_size(int32_t, int64_t, uint8_t *);
+
+__attribute__((__import_module__("wasi:filesystem/types@0.2.12"), __import_name__("[method]descriptor.set-times")))
+extern void __wasm_import_wasi_filesystem_types_method_descriptor_set_times(int32_t, int32_t, int64_t, int32_t, int32_t, int64_t, int32_t, uint8_t *);
+
+__attribute__((__import_module__("wasi:filesystem/types@0.2.12"), __import_name__("[method]descriptor.read")))
+extern void __wasm_import_wasi_filesystem_types_method_descriptor_read(int32_t, int64_t, int64_t, uint8_t *);
+
+__attribute__((__import_module__("wasi:filesystem/types@0.2.12"), __import_name__("[method]descriptor.write")))
+extern void __wasm_import_wasi_filesystem_types_method_descriptor_write(int32_t, uint8_t *, size_t, int64_t, uint8_t *);
+
+__attribute__((__import_module__("wasi:filesystem/types@0.2.12"), __import_name__("[method]descriptor.read-directory")))
+extern void __wasm_import_wasi_filesystem_types_method_descriptor_read_directory(int32_t, uint8_t *);
+
+__attribute__((__import_module__("wasi:filesystem/types@0.2.12"), __import_name__("[method]descriptor.sync")))
+extern void __wasm_import_wasi_filesystem_types_method_descriptor_sync(int32_t, uint8_t *);
+
+__attribute__((__import_module__("wasi:filesystem/types@0.2.12"), __import_name__("[method]descriptor.create-directory-at")))
+extern void __wasm_import_wasi_filesystem_types_method_descriptor_create_directory_at(int32_t, uint8_t *, size_t, uint8_t *);
+
+__attribute__((__import_module__("wasi:filesystem/types@0.2.12"), __import_name__("[method]descriptor.stat")))
+extern void __wasm_import_wasi_filesystem_types_method_descriptor_stat(int32_t, uint8_t *);
+
+__attribute__((__import_module__("wasi:filesystem/types@0.2.12"), __import_name__("[method]descriptor.stat-at")))
+extern void __wasm_import_wasi_filesystem_types_method_descriptor_stat_at(int32_t, int32_t, uint8_t *, size_t, uint8_t *);
+
+__attribute__((__import_module__("wasi:filesystem/types@0.2.12"), __import_name__("[method]descriptor.set-times-at")))
+extern void __wasm_import_wasi_filesystem_types_method_descriptor_set_times_at(int32_t, int32_t, uint8_t *, size_t, int32_t, int64_t, int32_t, int32_t, int64_t, int32_t, uint8_t *);
+
+__attribute__((__import_module__("wasi:filesystem/types@0.2.12"), __import_name__("[method]descriptor.link-at")))
+extern void __wasm_import_wasi_filesystem_types_method_descriptor_link_at(int32_t, int32_t, uint8_t *, size_t, int32_t, uint8_t *, size_t, uint8_t *);
+
+__attribute__((__import_module__("wasi:filesystem/types@0.2.12"), __import_name__("[method]descriptor.open-at")))
+extern void __wasm_import_wasi_filesystem_types_method_descriptor_open_at(int32_t, int32_t, uint8_t *, size_t, int32_t, int32_t, uint8_t *);
+
+__attribute__((__import_module__("wasi:filesystem/types@0.2.12"), __import_name__("[method]descriptor.readlink-at")))
+extern void __wasm_import_wasi_filesystem_types_method_descriptor_readlink_at(int32_t, uint8_t *, size_t, uint8_t *);
+
+__attribute__((__import_module__("wasi:filesystem/types@0.2.12"), __import_name__("[method]descriptor.remove-directory-at")))
+extern void __wasm_import_wasi_filesystem_types_method_descriptor_remove_directory_at(int32_t, uint8_t *, size_t, uint8_t *);
+
+__attribute__((__import_module__("wasi:filesystem/types@0.2.12"), __import_name__("[method]descriptor.rename-at")))
+extern void __wasm_import_wasi_filesystem_types_method_descriptor_rename_at(int32_t, uint8_t *, size_t, int32_t, uint8_t *, size_t, uint8_t *);
+
+__attribute__((__import_module__("wasi:filesystem/types@0.2.12"), __import_name__("[method]descriptor.symlink-at")))
+extern void __wasm_import_wasi_filesystem_types_method_descriptor_symlink_at(int32_t, uint8_t *, size_t, uint8_t *, size_t, uint8_t *);
+
+__attribute__((__import_module__("wasi:filesystem/types@0.2.12"), __import_name__("[method]descriptor.unlink-file-at")))
+extern void __wasm_import_wasi_filesystem_types_method_descriptor_unlink_file_at(int32_t, uint8_t *, size_t, uint8_t *);
+
+__attribute__((__import_module__("wasi:filesystem/types@0.2.12"), __import_name__("[method]descriptor.is-same-object")))
+extern int32_t __wasm_import_wasi_filesystem_types_method_descriptor_is_same_object(int32_t, int32_t);
+
+__attribute__((__import_module__("wasi:filesystem/types@0.2.12"), __import_name__("[method]descriptor.metadata-hash")))
+extern void __wasm_import_wasi_filesystem_types_method_descriptor_metadata_hash(int32_t, uint8_t *);
+
+__attribute__((__import_module__("wasi:filesystem/types@0.2.12"), __import_name__("[method]descriptor.metadata-hash-at")))
+extern void __wasm_import_wasi_filesystem_types_method_descriptor_metadata_hash_at(int32_t, int32_t, uint8_t *, size_t, uint8_t *);
+
+__attribute__((__import_module__("wasi:filesystem/types@0.2.12"), __import_name__("[method]directory-entry-stream.read-directory-entry")))
+extern void __wasm_import_wasi_filesystem_types_method_directory_entry_stream_read_directory_entry(int32_t, uint8_t *);
+
+__attribute__((__import_module__("wasi:filesystem/types@0.2.12"), __import_name__("filesystem-error-code")))
+extern void __wasm_import_wasi_filesystem_types_filesystem_error_code(int32_t, uint8_t *);
+
+// Imported Functions from `wasi:filesystem/preopens@0.2.12`
+
+__attribute__((__import_module__("wasi:filesystem/preopens@0.2.12"), __import_name__("get-directories")))
+extern void __wasm_import_wasi_filesystem_preopens_get_directories(uint8_t *);
+
+// Imported Functions from `wasi:keyvalue/store@0.2.0-draft`
+
+__attribute__((__import_module__("wasi:keyvalue/store@0.2.0-draft"), __import_name__("open")))
+extern void __wasm_import_wasi_keyvalue_0_2_0_draft_store_open(uint8_t *, size_t, uint8_t *);
+
+__attribute__((__import_module__("wasi:keyvalue/store@0.2.0-draft"), __import_name__("[method]bucket.get")))
+extern void __wasm_import_wasi_keyvalue_0_2_0_draft_store_method_bucket_get(int32_t, uint8_t *, size_t, uint8_t *);
+
+__attribute__((__import_module__("wasi:keyvalue/store@0.2.0-draft"), __import_name__("[method]bucket.set")))
+extern void __wasm_import_wasi_keyvalue_0_2_0_draft_store_method_bucket_set(int32_t, uint8_t *, size_t, uint8_t *, size_t, uint8_t *);
+
+__attribute__((__import_module__("wasi:keyvalue/store@0.2.0-draft"), __import_name__("[method]bucket.delete")))
+extern void __wasm_import_wasi_keyvalue_0_2_0_draft_store_method_bucket_delete(int32_t, uint8_t *, size_t, uint8_t *);
+
+__attribute__((__import_module__("wasi:keyvalue/store@0.2.0-draft"), __import_name__("[method]bucket.exists")))
+extern void __wasm_import_wasi_keyvalue_0_2_0_draft_store_method_bucket_exists(int32_t, uint8_t *, size_t, uint8_t *);
+
+__attribute__((__import_module__("wasi:keyvalue/store@0.2.0-draft"), __import_name__("[method]bucket.list-keys")))
+extern void __wasm_import_wasi_keyvalue_0_2_0_draft_store_method_bucket_list_keys(int32_t, int32_t, int64_t, uint8_t *);
+
+// Imported Functions from `wasi:keyvalue/atomics@0.2.0-draft`
+
+__attribute__((__import_module__("wasi:keyvalue/atomics@0.2.0-draft"), __import_name__("increment")))
+extern void __wasm_import_wasi_keyvalue_0_2_0_draft_atomics_increment(int32_t, uint8_t *, size_t, int64_t, uint8_t *);
+
+// Imported Functions from `wasi:keyvalue/batch@0.2.0-draft`
+
+__attribute__((__import_module__("wasi:keyvalue/batch@0.2.0-draft"), __import_name__("get-many")))
+extern void __wasm_import_wasi_keyvalue_0_2_0_draft_batch_get_many(int32_t, uint8_t *, size_t, uint8_t *);
+
+__attribute__((__import_module__("wasi:keyvalue/batch@0.2.0-draft"), __import_name__("set-many")))
+extern void __wasm_import_wasi_keyvalue_0_2_0_draft_batch_set_many(int32_t, uint8_t *, size_t, uint8_t *);
+
+__attribute__((__import_module__("wasi:keyvalue/batch@0.2.0-draft"), __import_name__("delete-many")))
+extern void __wasm_import_wasi_keyvalue_0_2_0_draft_batch_delete_many(int32_t, uint8_t *, size_t, uint8_t *);
+
+// Imported Functions from `wasi:keyvalue/store@0.2.0-draft2`
+
+__attribute__((__import_module__("wasi:keyvalue/store@0.2.0-draft2"), __import_name__("open")))
+extern void __wasm_import_wasi_keyvalue_0_2_0_draft2_store_open(uint8_t *, size_t, uint8_t *);
+
+__attribute__((__import_module__("wasi:keyvalue/store@0.2.0-draft2"), __import_name__("[method]bucket.get")))
+extern void __wasm_import_wasi_keyvalue_0_2_0_draft2_store_method_bucket_get(int32_t, uint8_t *, size_t, uint8_t *);
+
+__attribute__((__import_module__("wasi:keyvalue/store@0.2.0-draft2"), __import_name__("[method]bucket.set")))
+extern void __wasm_import_wasi_keyvalue_0_2_0_draft2_store_method_bucket_set(int32_t, uint8_t *, size_t, uint8_t *, size_t, uint8_t *);
+
+__attribute__((__import_module__("wasi:keyvalue/store@0.2.0-draft2"), __import_name__("[method]bucket.delete")))
+extern void __wasm_import_wasi_keyvalue_0_2_0_draft2_store_method_bucket_delete(int32_t, uint8_t *, size_t, uint8_t *);
+
+__attribute__((__import_module__("wasi:keyvalue/store@0.2.0-draft2"), __import_name__("[method]bucket.exists")))
+extern void __wasm_import_wasi_keyvalue_0_2_0_draft2_store_method_bucket_exists(int32_t, uint8_t *, size_t, uint8_t *);
+
+__attribute__((__import_module__("wasi:keyvalue/store@0.2.0-draft2"), __import_name__("[method]bucket.list-keys")))
+extern void __wasm_import_wasi_keyvalue_0_2_0_draft2_store_method_bucket_list_keys(int32_t, int32_t, uint8_t *, size_t, uint8_t *);
+
+// Imported Functions from `wasi:keyvalue/atomics@0.2.0-draft2`
+
+__attribute__((__import_module__("wasi:keyvalue/atomics@0.2.0-draft2"), __import_name__("[static]cas.new")))
+extern void __wasm_import_wasi_keyvalue_0_2_0_draft2_atomics_static_cas_new(int32_t, uint8_t *, size_t, uint8_t *);
+
+__attribute__((__import_module__("wasi:keyvalue/atomics@0.2.0-draft2"), __import_name__("[method]cas.current")))
+extern void __wasm_import_wasi_keyvalue_0_2_0_draft2_atomics_method_cas_current(int32_t, uint8_t *);
+
+__attribute__((__import_module__("wasi:keyvalue/atomics@0.2.0-draft2"), __import_name__("increment")))
+extern void __wasm_import_wasi_keyvalue_0_2_0_draft2_atomics_increment(int32_t, uint8_t *, size_t, int64_t, uint8_t *);
+
+__attribute__((__import_module__("wasi:keyvalue/atomics@0.2.0-draft2"), __import_name__("swap")))
+extern void __wasm_import_wasi_keyvalue_0_2_0_draft2_atomics_swap(int32_t, uint8_t *, size_t, uint8_t *);
+
+// Imported Functions from `wasi:keyvalue/batch@0.2.0-draft2`
+
+__attribute__((__import_module__("wasi:keyvalue/batch@0.2.0-draft2"), __import_name__("get-many")))
+extern void __wasm_import_wasi_keyvalue_0_2_0_draft2_batch_get_many(int32_t, uint8_t *, size_t, uint8_t *);
+
+__attribute__((__import_module__("wasi:keyvalue/batch@0.2.0-draft2"), __import_name__("set-many")))
+extern void __wasm_import_wasi_keyvalue_0_2_0_draft2_batch_set_many(int32_t, uint8_t *, size_t, uint8_t *);
+
+__attribute__((__import_module__("wasi:keyvalue/batch@0.2.0-draft2"), __import_name__("delete-many")))
+extern void __wasm_import_wasi_keyvalue_0_2_0_draft2_batch_delete_many(int32_t, uint8_t *, size_t, uint8_t *);
+
+// Imported Functions from `fermyon:spin/key-value@2.0.0`
+
+__attribute__((__import_module__("fermyon:spin/key-value@2.0.0"), __import_name__("[static]store.open")))
+extern void __wasm_import_fermyon_spin_key_value_static_store_open(uint8_t *, size_t, uint8_t *);
+
+__attribute__((__import_module__("fermyon:spin/key-value@2.0.0"), __import_name__("[method]store.get")))
+extern void __wasm_import_fermyon_spin_key_value_method_store_get(int32_t, uint8_t *, size_t, uint8_t *);
+
+__attribute__((__import_module__("fermyon:spin/key-value@2.0.0"), __import_name__("[method]store.set")))
+extern void __wasm_import_fermyon_spin_key_value_method_store_set(int32_t, uint8_t *, size_t, uint8_t *, size_t, uint8_t *);
+
+__attribute__((__import_module__("fermyon:spin/key-value@2.0.0"), __import_name__("[method]store.delete")))
+extern void __wasm_import_fermyon_spin_key_value_method_store_delete(int32_t, uint8_t *, size_t, uint8_t *);
+
+__attribute__((__import_module__("fermyon:spin/key-value@2.0.0"), __import_name__("[method]store.exists")))
+extern void __wasm_import_fermyon_spin_key_value_method_store_exists(int32_t, uint8_t *, size_t, uint8_t *);
+
+__attribute__((__import_module__("fermyon:spin/key-value@2.0.0"), __import_name__("[method]store.get-keys")))
+extern void __wasm_import_fermyon_spin_key_value_method_store_get_keys(int32_t, uint8_t *);
+
+// Imported Functions from `fermyon:spin/variables@2.0.0`
+
+__attribute__((__import_module__("fermyon:spin/variables@2.0.0"), __import_name__("get")))
+extern void __wasm_import_fermyon_spin_variables_get(uint8_t *, size_t, uint8_t *);
+
+// Imported Functions from `wasi:config/store@0.2.0-draft-2024-09-27`
+
+__attribute__((__import_module__("wasi:config/store@0.2.0-draft-2024-09-27"), __import_name__("get")))
+extern void __wasm_import_wasi_config_0_2_0_draft_2024_09_27_store_get(uint8_t *, size_t, uint8_t *);
+
+__attribute__((__import_module__("wasi:config/store@0.2.0-draft-2024-09-27"), __import_name__("get-all")))
+extern void __wasm_import_wasi_config_0_2_0_draft_2024_09_27_store_get_all(uint8_t *);
+
+// Imported Functions from `wasi:config/store@0.2.0-rc.1`
+
+__attribute__((__import_module__("wasi:config/store@0.2.0-rc.1"), __import_name__("get")))
+extern void __wasm_import_wasi_config_0_2_0_rc_1_store_get(uint8_t *, size_t, uint8_t *);
+
+__attribute__((__import_module__("wasi:config/store@0.2.0-rc.1"), __import_name__("get-all")))
+extern void __wasm_import_wasi_config_0_2_0_rc_1_store_get_all(uint8_t *);
+
+// Imported Functions from `wasi:clocks/monotonic-clock@0.2.12`
+
+__attribute__((__import_module__("wasi:clocks/monotonic-clock@0.2.12"), __import_name__("now")))
+extern int64_t __wasm_import_wasi_clocks_monotonic_clock_now(void);
+
+__attribute__((__import_module__("wasi:clocks/monotonic-clock@0.2.12"), __import_name__("resolution")))
+extern int64_t __wasm_import_wasi_clocks_monotonic_clock_resolution(void);
+
+__attribute__((__import_module__("wasi:clocks/monotonic-clock@0.2.12"), __import_name__("subscribe-instant")))
+extern int32_t __wasm_import_wasi_clocks_monotonic_clock_subscribe_instant(int64_t);
+
+__attribute__((__import_module__("wasi:clocks/monotonic-clock@0.2.12"), __import_name__("subscribe-duration")))
+extern int32_t __wasm_import_wasi_clocks_monotonic_clock_subscribe_duration(int64_t);
+
+// Imported Functions from `wasi:random/random@0.2.12`
+
+__attribute__((__import_module__("wasi:random/random@0.2.12"), __import_name__("get-random-bytes")))
+extern void __wasm_import_wasi_random_random_get_random_bytes(int64_t, uint8_t *);
+
+__attribute__((__import_module__("wasi:random/random@0.2.12"), __import_name__("get-random-u64")))
+extern int64_t __wasm_import_wasi_random_random_get_random_u64(void);
 
 // Imported Functions from `wasi:cli/stdout@0.2.12`
 
@@ -331,6 +547,21 @@ void proxy_option_string_free(proxy_option_string_t *ptr) {
   }
 }
 
+__attribute__((__import_module__("wasi:io/error@0.2.12"), __import_name__("[resource-drop]error")))
+extern void __wasm_import_wasi_io_error_error_drop(int32_t handle);
+
+void wasi_io_error_error_drop_own(wasi_io_error_own_error_t handle) {
+  __wasm_import_wasi_io_error_error_drop(handle.__handle);
+}
+
+void wasi_io_error_error_drop_borrow(wasi_io_error_borrow_error_t handle) {
+  __wasm_import_wasi_io_error_error_drop(handle.__handle);
+}
+
+wasi_io_error_borrow_error_t wasi_io_error_borrow_error(wasi_io_error_own_error_t arg) {
+  return (wasi_io_error_borrow_error_t) { arg.__handle };
+}
+
 __attribute__((__import_module__("wasi:io/poll@0.2.12"), __import_name__("[resource-drop]pollable")))
 extern void __wasm_import_wasi_io_poll_pollable_drop(int32_t handle);
 
@@ -364,31 +595,6 @@ void proxy_list_u32_free(proxy_list_u32_t *ptr) {
     }
     free(list_ptr);
   }
-}
-
-void proxy_list_u8_free(proxy_list_u8_t *ptr) {
-  size_t list_len = ptr->len;
-  if (list_len > 0) {
-    uint8_t *list_ptr = ptr->ptr;
-    for (size_t i = 0; i < list_len; i++) {
-    }
-    free(list_ptr);
-  }
-}
-
-__attribute__((__import_module__("wasi:io/error@0.2.12"), __import_name__("[resource-drop]error")))
-extern void __wasm_import_wasi_io_error_error_drop(int32_t handle);
-
-void wasi_io_error_error_drop_own(wasi_io_error_own_error_t handle) {
-  __wasm_import_wasi_io_error_error_drop(handle.__handle);
-}
-
-void wasi_io_error_error_drop_borrow(wasi_io_error_borrow_error_t handle) {
-  __wasm_import_wasi_io_error_error_drop(handle.__handle);
-}
-
-wasi_io_error_borrow_error_t wasi_io_error_borrow_error(wasi_io_error_own_error_t arg) {
-  return (wasi_io_error_borrow_error_t) { arg.__handle };
 }
 
 void wasi_io_streams_stream_error_free(wasi_io_streams_stream_error_t *ptr) {
@@ -429,8 +635,19 @@ wasi_io_streams_borrow_output_stream_t wasi_io_streams_borrow_output_stream(wasi
   return (wasi_io_streams_borrow_output_stream_t) { arg.__handle };
 }
 
+void proxy_list_u8_free(proxy_list_u8_t *ptr) {
+  size_t list_len = ptr->len;
+  if (list_len > 0) {
+    uint8_t *list_ptr = ptr->ptr;
+    for (size_t i = 0; i < list_len; i++) {
+    }
+    free(list_ptr);
+  }
+}
+
 void wasi_io_streams_result_list_u8_stream_error_free(wasi_io_streams_result_list_u8_stream_error_t *ptr) {
   if (!ptr->is_err) {
+    proxy_list_u8_free(&ptr->val.ok);
   } else {
     wasi_io_streams_stream_error_free(&ptr->val.err);
   }
@@ -447,6 +664,597 @@ void wasi_io_streams_result_void_stream_error_free(wasi_io_streams_result_void_s
   if (!ptr->is_err) {
   } else {
     wasi_io_streams_stream_error_free(&ptr->val.err);
+  }
+}
+
+void wasi_filesystem_types_option_datetime_free(wasi_filesystem_types_option_datetime_t *ptr) {
+  if (ptr->is_some) {
+  }
+}
+
+void wasi_filesystem_types_descriptor_stat_free(wasi_filesystem_types_descriptor_stat_t *ptr) {
+  wasi_filesystem_types_option_datetime_free(&ptr->data_access_timestamp);
+  wasi_filesystem_types_option_datetime_free(&ptr->data_modification_timestamp);
+  wasi_filesystem_types_option_datetime_free(&ptr->status_change_timestamp);
+}
+
+void wasi_filesystem_types_new_timestamp_free(wasi_filesystem_types_new_timestamp_t *ptr) {
+  switch ((int32_t) ptr->tag) {
+    case 2: {
+      break;
+    }
+  }
+}
+
+void wasi_filesystem_types_directory_entry_free(wasi_filesystem_types_directory_entry_t *ptr) {
+  proxy_string_free(&ptr->name);
+}
+
+__attribute__((__import_module__("wasi:filesystem/types@0.2.12"), __import_name__("[resource-drop]descriptor")))
+extern void __wasm_import_wasi_filesystem_types_descriptor_drop(int32_t handle);
+
+void wasi_filesystem_types_descriptor_drop_own(wasi_filesystem_types_own_descriptor_t handle) {
+  __wasm_import_wasi_filesystem_types_descriptor_drop(handle.__handle);
+}
+
+void wasi_filesystem_types_descriptor_drop_borrow(wasi_filesystem_types_borrow_descriptor_t handle) {
+  __wasm_import_wasi_filesystem_types_descriptor_drop(handle.__handle);
+}
+
+wasi_filesystem_types_borrow_descriptor_t wasi_filesystem_types_borrow_descriptor(wasi_filesystem_types_own_descriptor_t arg) {
+  return (wasi_filesystem_types_borrow_descriptor_t) { arg.__handle };
+}
+
+__attribute__((__import_module__("wasi:filesystem/types@0.2.12"), __import_name__("[resource-drop]directory-entry-stream")))
+extern void __wasm_import_wasi_filesystem_types_directory_entry_stream_drop(int32_t handle);
+
+void wasi_filesystem_types_directory_entry_stream_drop_own(wasi_filesystem_types_own_directory_entry_stream_t handle) {
+  __wasm_import_wasi_filesystem_types_directory_entry_stream_drop(handle.__handle);
+}
+
+void wasi_filesystem_types_directory_entry_stream_drop_borrow(wasi_filesystem_types_borrow_directory_entry_stream_t handle) {
+  __wasm_import_wasi_filesystem_types_directory_entry_stream_drop(handle.__handle);
+}
+
+wasi_filesystem_types_borrow_directory_entry_stream_t wasi_filesystem_types_borrow_directory_entry_stream(wasi_filesystem_types_own_directory_entry_stream_t arg) {
+  return (wasi_filesystem_types_borrow_directory_entry_stream_t) { arg.__handle };
+}
+
+void wasi_filesystem_types_result_own_input_stream_error_code_free(wasi_filesystem_types_result_own_input_stream_error_code_t *ptr) {
+  if (!ptr->is_err) {
+  } else {
+  }
+}
+
+void wasi_filesystem_types_result_own_output_stream_error_code_free(wasi_filesystem_types_result_own_output_stream_error_code_t *ptr) {
+  if (!ptr->is_err) {
+  } else {
+  }
+}
+
+void wasi_filesystem_types_result_void_error_code_free(wasi_filesystem_types_result_void_error_code_t *ptr) {
+  if (!ptr->is_err) {
+  } else {
+  }
+}
+
+void wasi_filesystem_types_result_descriptor_flags_error_code_free(wasi_filesystem_types_result_descriptor_flags_error_code_t *ptr) {
+  if (!ptr->is_err) {
+  } else {
+  }
+}
+
+void wasi_filesystem_types_result_descriptor_type_error_code_free(wasi_filesystem_types_result_descriptor_type_error_code_t *ptr) {
+  if (!ptr->is_err) {
+  } else {
+  }
+}
+
+void wasi_filesystem_types_result_tuple2_list_u8_bool_error_code_free(wasi_filesystem_types_result_tuple2_list_u8_bool_error_code_t *ptr) {
+  if (!ptr->is_err) {
+  } else {
+  }
+}
+
+void wasi_filesystem_types_result_filesize_error_code_free(wasi_filesystem_types_result_filesize_error_code_t *ptr) {
+  if (!ptr->is_err) {
+  } else {
+  }
+}
+
+void wasi_filesystem_types_result_own_directory_entry_stream_error_code_free(wasi_filesystem_types_result_own_directory_entry_stream_error_code_t *ptr) {
+  if (!ptr->is_err) {
+  } else {
+  }
+}
+
+void wasi_filesystem_types_result_descriptor_stat_error_code_free(wasi_filesystem_types_result_descriptor_stat_error_code_t *ptr) {
+  if (!ptr->is_err) {
+    wasi_filesystem_types_descriptor_stat_free(&ptr->val.ok);
+  } else {
+  }
+}
+
+void wasi_filesystem_types_result_own_descriptor_error_code_free(wasi_filesystem_types_result_own_descriptor_error_code_t *ptr) {
+  if (!ptr->is_err) {
+  } else {
+  }
+}
+
+void wasi_filesystem_types_result_string_error_code_free(wasi_filesystem_types_result_string_error_code_t *ptr) {
+  if (!ptr->is_err) {
+    proxy_string_free(&ptr->val.ok);
+  } else {
+  }
+}
+
+void wasi_filesystem_types_result_metadata_hash_value_error_code_free(wasi_filesystem_types_result_metadata_hash_value_error_code_t *ptr) {
+  if (!ptr->is_err) {
+  } else {
+  }
+}
+
+void wasi_filesystem_types_option_directory_entry_free(wasi_filesystem_types_option_directory_entry_t *ptr) {
+  if (ptr->is_some) {
+    wasi_filesystem_types_directory_entry_free(&ptr->val);
+  }
+}
+
+void wasi_filesystem_types_result_option_directory_entry_error_code_free(wasi_filesystem_types_result_option_directory_entry_error_code_t *ptr) {
+  if (!ptr->is_err) {
+    wasi_filesystem_types_option_directory_entry_free(&ptr->val.ok);
+  } else {
+  }
+}
+
+void wasi_filesystem_types_option_error_code_free(wasi_filesystem_types_option_error_code_t *ptr) {
+  if (ptr->is_some) {
+  }
+}
+
+void wasi_filesystem_preopens_tuple2_own_descriptor_string_free(wasi_filesystem_preopens_tuple2_own_descriptor_string_t *ptr) {
+  proxy_string_free(&ptr->f1);
+}
+
+void wasi_filesystem_preopens_list_tuple2_own_descriptor_string_free(wasi_filesystem_preopens_list_tuple2_own_descriptor_string_t *ptr) {
+  size_t list_len = ptr->len;
+  if (list_len > 0) {
+    wasi_filesystem_preopens_tuple2_own_descriptor_string_t *list_ptr = ptr->ptr;
+    for (size_t i = 0; i < list_len; i++) {
+      wasi_filesystem_preopens_tuple2_own_descriptor_string_free(&list_ptr[i]);
+    }
+    free(list_ptr);
+  }
+}
+
+void wasi_keyvalue_0_2_0_draft_store_error_free(wasi_keyvalue_0_2_0_draft_store_error_t *ptr) {
+  switch ((int32_t) ptr->tag) {
+    case 2: {
+      proxy_string_free(&ptr->val.other);
+      break;
+    }
+  }
+}
+
+void proxy_option_u64_free(proxy_option_u64_t *ptr) {
+  if (ptr->is_some) {
+  }
+}
+
+void wasi_keyvalue_0_2_0_draft_store_key_response_free(wasi_keyvalue_0_2_0_draft_store_key_response_t *ptr) {
+  proxy_option_u64_free(&ptr->cursor);
+}
+
+__attribute__((__import_module__("wasi:keyvalue/store@0.2.0-draft"), __import_name__("[resource-drop]bucket")))
+extern void __wasm_import_wasi_keyvalue_0_2_0_draft_store_bucket_drop(int32_t handle);
+
+void wasi_keyvalue_0_2_0_draft_store_bucket_drop_own(wasi_keyvalue_0_2_0_draft_store_own_bucket_t handle) {
+  __wasm_import_wasi_keyvalue_0_2_0_draft_store_bucket_drop(handle.__handle);
+}
+
+void wasi_keyvalue_0_2_0_draft_store_bucket_drop_borrow(wasi_keyvalue_0_2_0_draft_store_borrow_bucket_t handle) {
+  __wasm_import_wasi_keyvalue_0_2_0_draft_store_bucket_drop(handle.__handle);
+}
+
+wasi_keyvalue_0_2_0_draft_store_borrow_bucket_t wasi_keyvalue_0_2_0_draft_store_borrow_bucket(wasi_keyvalue_0_2_0_draft_store_own_bucket_t arg) {
+  return (wasi_keyvalue_0_2_0_draft_store_borrow_bucket_t) { arg.__handle };
+}
+
+void wasi_keyvalue_0_2_0_draft_store_result_own_bucket_error_free(wasi_keyvalue_0_2_0_draft_store_result_own_bucket_error_t *ptr) {
+  if (!ptr->is_err) {
+  } else {
+    wasi_keyvalue_0_2_0_draft_store_error_free(&ptr->val.err);
+  }
+}
+
+void proxy_option_list_u8_free(proxy_option_list_u8_t *ptr) {
+  if (ptr->is_some) {
+  }
+}
+
+void wasi_keyvalue_0_2_0_draft_store_result_option_list_u8_error_free(wasi_keyvalue_0_2_0_draft_store_result_option_list_u8_error_t *ptr) {
+  if (!ptr->is_err) {
+    proxy_option_list_u8_free(&ptr->val.ok);
+  } else {
+    wasi_keyvalue_0_2_0_draft_store_error_free(&ptr->val.err);
+  }
+}
+
+void wasi_keyvalue_0_2_0_draft_store_result_void_error_free(wasi_keyvalue_0_2_0_draft_store_result_void_error_t *ptr) {
+  if (!ptr->is_err) {
+  } else {
+    wasi_keyvalue_0_2_0_draft_store_error_free(&ptr->val.err);
+  }
+}
+
+void wasi_keyvalue_0_2_0_draft_store_result_bool_error_free(wasi_keyvalue_0_2_0_draft_store_result_bool_error_t *ptr) {
+  if (!ptr->is_err) {
+  } else {
+    wasi_keyvalue_0_2_0_draft_store_error_free(&ptr->val.err);
+  }
+}
+
+void wasi_keyvalue_0_2_0_draft_store_result_key_response_error_free(wasi_keyvalue_0_2_0_draft_store_result_key_response_error_t *ptr) {
+  if (!ptr->is_err) {
+    wasi_keyvalue_0_2_0_draft_store_key_response_free(&ptr->val.ok);
+  } else {
+    wasi_keyvalue_0_2_0_draft_store_error_free(&ptr->val.err);
+  }
+}
+
+void wasi_keyvalue_0_2_0_draft_atomics_error_free(wasi_keyvalue_0_2_0_draft_atomics_error_t *ptr) {
+  wasi_keyvalue_0_2_0_draft_store_error_free(ptr);
+}
+
+void wasi_keyvalue_0_2_0_draft_atomics_result_u64_error_free(wasi_keyvalue_0_2_0_draft_atomics_result_u64_error_t *ptr) {
+  if (!ptr->is_err) {
+  } else {
+    wasi_keyvalue_0_2_0_draft_atomics_error_free(&ptr->val.err);
+  }
+}
+
+void wasi_keyvalue_0_2_0_draft_batch_error_free(wasi_keyvalue_0_2_0_draft_batch_error_t *ptr) {
+  wasi_keyvalue_0_2_0_draft_store_error_free(ptr);
+}
+
+void proxy_tuple2_string_list_u8_free(proxy_tuple2_string_list_u8_t *ptr) {
+  proxy_string_free(&ptr->f0);
+}
+
+void proxy_option_tuple2_string_list_u8_free(proxy_option_tuple2_string_list_u8_t *ptr) {
+  if (ptr->is_some) {
+    proxy_tuple2_string_list_u8_free(&ptr->val);
+  }
+}
+
+void proxy_list_option_tuple2_string_list_u8_free(proxy_list_option_tuple2_string_list_u8_t *ptr) {
+  size_t list_len = ptr->len;
+  if (list_len > 0) {
+    proxy_option_tuple2_string_list_u8_t *list_ptr = ptr->ptr;
+    for (size_t i = 0; i < list_len; i++) {
+      proxy_option_tuple2_string_list_u8_free(&list_ptr[i]);
+    }
+    free(list_ptr);
+  }
+}
+
+void wasi_keyvalue_0_2_0_draft_batch_result_list_option_tuple2_string_list_u8_error_free(wasi_keyvalue_0_2_0_draft_batch_result_list_option_tuple2_string_list_u8_error_t *ptr) {
+  if (!ptr->is_err) {
+    proxy_list_option_tuple2_string_list_u8_free(&ptr->val.ok);
+  } else {
+    wasi_keyvalue_0_2_0_draft_batch_error_free(&ptr->val.err);
+  }
+}
+
+void proxy_list_tuple2_string_list_u8_free(proxy_list_tuple2_string_list_u8_t *ptr) {
+  size_t list_len = ptr->len;
+  if (list_len > 0) {
+    proxy_tuple2_string_list_u8_t *list_ptr = ptr->ptr;
+    for (size_t i = 0; i < list_len; i++) {
+      proxy_tuple2_string_list_u8_free(&list_ptr[i]);
+    }
+    free(list_ptr);
+  }
+}
+
+void wasi_keyvalue_0_2_0_draft_batch_result_void_error_free(wasi_keyvalue_0_2_0_draft_batch_result_void_error_t *ptr) {
+  if (!ptr->is_err) {
+  } else {
+    wasi_keyvalue_0_2_0_draft_batch_error_free(&ptr->val.err);
+  }
+}
+
+void wasi_keyvalue_0_2_0_draft2_store_error_free(wasi_keyvalue_0_2_0_draft2_store_error_t *ptr) {
+  switch ((int32_t) ptr->tag) {
+    case 2: {
+      proxy_string_free(&ptr->val.other);
+      break;
+    }
+  }
+}
+
+__attribute__((__import_module__("wasi:keyvalue/store@0.2.0-draft2"), __import_name__("[resource-drop]bucket")))
+extern void __wasm_import_wasi_keyvalue_0_2_0_draft2_store_bucket_drop(int32_t handle);
+
+void wasi_keyvalue_0_2_0_draft2_store_bucket_drop_own(wasi_keyvalue_0_2_0_draft2_store_own_bucket_t handle) {
+  __wasm_import_wasi_keyvalue_0_2_0_draft2_store_bucket_drop(handle.__handle);
+}
+
+void wasi_keyvalue_0_2_0_draft2_store_bucket_drop_borrow(wasi_keyvalue_0_2_0_draft2_store_borrow_bucket_t handle) {
+  __wasm_import_wasi_keyvalue_0_2_0_draft2_store_bucket_drop(handle.__handle);
+}
+
+wasi_keyvalue_0_2_0_draft2_store_borrow_bucket_t wasi_keyvalue_0_2_0_draft2_store_borrow_bucket(wasi_keyvalue_0_2_0_draft2_store_own_bucket_t arg) {
+  return (wasi_keyvalue_0_2_0_draft2_store_borrow_bucket_t) { arg.__handle };
+}
+
+void wasi_keyvalue_0_2_0_draft2_store_result_own_bucket_error_free(wasi_keyvalue_0_2_0_draft2_store_result_own_bucket_error_t *ptr) {
+  if (!ptr->is_err) {
+  } else {
+    wasi_keyvalue_0_2_0_draft2_store_error_free(&ptr->val.err);
+  }
+}
+
+void wasi_keyvalue_0_2_0_draft2_store_result_option_list_u8_error_free(wasi_keyvalue_0_2_0_draft2_store_result_option_list_u8_error_t *ptr) {
+  if (!ptr->is_err) {
+  } else {
+    wasi_keyvalue_0_2_0_draft2_store_error_free(&ptr->val.err);
+  }
+}
+
+void wasi_keyvalue_0_2_0_draft2_store_result_void_error_free(wasi_keyvalue_0_2_0_draft2_store_result_void_error_t *ptr) {
+  if (!ptr->is_err) {
+  } else {
+    wasi_keyvalue_0_2_0_draft2_store_error_free(&ptr->val.err);
+  }
+}
+
+void wasi_keyvalue_0_2_0_draft2_store_result_bool_error_free(wasi_keyvalue_0_2_0_draft2_store_result_bool_error_t *ptr) {
+  if (!ptr->is_err) {
+  } else {
+    wasi_keyvalue_0_2_0_draft2_store_error_free(&ptr->val.err);
+  }
+}
+
+void wasi_keyvalue_0_2_0_draft2_store_result_key_response_error_free(wasi_keyvalue_0_2_0_draft2_store_result_key_response_error_t *ptr) {
+  if (!ptr->is_err) {
+  } else {
+    wasi_keyvalue_0_2_0_draft2_store_error_free(&ptr->val.err);
+  }
+}
+
+void wasi_keyvalue_0_2_0_draft2_atomics_error_free(wasi_keyvalue_0_2_0_draft2_atomics_error_t *ptr) {
+  wasi_keyvalue_0_2_0_draft2_store_error_free(ptr);
+}
+
+__attribute__((__import_module__("wasi:keyvalue/atomics@0.2.0-draft2"), __import_name__("[resource-drop]cas")))
+extern void __wasm_import_wasi_keyvalue_0_2_0_draft2_atomics_cas_drop(int32_t handle);
+
+void wasi_keyvalue_0_2_0_draft2_atomics_cas_drop_own(wasi_keyvalue_0_2_0_draft2_atomics_own_cas_t handle) {
+  __wasm_import_wasi_keyvalue_0_2_0_draft2_atomics_cas_drop(handle.__handle);
+}
+
+void wasi_keyvalue_0_2_0_draft2_atomics_cas_drop_borrow(wasi_keyvalue_0_2_0_draft2_atomics_borrow_cas_t handle) {
+  __wasm_import_wasi_keyvalue_0_2_0_draft2_atomics_cas_drop(handle.__handle);
+}
+
+wasi_keyvalue_0_2_0_draft2_atomics_borrow_cas_t wasi_keyvalue_0_2_0_draft2_atomics_borrow_cas(wasi_keyvalue_0_2_0_draft2_atomics_own_cas_t arg) {
+  return (wasi_keyvalue_0_2_0_draft2_atomics_borrow_cas_t) { arg.__handle };
+}
+
+void wasi_keyvalue_0_2_0_draft2_atomics_cas_error_free(wasi_keyvalue_0_2_0_draft2_atomics_cas_error_t *ptr) {
+  switch ((int32_t) ptr->tag) {
+    case 0: {
+      wasi_keyvalue_0_2_0_draft2_atomics_error_free(&ptr->val.store_error);
+      break;
+    }
+    case 1: {
+      break;
+    }
+  }
+}
+
+void wasi_keyvalue_0_2_0_draft2_atomics_result_own_cas_error_free(wasi_keyvalue_0_2_0_draft2_atomics_result_own_cas_error_t *ptr) {
+  if (!ptr->is_err) {
+  } else {
+    wasi_keyvalue_0_2_0_draft2_atomics_error_free(&ptr->val.err);
+  }
+}
+
+void wasi_keyvalue_0_2_0_draft2_atomics_result_option_list_u8_error_free(wasi_keyvalue_0_2_0_draft2_atomics_result_option_list_u8_error_t *ptr) {
+  if (!ptr->is_err) {
+  } else {
+    wasi_keyvalue_0_2_0_draft2_atomics_error_free(&ptr->val.err);
+  }
+}
+
+void wasi_keyvalue_0_2_0_draft2_atomics_result_s64_error_free(wasi_keyvalue_0_2_0_draft2_atomics_result_s64_error_t *ptr) {
+  if (!ptr->is_err) {
+  } else {
+    wasi_keyvalue_0_2_0_draft2_atomics_error_free(&ptr->val.err);
+  }
+}
+
+void wasi_keyvalue_0_2_0_draft2_atomics_result_void_cas_error_free(wasi_keyvalue_0_2_0_draft2_atomics_result_void_cas_error_t *ptr) {
+  if (!ptr->is_err) {
+  } else {
+    wasi_keyvalue_0_2_0_draft2_atomics_cas_error_free(&ptr->val.err);
+  }
+}
+
+void wasi_keyvalue_0_2_0_draft2_batch_error_free(wasi_keyvalue_0_2_0_draft2_batch_error_t *ptr) {
+  wasi_keyvalue_0_2_0_draft2_store_error_free(ptr);
+}
+
+void proxy_tuple2_string_option_list_u8_free(proxy_tuple2_string_option_list_u8_t *ptr) {
+  proxy_string_free(&ptr->f0);
+}
+
+void proxy_list_tuple2_string_option_list_u8_free(proxy_list_tuple2_string_option_list_u8_t *ptr) {
+  size_t list_len = ptr->len;
+  if (list_len > 0) {
+    proxy_tuple2_string_option_list_u8_t *list_ptr = ptr->ptr;
+    for (size_t i = 0; i < list_len; i++) {
+      proxy_tuple2_string_option_list_u8_free(&list_ptr[i]);
+    }
+    free(list_ptr);
+  }
+}
+
+void wasi_keyvalue_0_2_0_draft2_batch_result_list_tuple2_string_option_list_u8_error_free(wasi_keyvalue_0_2_0_draft2_batch_result_list_tuple2_string_option_list_u8_error_t *ptr) {
+  if (!ptr->is_err) {
+    proxy_list_tuple2_string_option_list_u8_free(&ptr->val.ok);
+  } else {
+    wasi_keyvalue_0_2_0_draft2_batch_error_free(&ptr->val.err);
+  }
+}
+
+void wasi_keyvalue_0_2_0_draft2_batch_result_void_error_free(wasi_keyvalue_0_2_0_draft2_batch_result_void_error_t *ptr) {
+  if (!ptr->is_err) {
+  } else {
+    wasi_keyvalue_0_2_0_draft2_batch_error_free(&ptr->val.err);
+  }
+}
+
+__attribute__((__import_module__("fermyon:spin/key-value@2.0.0"), __import_name__("[resource-drop]store")))
+extern void __wasm_import_fermyon_spin_key_value_store_drop(int32_t handle);
+
+void fermyon_spin_key_value_store_drop_own(fermyon_spin_key_value_own_store_t handle) {
+  __wasm_import_fermyon_spin_key_value_store_drop(handle.__handle);
+}
+
+void fermyon_spin_key_value_store_drop_borrow(fermyon_spin_key_value_borrow_store_t handle) {
+  __wasm_import_fermyon_spin_key_value_store_drop(handle.__handle);
+}
+
+fermyon_spin_key_value_borrow_store_t fermyon_spin_key_value_borrow_store(fermyon_spin_key_value_own_store_t arg) {
+  return (fermyon_spin_key_value_borrow_store_t) { arg.__handle };
+}
+
+void fermyon_spin_key_value_error_free(fermyon_spin_key_value_error_t *ptr) {
+  switch ((int32_t) ptr->tag) {
+    case 3: {
+      proxy_string_free(&ptr->val.other);
+      break;
+    }
+  }
+}
+
+void fermyon_spin_key_value_result_own_store_error_free(fermyon_spin_key_value_result_own_store_error_t *ptr) {
+  if (!ptr->is_err) {
+  } else {
+    fermyon_spin_key_value_error_free(&ptr->val.err);
+  }
+}
+
+void fermyon_spin_key_value_result_option_list_u8_error_free(fermyon_spin_key_value_result_option_list_u8_error_t *ptr) {
+  if (!ptr->is_err) {
+  } else {
+    fermyon_spin_key_value_error_free(&ptr->val.err);
+  }
+}
+
+void fermyon_spin_key_value_result_void_error_free(fermyon_spin_key_value_result_void_error_t *ptr) {
+  if (!ptr->is_err) {
+  } else {
+    fermyon_spin_key_value_error_free(&ptr->val.err);
+  }
+}
+
+void fermyon_spin_key_value_result_bool_error_free(fermyon_spin_key_value_result_bool_error_t *ptr) {
+  if (!ptr->is_err) {
+  } else {
+    fermyon_spin_key_value_error_free(&ptr->val.err);
+  }
+}
+
+void fermyon_spin_key_value_result_list_string_error_free(fermyon_spin_key_value_result_list_string_error_t *ptr) {
+  if (!ptr->is_err) {
+  } else {
+    fermyon_spin_key_value_error_free(&ptr->val.err);
+  }
+}
+
+void fermyon_spin_variables_error_free(fermyon_spin_variables_error_t *ptr) {
+  switch ((int32_t) ptr->tag) {
+    case 0: {
+      proxy_string_free(&ptr->val.invalid_name);
+      break;
+    }
+    case 1: {
+      proxy_string_free(&ptr->val.undefined);
+      break;
+    }
+    case 2: {
+      proxy_string_free(&ptr->val.provider);
+      break;
+    }
+    case 3: {
+      proxy_string_free(&ptr->val.other);
+      break;
+    }
+  }
+}
+
+void fermyon_spin_variables_result_string_error_free(fermyon_spin_variables_result_string_error_t *ptr) {
+  if (!ptr->is_err) {
+    proxy_string_free(&ptr->val.ok);
+  } else {
+    fermyon_spin_variables_error_free(&ptr->val.err);
+  }
+}
+
+void wasi_config_0_2_0_draft_2024_09_27_store_error_free(wasi_config_0_2_0_draft_2024_09_27_store_error_t *ptr) {
+  switch ((int32_t) ptr->tag) {
+    case 0: {
+      proxy_string_free(&ptr->val.upstream);
+      break;
+    }
+    case 1: {
+      proxy_string_free(&ptr->val.io);
+      break;
+    }
+  }
+}
+
+void wasi_config_0_2_0_draft_2024_09_27_store_result_option_string_error_free(wasi_config_0_2_0_draft_2024_09_27_store_result_option_string_error_t *ptr) {
+  if (!ptr->is_err) {
+  } else {
+    wasi_config_0_2_0_draft_2024_09_27_store_error_free(&ptr->val.err);
+  }
+}
+
+void wasi_config_0_2_0_draft_2024_09_27_store_result_list_tuple2_string_string_error_free(wasi_config_0_2_0_draft_2024_09_27_store_result_list_tuple2_string_string_error_t *ptr) {
+  if (!ptr->is_err) {
+  } else {
+    wasi_config_0_2_0_draft_2024_09_27_store_error_free(&ptr->val.err);
+  }
+}
+
+void wasi_config_0_2_0_rc_1_store_error_free(wasi_config_0_2_0_rc_1_store_error_t *ptr) {
+  switch ((int32_t) ptr->tag) {
+    case 0: {
+      proxy_string_free(&ptr->val.upstream);
+      break;
+    }
+    case 1: {
+      proxy_string_free(&ptr->val.io);
+      break;
+    }
+  }
+}
+
+void wasi_config_0_2_0_rc_1_store_result_option_string_error_free(wasi_config_0_2_0_rc_1_store_result_option_string_error_t *ptr) {
+  if (!ptr->is_err) {
+  } else {
+    wasi_config_0_2_0_rc_1_store_error_free(&ptr->val.err);
+  }
+}
+
+void wasi_config_0_2_0_rc_1_store_result_list_tuple2_string_string_error_free(wasi_config_0_2_0_rc_1_store_result_list_tuple2_string_string_error_t *ptr) {
+  if (!ptr->is_err) {
+  } else {
+    wasi_config_0_2_0_rc_1_store_error_free(&ptr->val.err);
   }
 }
 
@@ -495,11 +1303,6 @@ void wasi_http_types_field_size_payload_free(wasi_http_types_field_size_payload_
   proxy_option_u32_free(&ptr->field_size);
 }
 
-void proxy_option_u64_free(proxy_option_u64_t *ptr) {
-  if (ptr->is_some) {
-  }
-}
-
 void wasi_http_types_option_field_size_payload_free(wasi_http_types_option_field_size_payload_t *ptr) {
   if (ptr->is_some) {
     wasi_http_types_field_size_payload_free(&ptr->val);
@@ -517,7 +1320,6 @@ void wasi_http_types_error_code_free(wasi_http_types_error_code_t *ptr) {
       break;
     }
     case 17: {
-      proxy_option_u64_free(&ptr->val.http_request_body_size);
       break;
     }
     case 21: {
@@ -545,7 +1347,6 @@ void wasi_http_types_error_code_free(wasi_http_types_error_code_t *ptr) {
       break;
     }
     case 28: {
-      proxy_option_u64_free(&ptr->val.http_response_body_size);
       break;
     }
     case 29: {
@@ -977,6 +1778,14 @@ bool wasi_cli_environment_initial_cwd(proxy_string_t *ret) {
   return option.is_some;
 }
 
+void wasi_io_error_method_error_to_debug_string(wasi_io_error_borrow_error_t self, proxy_string_t *ret) {
+  __attribute__((__aligned__(sizeof(void*))))
+  uint8_t ret_area[(2*sizeof(void*))];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_wasi_io_error_method_error_to_debug_string((self).__handle, ptr);
+  *ret = (proxy_string_t) { (uint8_t*)(*((uint8_t **) (ptr + 0))), (*((size_t*) (ptr + sizeof(void*)))) };
+}
+
 bool wasi_io_poll_method_pollable_ready(wasi_io_poll_borrow_pollable_t self) {
   int32_t ret = __wasm_import_wasi_io_poll_method_pollable_ready((self).__handle);
   return ret;
@@ -992,69 +1801,6 @@ void wasi_io_poll_poll(wasi_io_poll_list_borrow_pollable_t *in, proxy_list_u32_t
   uint8_t *ptr = (uint8_t *) &ret_area;
   __wasm_import_wasi_io_poll_poll((uint8_t *) (*in).ptr, (*in).len, ptr);
   *ret = (proxy_list_u32_t) { (uint32_t*)(*((uint8_t **) (ptr + 0))), (*((size_t*) (ptr + sizeof(void*)))) };
-}
-
-wasi_clocks_monotonic_clock_instant_t wasi_clocks_monotonic_clock_now(void) {
-  int64_t ret = __wasm_import_wasi_clocks_monotonic_clock_now();
-  return (uint64_t) (ret);
-}
-
-wasi_clocks_monotonic_clock_duration_t wasi_clocks_monotonic_clock_resolution(void) {
-  int64_t ret = __wasm_import_wasi_clocks_monotonic_clock_resolution();
-  return (uint64_t) (ret);
-}
-
-wasi_clocks_monotonic_clock_own_pollable_t wasi_clocks_monotonic_clock_subscribe_instant(wasi_clocks_monotonic_clock_instant_t when) {
-  int32_t ret = __wasm_import_wasi_clocks_monotonic_clock_subscribe_instant((int64_t) (when));
-  return (wasi_clocks_monotonic_clock_own_pollable_t) { ret };
-}
-
-wasi_clocks_monotonic_clock_own_pollable_t wasi_clocks_monotonic_clock_subscribe_duration(wasi_clocks_monotonic_clock_duration_t when) {
-  int32_t ret = __wasm_import_wasi_clocks_monotonic_clock_subscribe_duration((int64_t) (when));
-  return (wasi_clocks_monotonic_clock_own_pollable_t) { ret };
-}
-
-void wasi_clocks_wall_clock_now(wasi_clocks_wall_clock_datetime_t *ret) {
-  __attribute__((__aligned__(8)))
-  uint8_t ret_area[16];
-  uint8_t *ptr = (uint8_t *) &ret_area;
-  __wasm_import_wasi_clocks_wall_clock_now(ptr);
-  *ret = (wasi_clocks_wall_clock_datetime_t) {
-    (uint64_t) (uint64_t) (*((int64_t*) (ptr + 0))),
-    (uint32_t) (uint32_t) (*((int32_t*) (ptr + 8))),
-  };
-}
-
-void wasi_clocks_wall_clock_resolution(wasi_clocks_wall_clock_datetime_t *ret) {
-  __attribute__((__aligned__(8)))
-  uint8_t ret_area[16];
-  uint8_t *ptr = (uint8_t *) &ret_area;
-  __wasm_import_wasi_clocks_wall_clock_resolution(ptr);
-  *ret = (wasi_clocks_wall_clock_datetime_t) {
-    (uint64_t) (uint64_t) (*((int64_t*) (ptr + 0))),
-    (uint32_t) (uint32_t) (*((int32_t*) (ptr + 8))),
-  };
-}
-
-void wasi_random_random_get_random_bytes(uint64_t len, proxy_list_u8_t *ret) {
-  __attribute__((__aligned__(sizeof(void*))))
-  uint8_t ret_area[(2*sizeof(void*))];
-  uint8_t *ptr = (uint8_t *) &ret_area;
-  __wasm_import_wasi_random_random_get_random_bytes((int64_t) (len), ptr);
-  *ret = (proxy_list_u8_t) { (uint8_t*)(*((uint8_t **) (ptr + 0))), (*((size_t*) (ptr + sizeof(void*)))) };
-}
-
-uint64_t wasi_random_random_get_random_u64(void) {
-  int64_t ret = __wasm_import_wasi_random_random_get_random_u64();
-  return (uint64_t) (ret);
-}
-
-void wasi_io_error_method_error_to_debug_string(wasi_io_error_borrow_error_t self, proxy_string_t *ret) {
-  __attribute__((__aligned__(sizeof(void*))))
-  uint8_t ret_area[(2*sizeof(void*))];
-  uint8_t *ptr = (uint8_t *) &ret_area;
-  __wasm_import_wasi_io_error_method_error_to_debug_string((self).__handle, ptr);
-  *ret = (proxy_string_t) { (uint8_t*)(*((uint8_t **) (ptr + 0))), (*((size_t*) (ptr + sizeof(void*)))) };
 }
 
 bool wasi_io_streams_method_input_stream_read(wasi_io_streams_borrow_input_stream_t self, uint64_t len, proxy_list_u8_t *ret, wasi_io_streams_stream_error_t *err) {
@@ -1560,6 +2306,2602 @@ bool wasi_io_streams_method_output_stream_blocking_splice(wasi_io_streams_borrow
     *err = result.val.err;
     return 0;
   }
+}
+
+void wasi_clocks_wall_clock_now(wasi_clocks_wall_clock_datetime_t *ret) {
+  __attribute__((__aligned__(8)))
+  uint8_t ret_area[16];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_wasi_clocks_wall_clock_now(ptr);
+  *ret = (wasi_clocks_wall_clock_datetime_t) {
+    (uint64_t) (uint64_t) (*((int64_t*) (ptr + 0))),
+    (uint32_t) (uint32_t) (*((int32_t*) (ptr + 8))),
+  };
+}
+
+void wasi_clocks_wall_clock_resolution(wasi_clocks_wall_clock_datetime_t *ret) {
+  __attribute__((__aligned__(8)))
+  uint8_t ret_area[16];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_wasi_clocks_wall_clock_resolution(ptr);
+  *ret = (wasi_clocks_wall_clock_datetime_t) {
+    (uint64_t) (uint64_t) (*((int64_t*) (ptr + 0))),
+    (uint32_t) (uint32_t) (*((int32_t*) (ptr + 8))),
+  };
+}
+
+bool wasi_filesystem_types_method_descriptor_read_via_stream(wasi_filesystem_types_borrow_descriptor_t self, wasi_filesystem_types_filesize_t offset, wasi_filesystem_types_own_input_stream_t *ret, wasi_filesystem_types_error_code_t *err) {
+  __attribute__((__aligned__(4)))
+  uint8_t ret_area[8];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_wasi_filesystem_types_method_descriptor_read_via_stream((self).__handle, (int64_t) (offset), ptr);
+  wasi_filesystem_types_result_own_input_stream_error_code_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      result.val.ok = (wasi_filesystem_types_own_input_stream_t) { *((int32_t*) (ptr + 4)) };
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      result.val.err = (int32_t) *((uint8_t*) (ptr + 4));
+      break;
+    }
+  }
+  if (!result.is_err) {
+    *ret = result.val.ok;
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+bool wasi_filesystem_types_method_descriptor_write_via_stream(wasi_filesystem_types_borrow_descriptor_t self, wasi_filesystem_types_filesize_t offset, wasi_filesystem_types_own_output_stream_t *ret, wasi_filesystem_types_error_code_t *err) {
+  __attribute__((__aligned__(4)))
+  uint8_t ret_area[8];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_wasi_filesystem_types_method_descriptor_write_via_stream((self).__handle, (int64_t) (offset), ptr);
+  wasi_filesystem_types_result_own_output_stream_error_code_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      result.val.ok = (wasi_filesystem_types_own_output_stream_t) { *((int32_t*) (ptr + 4)) };
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      result.val.err = (int32_t) *((uint8_t*) (ptr + 4));
+      break;
+    }
+  }
+  if (!result.is_err) {
+    *ret = result.val.ok;
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+bool wasi_filesystem_types_method_descriptor_append_via_stream(wasi_filesystem_types_borrow_descriptor_t self, wasi_filesystem_types_own_output_stream_t *ret, wasi_filesystem_types_error_code_t *err) {
+  __attribute__((__aligned__(4)))
+  uint8_t ret_area[8];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_wasi_filesystem_types_method_descriptor_append_via_stream((self).__handle, ptr);
+  wasi_filesystem_types_result_own_output_stream_error_code_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      result.val.ok = (wasi_filesystem_types_own_output_stream_t) { *((int32_t*) (ptr + 4)) };
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      result.val.err = (int32_t) *((uint8_t*) (ptr + 4));
+      break;
+    }
+  }
+  if (!result.is_err) {
+    *ret = result.val.ok;
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+bool wasi_filesystem_types_method_descriptor_advise(wasi_filesystem_types_borrow_descriptor_t self, wasi_filesystem_types_filesize_t offset, wasi_filesystem_types_filesize_t length, wasi_filesystem_types_advice_t advice, wasi_filesystem_types_error_code_t *err) {
+  __attribute__((__aligned__(1)))
+  uint8_t ret_area[2];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_wasi_filesystem_types_method_descriptor_advise((self).__handle, (int64_t) (offset), (int64_t) (length), (int32_t) advice, ptr);
+  wasi_filesystem_types_result_void_error_code_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      result.val.err = (int32_t) *((uint8_t*) (ptr + 1));
+      break;
+    }
+  }
+  if (!result.is_err) {
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+bool wasi_filesystem_types_method_descriptor_sync_data(wasi_filesystem_types_borrow_descriptor_t self, wasi_filesystem_types_error_code_t *err) {
+  __attribute__((__aligned__(1)))
+  uint8_t ret_area[2];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_wasi_filesystem_types_method_descriptor_sync_data((self).__handle, ptr);
+  wasi_filesystem_types_result_void_error_code_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      result.val.err = (int32_t) *((uint8_t*) (ptr + 1));
+      break;
+    }
+  }
+  if (!result.is_err) {
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+bool wasi_filesystem_types_method_descriptor_get_flags(wasi_filesystem_types_borrow_descriptor_t self, wasi_filesystem_types_descriptor_flags_t *ret, wasi_filesystem_types_error_code_t *err) {
+  __attribute__((__aligned__(1)))
+  uint8_t ret_area[2];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_wasi_filesystem_types_method_descriptor_get_flags((self).__handle, ptr);
+  wasi_filesystem_types_result_descriptor_flags_error_code_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      result.val.ok = (int32_t) *((uint8_t*) (ptr + 1));
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      result.val.err = (int32_t) *((uint8_t*) (ptr + 1));
+      break;
+    }
+  }
+  if (!result.is_err) {
+    *ret = result.val.ok;
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+bool wasi_filesystem_types_method_descriptor_get_type(wasi_filesystem_types_borrow_descriptor_t self, wasi_filesystem_types_descriptor_type_t *ret, wasi_filesystem_types_error_code_t *err) {
+  __attribute__((__aligned__(1)))
+  uint8_t ret_area[2];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_wasi_filesystem_types_method_descriptor_get_type((self).__handle, ptr);
+  wasi_filesystem_types_result_descriptor_type_error_code_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      result.val.ok = (int32_t) *((uint8_t*) (ptr + 1));
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      result.val.err = (int32_t) *((uint8_t*) (ptr + 1));
+      break;
+    }
+  }
+  if (!result.is_err) {
+    *ret = result.val.ok;
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+bool wasi_filesystem_types_method_descriptor_set_size(wasi_filesystem_types_borrow_descriptor_t self, wasi_filesystem_types_filesize_t size, wasi_filesystem_types_error_code_t *err) {
+  __attribute__((__aligned__(1)))
+  uint8_t ret_area[2];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_wasi_filesystem_types_method_descriptor_set_size((self).__handle, (int64_t) (size), ptr);
+  wasi_filesystem_types_result_void_error_code_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      result.val.err = (int32_t) *((uint8_t*) (ptr + 1));
+      break;
+    }
+  }
+  if (!result.is_err) {
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+bool wasi_filesystem_types_method_descriptor_set_times(wasi_filesystem_types_borrow_descriptor_t self, wasi_filesystem_types_new_timestamp_t *data_access_timestamp, wasi_filesystem_types_new_timestamp_t *data_modification_timestamp, wasi_filesystem_types_error_code_t *err) {
+  __attribute__((__aligned__(1)))
+  uint8_t ret_area[2];
+  int32_t variant;
+  int64_t variant2;
+  int32_t variant3;
+  switch ((int32_t) (*data_access_timestamp).tag) {
+    case 0: {
+      variant = 0;
+      variant2 = 0;
+      variant3 = 0;
+      break;
+    }
+    case 1: {
+      variant = 1;
+      variant2 = 0;
+      variant3 = 0;
+      break;
+    }
+    case 2: {
+      const wasi_filesystem_types_datetime_t *payload1 = &(*data_access_timestamp).val.timestamp;
+      variant = 2;
+      variant2 = (int64_t) ((*payload1).seconds);
+      variant3 = (int32_t) ((*payload1).nanoseconds);
+      break;
+    }
+  }
+  int32_t variant7;
+  int64_t variant8;
+  int32_t variant9;
+  switch ((int32_t) (*data_modification_timestamp).tag) {
+    case 0: {
+      variant7 = 0;
+      variant8 = 0;
+      variant9 = 0;
+      break;
+    }
+    case 1: {
+      variant7 = 1;
+      variant8 = 0;
+      variant9 = 0;
+      break;
+    }
+    case 2: {
+      const wasi_filesystem_types_datetime_t *payload6 = &(*data_modification_timestamp).val.timestamp;
+      variant7 = 2;
+      variant8 = (int64_t) ((*payload6).seconds);
+      variant9 = (int32_t) ((*payload6).nanoseconds);
+      break;
+    }
+  }
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_wasi_filesystem_types_method_descriptor_set_times((self).__handle, variant, variant2, variant3, variant7, variant8, variant9, ptr);
+  wasi_filesystem_types_result_void_error_code_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      result.val.err = (int32_t) *((uint8_t*) (ptr + 1));
+      break;
+    }
+  }
+  if (!result.is_err) {
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+bool wasi_filesystem_types_method_descriptor_read(wasi_filesystem_types_borrow_descriptor_t self, wasi_filesystem_types_filesize_t length, wasi_filesystem_types_filesize_t offset, proxy_tuple2_list_u8_bool_t *ret, wasi_filesystem_types_error_code_t *err) {
+  __attribute__((__aligned__(sizeof(void*))))
+  uint8_t ret_area[(4*sizeof(void*))];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_wasi_filesystem_types_method_descriptor_read((self).__handle, (int64_t) (length), (int64_t) (offset), ptr);
+  wasi_filesystem_types_result_tuple2_list_u8_bool_error_code_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      result.val.ok = (proxy_tuple2_list_u8_bool_t) {
+        (proxy_list_u8_t) (proxy_list_u8_t) { (uint8_t*)(*((uint8_t **) (ptr + sizeof(void*)))), (*((size_t*) (ptr + (2*sizeof(void*))))) },
+        (bool) (int32_t) *((uint8_t*) (ptr + (3*sizeof(void*)))),
+      };
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      result.val.err = (int32_t) *((uint8_t*) (ptr + sizeof(void*)));
+      break;
+    }
+  }
+  if (!result.is_err) {
+    *ret = result.val.ok;
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+bool wasi_filesystem_types_method_descriptor_write(wasi_filesystem_types_borrow_descriptor_t self, proxy_list_u8_t *buffer, wasi_filesystem_types_filesize_t offset, wasi_filesystem_types_filesize_t *ret, wasi_filesystem_types_error_code_t *err) {
+  __attribute__((__aligned__(8)))
+  uint8_t ret_area[16];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_wasi_filesystem_types_method_descriptor_write((self).__handle, (uint8_t *) (*buffer).ptr, (*buffer).len, (int64_t) (offset), ptr);
+  wasi_filesystem_types_result_filesize_error_code_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      result.val.ok = (uint64_t) (*((int64_t*) (ptr + 8)));
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      result.val.err = (int32_t) *((uint8_t*) (ptr + 8));
+      break;
+    }
+  }
+  if (!result.is_err) {
+    *ret = result.val.ok;
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+bool wasi_filesystem_types_method_descriptor_read_directory(wasi_filesystem_types_borrow_descriptor_t self, wasi_filesystem_types_own_directory_entry_stream_t *ret, wasi_filesystem_types_error_code_t *err) {
+  __attribute__((__aligned__(4)))
+  uint8_t ret_area[8];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_wasi_filesystem_types_method_descriptor_read_directory((self).__handle, ptr);
+  wasi_filesystem_types_result_own_directory_entry_stream_error_code_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      result.val.ok = (wasi_filesystem_types_own_directory_entry_stream_t) { *((int32_t*) (ptr + 4)) };
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      result.val.err = (int32_t) *((uint8_t*) (ptr + 4));
+      break;
+    }
+  }
+  if (!result.is_err) {
+    *ret = result.val.ok;
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+bool wasi_filesystem_types_method_descriptor_sync(wasi_filesystem_types_borrow_descriptor_t self, wasi_filesystem_types_error_code_t *err) {
+  __attribute__((__aligned__(1)))
+  uint8_t ret_area[2];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_wasi_filesystem_types_method_descriptor_sync((self).__handle, ptr);
+  wasi_filesystem_types_result_void_error_code_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      result.val.err = (int32_t) *((uint8_t*) (ptr + 1));
+      break;
+    }
+  }
+  if (!result.is_err) {
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+bool wasi_filesystem_types_method_descriptor_create_directory_at(wasi_filesystem_types_borrow_descriptor_t self, proxy_string_t *path, wasi_filesystem_types_error_code_t *err) {
+  __attribute__((__aligned__(1)))
+  uint8_t ret_area[2];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_wasi_filesystem_types_method_descriptor_create_directory_at((self).__handle, (uint8_t *) (*path).ptr, (*path).len, ptr);
+  wasi_filesystem_types_result_void_error_code_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      result.val.err = (int32_t) *((uint8_t*) (ptr + 1));
+      break;
+    }
+  }
+  if (!result.is_err) {
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+bool wasi_filesystem_types_method_descriptor_stat(wasi_filesystem_types_borrow_descriptor_t self, wasi_filesystem_types_descriptor_stat_t *ret, wasi_filesystem_types_error_code_t *err) {
+  __attribute__((__aligned__(8)))
+  uint8_t ret_area[104];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_wasi_filesystem_types_method_descriptor_stat((self).__handle, ptr);
+  wasi_filesystem_types_result_descriptor_stat_error_code_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      wasi_filesystem_types_option_datetime_t option;
+      switch ((int32_t) *((uint8_t*) (ptr + 32))) {
+        case 0: {
+          option.is_some = false;
+          break;
+        }
+        case 1: {
+          option.is_some = true;
+          option.val = (wasi_clocks_wall_clock_datetime_t) {
+            (uint64_t) (uint64_t) (*((int64_t*) (ptr + 40))),
+            (uint32_t) (uint32_t) (*((int32_t*) (ptr + 48))),
+          };
+          break;
+        }
+      }
+      wasi_filesystem_types_option_datetime_t option0;
+      switch ((int32_t) *((uint8_t*) (ptr + 56))) {
+        case 0: {
+          option0.is_some = false;
+          break;
+        }
+        case 1: {
+          option0.is_some = true;
+          option0.val = (wasi_clocks_wall_clock_datetime_t) {
+            (uint64_t) (uint64_t) (*((int64_t*) (ptr + 64))),
+            (uint32_t) (uint32_t) (*((int32_t*) (ptr + 72))),
+          };
+          break;
+        }
+      }
+      wasi_filesystem_types_option_datetime_t option1;
+      switch ((int32_t) *((uint8_t*) (ptr + 80))) {
+        case 0: {
+          option1.is_some = false;
+          break;
+        }
+        case 1: {
+          option1.is_some = true;
+          option1.val = (wasi_clocks_wall_clock_datetime_t) {
+            (uint64_t) (uint64_t) (*((int64_t*) (ptr + 88))),
+            (uint32_t) (uint32_t) (*((int32_t*) (ptr + 96))),
+          };
+          break;
+        }
+      }
+
+      result.val.ok = (wasi_filesystem_types_descriptor_stat_t) {
+        (wasi_filesystem_types_descriptor_type_t) (int32_t) *((uint8_t*) (ptr + 8)),
+        (wasi_filesystem_types_link_count_t) (uint64_t) (*((int64_t*) (ptr + 16))),
+        (wasi_filesystem_types_filesize_t) (uint64_t) (*((int64_t*) (ptr + 24))),
+        (wasi_filesystem_types_option_datetime_t) option,
+        (wasi_filesystem_types_option_datetime_t) option0,
+        (wasi_filesystem_types_option_datetime_t) option1,
+      };
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      result.val.err = (int32_t) *((uint8_t*) (ptr + 8));
+      break;
+    }
+  }
+  if (!result.is_err) {
+    *ret = result.val.ok;
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+bool wasi_filesystem_types_method_descriptor_stat_at(wasi_filesystem_types_borrow_descriptor_t self, wasi_filesystem_types_path_flags_t path_flags, proxy_string_t *path, wasi_filesystem_types_descriptor_stat_t *ret, wasi_filesystem_types_error_code_t *err) {
+  __attribute__((__aligned__(8)))
+  uint8_t ret_area[104];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_wasi_filesystem_types_method_descriptor_stat_at((self).__handle, path_flags, (uint8_t *) (*path).ptr, (*path).len, ptr);
+  wasi_filesystem_types_result_descriptor_stat_error_code_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      wasi_filesystem_types_option_datetime_t option;
+      switch ((int32_t) *((uint8_t*) (ptr + 32))) {
+        case 0: {
+          option.is_some = false;
+          break;
+        }
+        case 1: {
+          option.is_some = true;
+          option.val = (wasi_clocks_wall_clock_datetime_t) {
+            (uint64_t) (uint64_t) (*((int64_t*) (ptr + 40))),
+            (uint32_t) (uint32_t) (*((int32_t*) (ptr + 48))),
+          };
+          break;
+        }
+      }
+      wasi_filesystem_types_option_datetime_t option0;
+      switch ((int32_t) *((uint8_t*) (ptr + 56))) {
+        case 0: {
+          option0.is_some = false;
+          break;
+        }
+        case 1: {
+          option0.is_some = true;
+          option0.val = (wasi_clocks_wall_clock_datetime_t) {
+            (uint64_t) (uint64_t) (*((int64_t*) (ptr + 64))),
+            (uint32_t) (uint32_t) (*((int32_t*) (ptr + 72))),
+          };
+          break;
+        }
+      }
+      wasi_filesystem_types_option_datetime_t option1;
+      switch ((int32_t) *((uint8_t*) (ptr + 80))) {
+        case 0: {
+          option1.is_some = false;
+          break;
+        }
+        case 1: {
+          option1.is_some = true;
+          option1.val = (wasi_clocks_wall_clock_datetime_t) {
+            (uint64_t) (uint64_t) (*((int64_t*) (ptr + 88))),
+            (uint32_t) (uint32_t) (*((int32_t*) (ptr + 96))),
+          };
+          break;
+        }
+      }
+
+      result.val.ok = (wasi_filesystem_types_descriptor_stat_t) {
+        (wasi_filesystem_types_descriptor_type_t) (int32_t) *((uint8_t*) (ptr + 8)),
+        (wasi_filesystem_types_link_count_t) (uint64_t) (*((int64_t*) (ptr + 16))),
+        (wasi_filesystem_types_filesize_t) (uint64_t) (*((int64_t*) (ptr + 24))),
+        (wasi_filesystem_types_option_datetime_t) option,
+        (wasi_filesystem_types_option_datetime_t) option0,
+        (wasi_filesystem_types_option_datetime_t) option1,
+      };
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      result.val.err = (int32_t) *((uint8_t*) (ptr + 8));
+      break;
+    }
+  }
+  if (!result.is_err) {
+    *ret = result.val.ok;
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+bool wasi_filesystem_types_method_descriptor_set_times_at(wasi_filesystem_types_borrow_descriptor_t self, wasi_filesystem_types_path_flags_t path_flags, proxy_string_t *path, wasi_filesystem_types_new_timestamp_t *data_access_timestamp, wasi_filesystem_types_new_timestamp_t *data_modification_timestamp, wasi_filesystem_types_error_code_t *err) {
+  __attribute__((__aligned__(1)))
+  uint8_t ret_area[2];
+  int32_t variant;
+  int64_t variant2;
+  int32_t variant3;
+  switch ((int32_t) (*data_access_timestamp).tag) {
+    case 0: {
+      variant = 0;
+      variant2 = 0;
+      variant3 = 0;
+      break;
+    }
+    case 1: {
+      variant = 1;
+      variant2 = 0;
+      variant3 = 0;
+      break;
+    }
+    case 2: {
+      const wasi_filesystem_types_datetime_t *payload1 = &(*data_access_timestamp).val.timestamp;
+      variant = 2;
+      variant2 = (int64_t) ((*payload1).seconds);
+      variant3 = (int32_t) ((*payload1).nanoseconds);
+      break;
+    }
+  }
+  int32_t variant7;
+  int64_t variant8;
+  int32_t variant9;
+  switch ((int32_t) (*data_modification_timestamp).tag) {
+    case 0: {
+      variant7 = 0;
+      variant8 = 0;
+      variant9 = 0;
+      break;
+    }
+    case 1: {
+      variant7 = 1;
+      variant8 = 0;
+      variant9 = 0;
+      break;
+    }
+    case 2: {
+      const wasi_filesystem_types_datetime_t *payload6 = &(*data_modification_timestamp).val.timestamp;
+      variant7 = 2;
+      variant8 = (int64_t) ((*payload6).seconds);
+      variant9 = (int32_t) ((*payload6).nanoseconds);
+      break;
+    }
+  }
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_wasi_filesystem_types_method_descriptor_set_times_at((self).__handle, path_flags, (uint8_t *) (*path).ptr, (*path).len, variant, variant2, variant3, variant7, variant8, variant9, ptr);
+  wasi_filesystem_types_result_void_error_code_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      result.val.err = (int32_t) *((uint8_t*) (ptr + 1));
+      break;
+    }
+  }
+  if (!result.is_err) {
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+bool wasi_filesystem_types_method_descriptor_link_at(wasi_filesystem_types_borrow_descriptor_t self, wasi_filesystem_types_path_flags_t old_path_flags, proxy_string_t *old_path, wasi_filesystem_types_borrow_descriptor_t new_descriptor, proxy_string_t *new_path, wasi_filesystem_types_error_code_t *err) {
+  __attribute__((__aligned__(1)))
+  uint8_t ret_area[2];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_wasi_filesystem_types_method_descriptor_link_at((self).__handle, old_path_flags, (uint8_t *) (*old_path).ptr, (*old_path).len, (new_descriptor).__handle, (uint8_t *) (*new_path).ptr, (*new_path).len, ptr);
+  wasi_filesystem_types_result_void_error_code_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      result.val.err = (int32_t) *((uint8_t*) (ptr + 1));
+      break;
+    }
+  }
+  if (!result.is_err) {
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+bool wasi_filesystem_types_method_descriptor_open_at(wasi_filesystem_types_borrow_descriptor_t self, wasi_filesystem_types_path_flags_t path_flags, proxy_string_t *path, wasi_filesystem_types_open_flags_t open_flags, wasi_filesystem_types_descriptor_flags_t flags, wasi_filesystem_types_own_descriptor_t *ret, wasi_filesystem_types_error_code_t *err) {
+  __attribute__((__aligned__(4)))
+  uint8_t ret_area[8];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_wasi_filesystem_types_method_descriptor_open_at((self).__handle, path_flags, (uint8_t *) (*path).ptr, (*path).len, open_flags, flags, ptr);
+  wasi_filesystem_types_result_own_descriptor_error_code_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      result.val.ok = (wasi_filesystem_types_own_descriptor_t) { *((int32_t*) (ptr + 4)) };
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      result.val.err = (int32_t) *((uint8_t*) (ptr + 4));
+      break;
+    }
+  }
+  if (!result.is_err) {
+    *ret = result.val.ok;
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+bool wasi_filesystem_types_method_descriptor_readlink_at(wasi_filesystem_types_borrow_descriptor_t self, proxy_string_t *path, proxy_string_t *ret, wasi_filesystem_types_error_code_t *err) {
+  __attribute__((__aligned__(sizeof(void*))))
+  uint8_t ret_area[(3*sizeof(void*))];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_wasi_filesystem_types_method_descriptor_readlink_at((self).__handle, (uint8_t *) (*path).ptr, (*path).len, ptr);
+  wasi_filesystem_types_result_string_error_code_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      result.val.ok = (proxy_string_t) { (uint8_t*)(*((uint8_t **) (ptr + sizeof(void*)))), (*((size_t*) (ptr + (2*sizeof(void*))))) };
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      result.val.err = (int32_t) *((uint8_t*) (ptr + sizeof(void*)));
+      break;
+    }
+  }
+  if (!result.is_err) {
+    *ret = result.val.ok;
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+bool wasi_filesystem_types_method_descriptor_remove_directory_at(wasi_filesystem_types_borrow_descriptor_t self, proxy_string_t *path, wasi_filesystem_types_error_code_t *err) {
+  __attribute__((__aligned__(1)))
+  uint8_t ret_area[2];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_wasi_filesystem_types_method_descriptor_remove_directory_at((self).__handle, (uint8_t *) (*path).ptr, (*path).len, ptr);
+  wasi_filesystem_types_result_void_error_code_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      result.val.err = (int32_t) *((uint8_t*) (ptr + 1));
+      break;
+    }
+  }
+  if (!result.is_err) {
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+bool wasi_filesystem_types_method_descriptor_rename_at(wasi_filesystem_types_borrow_descriptor_t self, proxy_string_t *old_path, wasi_filesystem_types_borrow_descriptor_t new_descriptor, proxy_string_t *new_path, wasi_filesystem_types_error_code_t *err) {
+  __attribute__((__aligned__(1)))
+  uint8_t ret_area[2];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_wasi_filesystem_types_method_descriptor_rename_at((self).__handle, (uint8_t *) (*old_path).ptr, (*old_path).len, (new_descriptor).__handle, (uint8_t *) (*new_path).ptr, (*new_path).len, ptr);
+  wasi_filesystem_types_result_void_error_code_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      result.val.err = (int32_t) *((uint8_t*) (ptr + 1));
+      break;
+    }
+  }
+  if (!result.is_err) {
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+bool wasi_filesystem_types_method_descriptor_symlink_at(wasi_filesystem_types_borrow_descriptor_t self, proxy_string_t *old_path, proxy_string_t *new_path, wasi_filesystem_types_error_code_t *err) {
+  __attribute__((__aligned__(1)))
+  uint8_t ret_area[2];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_wasi_filesystem_types_method_descriptor_symlink_at((self).__handle, (uint8_t *) (*old_path).ptr, (*old_path).len, (uint8_t *) (*new_path).ptr, (*new_path).len, ptr);
+  wasi_filesystem_types_result_void_error_code_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      result.val.err = (int32_t) *((uint8_t*) (ptr + 1));
+      break;
+    }
+  }
+  if (!result.is_err) {
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+bool wasi_filesystem_types_method_descriptor_unlink_file_at(wasi_filesystem_types_borrow_descriptor_t self, proxy_string_t *path, wasi_filesystem_types_error_code_t *err) {
+  __attribute__((__aligned__(1)))
+  uint8_t ret_area[2];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_wasi_filesystem_types_method_descriptor_unlink_file_at((self).__handle, (uint8_t *) (*path).ptr, (*path).len, ptr);
+  wasi_filesystem_types_result_void_error_code_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      result.val.err = (int32_t) *((uint8_t*) (ptr + 1));
+      break;
+    }
+  }
+  if (!result.is_err) {
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+bool wasi_filesystem_types_method_descriptor_is_same_object(wasi_filesystem_types_borrow_descriptor_t self, wasi_filesystem_types_borrow_descriptor_t other) {
+  int32_t ret = __wasm_import_wasi_filesystem_types_method_descriptor_is_same_object((self).__handle, (other).__handle);
+  return ret;
+}
+
+bool wasi_filesystem_types_method_descriptor_metadata_hash(wasi_filesystem_types_borrow_descriptor_t self, wasi_filesystem_types_metadata_hash_value_t *ret, wasi_filesystem_types_error_code_t *err) {
+  __attribute__((__aligned__(8)))
+  uint8_t ret_area[24];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_wasi_filesystem_types_method_descriptor_metadata_hash((self).__handle, ptr);
+  wasi_filesystem_types_result_metadata_hash_value_error_code_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      result.val.ok = (wasi_filesystem_types_metadata_hash_value_t) {
+        (uint64_t) (uint64_t) (*((int64_t*) (ptr + 8))),
+        (uint64_t) (uint64_t) (*((int64_t*) (ptr + 16))),
+      };
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      result.val.err = (int32_t) *((uint8_t*) (ptr + 8));
+      break;
+    }
+  }
+  if (!result.is_err) {
+    *ret = result.val.ok;
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+bool wasi_filesystem_types_method_descriptor_metadata_hash_at(wasi_filesystem_types_borrow_descriptor_t self, wasi_filesystem_types_path_flags_t path_flags, proxy_string_t *path, wasi_filesystem_types_metadata_hash_value_t *ret, wasi_filesystem_types_error_code_t *err) {
+  __attribute__((__aligned__(8)))
+  uint8_t ret_area[24];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_wasi_filesystem_types_method_descriptor_metadata_hash_at((self).__handle, path_flags, (uint8_t *) (*path).ptr, (*path).len, ptr);
+  wasi_filesystem_types_result_metadata_hash_value_error_code_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      result.val.ok = (wasi_filesystem_types_metadata_hash_value_t) {
+        (uint64_t) (uint64_t) (*((int64_t*) (ptr + 8))),
+        (uint64_t) (uint64_t) (*((int64_t*) (ptr + 16))),
+      };
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      result.val.err = (int32_t) *((uint8_t*) (ptr + 8));
+      break;
+    }
+  }
+  if (!result.is_err) {
+    *ret = result.val.ok;
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+bool wasi_filesystem_types_method_directory_entry_stream_read_directory_entry(wasi_filesystem_types_borrow_directory_entry_stream_t self, wasi_filesystem_types_option_directory_entry_t *ret, wasi_filesystem_types_error_code_t *err) {
+  __attribute__((__aligned__(sizeof(void*))))
+  uint8_t ret_area[(5*sizeof(void*))];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_wasi_filesystem_types_method_directory_entry_stream_read_directory_entry((self).__handle, ptr);
+  wasi_filesystem_types_result_option_directory_entry_error_code_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      wasi_filesystem_types_option_directory_entry_t option;
+      switch ((int32_t) *((uint8_t*) (ptr + sizeof(void*)))) {
+        case 0: {
+          option.is_some = false;
+          break;
+        }
+        case 1: {
+          option.is_some = true;
+          option.val = (wasi_filesystem_types_directory_entry_t) {
+            (wasi_filesystem_types_descriptor_type_t) (int32_t) *((uint8_t*) (ptr + (2*sizeof(void*)))),
+            (proxy_string_t) (proxy_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (3*sizeof(void*))))), (*((size_t*) (ptr + (4*sizeof(void*))))) },
+          };
+          break;
+        }
+      }
+
+      result.val.ok = option;
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      result.val.err = (int32_t) *((uint8_t*) (ptr + sizeof(void*)));
+      break;
+    }
+  }
+  if (!result.is_err) {
+    *ret = result.val.ok;
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+bool wasi_filesystem_types_filesystem_error_code(wasi_filesystem_types_borrow_error_t err_, wasi_filesystem_types_error_code_t *ret) {
+  __attribute__((__aligned__(1)))
+  uint8_t ret_area[2];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_wasi_filesystem_types_filesystem_error_code((err_).__handle, ptr);
+  wasi_filesystem_types_option_error_code_t option;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      option.is_some = false;
+      break;
+    }
+    case 1: {
+      option.is_some = true;
+      option.val = (int32_t) *((uint8_t*) (ptr + 1));
+      break;
+    }
+  }
+  *ret = option.val;
+  return option.is_some;
+}
+
+void wasi_filesystem_preopens_get_directories(wasi_filesystem_preopens_list_tuple2_own_descriptor_string_t *ret) {
+  __attribute__((__aligned__(sizeof(void*))))
+  uint8_t ret_area[(2*sizeof(void*))];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_wasi_filesystem_preopens_get_directories(ptr);
+  *ret = (wasi_filesystem_preopens_list_tuple2_own_descriptor_string_t) { (wasi_filesystem_preopens_tuple2_own_descriptor_string_t*)(*((uint8_t **) (ptr + 0))), (*((size_t*) (ptr + sizeof(void*)))) };
+}
+
+bool wasi_keyvalue_0_2_0_draft_store_open(proxy_string_t *identifier, wasi_keyvalue_0_2_0_draft_store_own_bucket_t *ret, wasi_keyvalue_0_2_0_draft_store_error_t *err) {
+  __attribute__((__aligned__(sizeof(void*))))
+  uint8_t ret_area[(4*sizeof(void*))];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_wasi_keyvalue_0_2_0_draft_store_open((uint8_t *) (*identifier).ptr, (*identifier).len, ptr);
+  wasi_keyvalue_0_2_0_draft_store_result_own_bucket_error_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      result.val.ok = (wasi_keyvalue_0_2_0_draft_store_own_bucket_t) { *((int32_t*) (ptr + sizeof(void*))) };
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      wasi_keyvalue_0_2_0_draft_store_error_t variant;
+      variant.tag = (int32_t) *((uint8_t*) (ptr + sizeof(void*)));
+      switch ((int32_t) variant.tag) {
+        case 0: {
+          break;
+        }
+        case 1: {
+          break;
+        }
+        case 2: {
+          variant.val.other = (proxy_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+      }
+
+      result.val.err = variant;
+      break;
+    }
+  }
+  if (!result.is_err) {
+    *ret = result.val.ok;
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+bool wasi_keyvalue_0_2_0_draft_store_method_bucket_get(wasi_keyvalue_0_2_0_draft_store_borrow_bucket_t self, proxy_string_t *key, proxy_option_list_u8_t *ret, wasi_keyvalue_0_2_0_draft_store_error_t *err) {
+  __attribute__((__aligned__(sizeof(void*))))
+  uint8_t ret_area[(4*sizeof(void*))];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_wasi_keyvalue_0_2_0_draft_store_method_bucket_get((self).__handle, (uint8_t *) (*key).ptr, (*key).len, ptr);
+  wasi_keyvalue_0_2_0_draft_store_result_option_list_u8_error_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      proxy_option_list_u8_t option;
+      switch ((int32_t) *((uint8_t*) (ptr + sizeof(void*)))) {
+        case 0: {
+          option.is_some = false;
+          break;
+        }
+        case 1: {
+          option.is_some = true;
+          option.val = (proxy_list_u8_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+      }
+
+      result.val.ok = option;
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      wasi_keyvalue_0_2_0_draft_store_error_t variant;
+      variant.tag = (int32_t) *((uint8_t*) (ptr + sizeof(void*)));
+      switch ((int32_t) variant.tag) {
+        case 0: {
+          break;
+        }
+        case 1: {
+          break;
+        }
+        case 2: {
+          variant.val.other = (proxy_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+      }
+
+      result.val.err = variant;
+      break;
+    }
+  }
+  if (!result.is_err) {
+    *ret = result.val.ok;
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+bool wasi_keyvalue_0_2_0_draft_store_method_bucket_set(wasi_keyvalue_0_2_0_draft_store_borrow_bucket_t self, proxy_string_t *key, proxy_list_u8_t *value, wasi_keyvalue_0_2_0_draft_store_error_t *err) {
+  __attribute__((__aligned__(sizeof(void*))))
+  uint8_t ret_area[(4*sizeof(void*))];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_wasi_keyvalue_0_2_0_draft_store_method_bucket_set((self).__handle, (uint8_t *) (*key).ptr, (*key).len, (uint8_t *) (*value).ptr, (*value).len, ptr);
+  wasi_keyvalue_0_2_0_draft_store_result_void_error_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      wasi_keyvalue_0_2_0_draft_store_error_t variant;
+      variant.tag = (int32_t) *((uint8_t*) (ptr + sizeof(void*)));
+      switch ((int32_t) variant.tag) {
+        case 0: {
+          break;
+        }
+        case 1: {
+          break;
+        }
+        case 2: {
+          variant.val.other = (proxy_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+      }
+
+      result.val.err = variant;
+      break;
+    }
+  }
+  if (!result.is_err) {
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+bool wasi_keyvalue_0_2_0_draft_store_method_bucket_delete(wasi_keyvalue_0_2_0_draft_store_borrow_bucket_t self, proxy_string_t *key, wasi_keyvalue_0_2_0_draft_store_error_t *err) {
+  __attribute__((__aligned__(sizeof(void*))))
+  uint8_t ret_area[(4*sizeof(void*))];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_wasi_keyvalue_0_2_0_draft_store_method_bucket_delete((self).__handle, (uint8_t *) (*key).ptr, (*key).len, ptr);
+  wasi_keyvalue_0_2_0_draft_store_result_void_error_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      wasi_keyvalue_0_2_0_draft_store_error_t variant;
+      variant.tag = (int32_t) *((uint8_t*) (ptr + sizeof(void*)));
+      switch ((int32_t) variant.tag) {
+        case 0: {
+          break;
+        }
+        case 1: {
+          break;
+        }
+        case 2: {
+          variant.val.other = (proxy_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+      }
+
+      result.val.err = variant;
+      break;
+    }
+  }
+  if (!result.is_err) {
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+bool wasi_keyvalue_0_2_0_draft_store_method_bucket_exists(wasi_keyvalue_0_2_0_draft_store_borrow_bucket_t self, proxy_string_t *key, bool *ret, wasi_keyvalue_0_2_0_draft_store_error_t *err) {
+  __attribute__((__aligned__(sizeof(void*))))
+  uint8_t ret_area[(4*sizeof(void*))];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_wasi_keyvalue_0_2_0_draft_store_method_bucket_exists((self).__handle, (uint8_t *) (*key).ptr, (*key).len, ptr);
+  wasi_keyvalue_0_2_0_draft_store_result_bool_error_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      result.val.ok = (int32_t) *((uint8_t*) (ptr + sizeof(void*)));
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      wasi_keyvalue_0_2_0_draft_store_error_t variant;
+      variant.tag = (int32_t) *((uint8_t*) (ptr + sizeof(void*)));
+      switch ((int32_t) variant.tag) {
+        case 0: {
+          break;
+        }
+        case 1: {
+          break;
+        }
+        case 2: {
+          variant.val.other = (proxy_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+      }
+
+      result.val.err = variant;
+      break;
+    }
+  }
+  if (!result.is_err) {
+    *ret = result.val.ok;
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+bool wasi_keyvalue_0_2_0_draft_store_method_bucket_list_keys(wasi_keyvalue_0_2_0_draft_store_borrow_bucket_t self, uint64_t *maybe_cursor, wasi_keyvalue_0_2_0_draft_store_key_response_t *ret, wasi_keyvalue_0_2_0_draft_store_error_t *err) {
+  __attribute__((__aligned__(8)))
+  uint8_t ret_area[(24+2*sizeof(void*))];
+  proxy_option_u64_t cursor;
+  cursor.is_some = maybe_cursor != NULL;if (maybe_cursor) {
+    cursor.val = *maybe_cursor;
+  }
+  int32_t option;
+  int64_t option1;
+  if ((cursor).is_some) {
+    const uint64_t *payload0 = &(cursor).val;
+    option = 1;
+    option1 = (int64_t) (*payload0);
+  } else {
+    option = 0;
+    option1 = 0;
+  }
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_wasi_keyvalue_0_2_0_draft_store_method_bucket_list_keys((self).__handle, option, option1, ptr);
+  wasi_keyvalue_0_2_0_draft_store_result_key_response_error_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      proxy_option_u64_t option2;
+      switch ((int32_t) *((uint8_t*) (ptr + (8+2*sizeof(void*))))) {
+        case 0: {
+          option2.is_some = false;
+          break;
+        }
+        case 1: {
+          option2.is_some = true;
+          option2.val = (uint64_t) (*((int64_t*) (ptr + (16+2*sizeof(void*)))));
+          break;
+        }
+      }
+
+      result.val.ok = (wasi_keyvalue_0_2_0_draft_store_key_response_t) {
+        (proxy_list_string_t) (proxy_list_string_t) { (proxy_string_t*)(*((uint8_t **) (ptr + 8))), (*((size_t*) (ptr + (8+1*sizeof(void*))))) },
+        (proxy_option_u64_t) option2,
+      };
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      wasi_keyvalue_0_2_0_draft_store_error_t variant;
+      variant.tag = (int32_t) *((uint8_t*) (ptr + 8));
+      switch ((int32_t) variant.tag) {
+        case 0: {
+          break;
+        }
+        case 1: {
+          break;
+        }
+        case 2: {
+          variant.val.other = (proxy_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (8+1*sizeof(void*))))), (*((size_t*) (ptr + (8+2*sizeof(void*))))) };
+          break;
+        }
+      }
+
+      result.val.err = variant;
+      break;
+    }
+  }
+  if (!result.is_err) {
+    *ret = result.val.ok;
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+bool wasi_keyvalue_0_2_0_draft_atomics_increment(wasi_keyvalue_0_2_0_draft_atomics_borrow_bucket_t bucket, proxy_string_t *key, uint64_t delta, uint64_t *ret, wasi_keyvalue_0_2_0_draft_atomics_error_t *err) {
+  __attribute__((__aligned__(8)))
+  uint8_t ret_area[(16+2*sizeof(void*))];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_wasi_keyvalue_0_2_0_draft_atomics_increment((bucket).__handle, (uint8_t *) (*key).ptr, (*key).len, (int64_t) (delta), ptr);
+  wasi_keyvalue_0_2_0_draft_atomics_result_u64_error_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      result.val.ok = (uint64_t) (*((int64_t*) (ptr + 8)));
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      wasi_keyvalue_0_2_0_draft_store_error_t variant;
+      variant.tag = (int32_t) *((uint8_t*) (ptr + 8));
+      switch ((int32_t) variant.tag) {
+        case 0: {
+          break;
+        }
+        case 1: {
+          break;
+        }
+        case 2: {
+          variant.val.other = (proxy_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (8+1*sizeof(void*))))), (*((size_t*) (ptr + (8+2*sizeof(void*))))) };
+          break;
+        }
+      }
+
+      result.val.err = variant;
+      break;
+    }
+  }
+  if (!result.is_err) {
+    *ret = result.val.ok;
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+bool wasi_keyvalue_0_2_0_draft_batch_get_many(wasi_keyvalue_0_2_0_draft_batch_borrow_bucket_t bucket, proxy_list_string_t *keys, proxy_list_option_tuple2_string_list_u8_t *ret, wasi_keyvalue_0_2_0_draft_batch_error_t *err) {
+  __attribute__((__aligned__(sizeof(void*))))
+  uint8_t ret_area[(4*sizeof(void*))];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_wasi_keyvalue_0_2_0_draft_batch_get_many((bucket).__handle, (uint8_t *) (*keys).ptr, (*keys).len, ptr);
+  wasi_keyvalue_0_2_0_draft_batch_result_list_option_tuple2_string_list_u8_error_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      result.val.ok = (proxy_list_option_tuple2_string_list_u8_t) { (proxy_option_tuple2_string_list_u8_t*)(*((uint8_t **) (ptr + sizeof(void*)))), (*((size_t*) (ptr + (2*sizeof(void*))))) };
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      wasi_keyvalue_0_2_0_draft_store_error_t variant;
+      variant.tag = (int32_t) *((uint8_t*) (ptr + sizeof(void*)));
+      switch ((int32_t) variant.tag) {
+        case 0: {
+          break;
+        }
+        case 1: {
+          break;
+        }
+        case 2: {
+          variant.val.other = (proxy_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+      }
+
+      result.val.err = variant;
+      break;
+    }
+  }
+  if (!result.is_err) {
+    *ret = result.val.ok;
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+bool wasi_keyvalue_0_2_0_draft_batch_set_many(wasi_keyvalue_0_2_0_draft_batch_borrow_bucket_t bucket, proxy_list_tuple2_string_list_u8_t *key_values, wasi_keyvalue_0_2_0_draft_batch_error_t *err) {
+  __attribute__((__aligned__(sizeof(void*))))
+  uint8_t ret_area[(4*sizeof(void*))];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_wasi_keyvalue_0_2_0_draft_batch_set_many((bucket).__handle, (uint8_t *) (*key_values).ptr, (*key_values).len, ptr);
+  wasi_keyvalue_0_2_0_draft_batch_result_void_error_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      wasi_keyvalue_0_2_0_draft_store_error_t variant;
+      variant.tag = (int32_t) *((uint8_t*) (ptr + sizeof(void*)));
+      switch ((int32_t) variant.tag) {
+        case 0: {
+          break;
+        }
+        case 1: {
+          break;
+        }
+        case 2: {
+          variant.val.other = (proxy_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+      }
+
+      result.val.err = variant;
+      break;
+    }
+  }
+  if (!result.is_err) {
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+bool wasi_keyvalue_0_2_0_draft_batch_delete_many(wasi_keyvalue_0_2_0_draft_batch_borrow_bucket_t bucket, proxy_list_string_t *keys, wasi_keyvalue_0_2_0_draft_batch_error_t *err) {
+  __attribute__((__aligned__(sizeof(void*))))
+  uint8_t ret_area[(4*sizeof(void*))];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_wasi_keyvalue_0_2_0_draft_batch_delete_many((bucket).__handle, (uint8_t *) (*keys).ptr, (*keys).len, ptr);
+  wasi_keyvalue_0_2_0_draft_batch_result_void_error_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      wasi_keyvalue_0_2_0_draft_store_error_t variant;
+      variant.tag = (int32_t) *((uint8_t*) (ptr + sizeof(void*)));
+      switch ((int32_t) variant.tag) {
+        case 0: {
+          break;
+        }
+        case 1: {
+          break;
+        }
+        case 2: {
+          variant.val.other = (proxy_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+      }
+
+      result.val.err = variant;
+      break;
+    }
+  }
+  if (!result.is_err) {
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+bool wasi_keyvalue_0_2_0_draft2_store_open(proxy_string_t *identifier, wasi_keyvalue_0_2_0_draft2_store_own_bucket_t *ret, wasi_keyvalue_0_2_0_draft2_store_error_t *err) {
+  __attribute__((__aligned__(sizeof(void*))))
+  uint8_t ret_area[(4*sizeof(void*))];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_wasi_keyvalue_0_2_0_draft2_store_open((uint8_t *) (*identifier).ptr, (*identifier).len, ptr);
+  wasi_keyvalue_0_2_0_draft2_store_result_own_bucket_error_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      result.val.ok = (wasi_keyvalue_0_2_0_draft2_store_own_bucket_t) { *((int32_t*) (ptr + sizeof(void*))) };
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      wasi_keyvalue_0_2_0_draft2_store_error_t variant;
+      variant.tag = (int32_t) *((uint8_t*) (ptr + sizeof(void*)));
+      switch ((int32_t) variant.tag) {
+        case 0: {
+          break;
+        }
+        case 1: {
+          break;
+        }
+        case 2: {
+          variant.val.other = (proxy_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+      }
+
+      result.val.err = variant;
+      break;
+    }
+  }
+  if (!result.is_err) {
+    *ret = result.val.ok;
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+bool wasi_keyvalue_0_2_0_draft2_store_method_bucket_get(wasi_keyvalue_0_2_0_draft2_store_borrow_bucket_t self, proxy_string_t *key, proxy_option_list_u8_t *ret, wasi_keyvalue_0_2_0_draft2_store_error_t *err) {
+  __attribute__((__aligned__(sizeof(void*))))
+  uint8_t ret_area[(4*sizeof(void*))];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_wasi_keyvalue_0_2_0_draft2_store_method_bucket_get((self).__handle, (uint8_t *) (*key).ptr, (*key).len, ptr);
+  wasi_keyvalue_0_2_0_draft2_store_result_option_list_u8_error_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      proxy_option_list_u8_t option;
+      switch ((int32_t) *((uint8_t*) (ptr + sizeof(void*)))) {
+        case 0: {
+          option.is_some = false;
+          break;
+        }
+        case 1: {
+          option.is_some = true;
+          option.val = (proxy_list_u8_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+      }
+
+      result.val.ok = option;
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      wasi_keyvalue_0_2_0_draft2_store_error_t variant;
+      variant.tag = (int32_t) *((uint8_t*) (ptr + sizeof(void*)));
+      switch ((int32_t) variant.tag) {
+        case 0: {
+          break;
+        }
+        case 1: {
+          break;
+        }
+        case 2: {
+          variant.val.other = (proxy_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+      }
+
+      result.val.err = variant;
+      break;
+    }
+  }
+  if (!result.is_err) {
+    *ret = result.val.ok;
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+bool wasi_keyvalue_0_2_0_draft2_store_method_bucket_set(wasi_keyvalue_0_2_0_draft2_store_borrow_bucket_t self, proxy_string_t *key, proxy_list_u8_t *value, wasi_keyvalue_0_2_0_draft2_store_error_t *err) {
+  __attribute__((__aligned__(sizeof(void*))))
+  uint8_t ret_area[(4*sizeof(void*))];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_wasi_keyvalue_0_2_0_draft2_store_method_bucket_set((self).__handle, (uint8_t *) (*key).ptr, (*key).len, (uint8_t *) (*value).ptr, (*value).len, ptr);
+  wasi_keyvalue_0_2_0_draft2_store_result_void_error_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      wasi_keyvalue_0_2_0_draft2_store_error_t variant;
+      variant.tag = (int32_t) *((uint8_t*) (ptr + sizeof(void*)));
+      switch ((int32_t) variant.tag) {
+        case 0: {
+          break;
+        }
+        case 1: {
+          break;
+        }
+        case 2: {
+          variant.val.other = (proxy_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+      }
+
+      result.val.err = variant;
+      break;
+    }
+  }
+  if (!result.is_err) {
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+bool wasi_keyvalue_0_2_0_draft2_store_method_bucket_delete(wasi_keyvalue_0_2_0_draft2_store_borrow_bucket_t self, proxy_string_t *key, wasi_keyvalue_0_2_0_draft2_store_error_t *err) {
+  __attribute__((__aligned__(sizeof(void*))))
+  uint8_t ret_area[(4*sizeof(void*))];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_wasi_keyvalue_0_2_0_draft2_store_method_bucket_delete((self).__handle, (uint8_t *) (*key).ptr, (*key).len, ptr);
+  wasi_keyvalue_0_2_0_draft2_store_result_void_error_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      wasi_keyvalue_0_2_0_draft2_store_error_t variant;
+      variant.tag = (int32_t) *((uint8_t*) (ptr + sizeof(void*)));
+      switch ((int32_t) variant.tag) {
+        case 0: {
+          break;
+        }
+        case 1: {
+          break;
+        }
+        case 2: {
+          variant.val.other = (proxy_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+      }
+
+      result.val.err = variant;
+      break;
+    }
+  }
+  if (!result.is_err) {
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+bool wasi_keyvalue_0_2_0_draft2_store_method_bucket_exists(wasi_keyvalue_0_2_0_draft2_store_borrow_bucket_t self, proxy_string_t *key, bool *ret, wasi_keyvalue_0_2_0_draft2_store_error_t *err) {
+  __attribute__((__aligned__(sizeof(void*))))
+  uint8_t ret_area[(4*sizeof(void*))];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_wasi_keyvalue_0_2_0_draft2_store_method_bucket_exists((self).__handle, (uint8_t *) (*key).ptr, (*key).len, ptr);
+  wasi_keyvalue_0_2_0_draft2_store_result_bool_error_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      result.val.ok = (int32_t) *((uint8_t*) (ptr + sizeof(void*)));
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      wasi_keyvalue_0_2_0_draft2_store_error_t variant;
+      variant.tag = (int32_t) *((uint8_t*) (ptr + sizeof(void*)));
+      switch ((int32_t) variant.tag) {
+        case 0: {
+          break;
+        }
+        case 1: {
+          break;
+        }
+        case 2: {
+          variant.val.other = (proxy_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+      }
+
+      result.val.err = variant;
+      break;
+    }
+  }
+  if (!result.is_err) {
+    *ret = result.val.ok;
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+bool wasi_keyvalue_0_2_0_draft2_store_method_bucket_list_keys(wasi_keyvalue_0_2_0_draft2_store_borrow_bucket_t self, proxy_string_t *maybe_cursor, wasi_keyvalue_0_2_0_draft2_store_key_response_t *ret, wasi_keyvalue_0_2_0_draft2_store_error_t *err) {
+  __attribute__((__aligned__(sizeof(void*))))
+  uint8_t ret_area[(6*sizeof(void*))];
+  proxy_option_string_t cursor;
+  cursor.is_some = maybe_cursor != NULL;if (maybe_cursor) {
+    cursor.val = *maybe_cursor;
+  }
+  int32_t option;
+  uint8_t * option1;
+  size_t option2;
+  if ((cursor).is_some) {
+    const proxy_string_t *payload0 = &(cursor).val;
+    option = 1;
+    option1 = (uint8_t *) (*payload0).ptr;
+    option2 = (*payload0).len;
+  } else {
+    option = 0;
+    option1 = 0;
+    option2 = 0;
+  }
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_wasi_keyvalue_0_2_0_draft2_store_method_bucket_list_keys((self).__handle, option, option1, option2, ptr);
+  wasi_keyvalue_0_2_0_draft2_store_result_key_response_error_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      proxy_option_string_t option3;
+      switch ((int32_t) *((uint8_t*) (ptr + (3*sizeof(void*))))) {
+        case 0: {
+          option3.is_some = false;
+          break;
+        }
+        case 1: {
+          option3.is_some = true;
+          option3.val = (proxy_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (4*sizeof(void*))))), (*((size_t*) (ptr + (5*sizeof(void*))))) };
+          break;
+        }
+      }
+
+      result.val.ok = (wasi_keyvalue_0_2_0_draft2_store_key_response_t) {
+        (proxy_list_string_t) (proxy_list_string_t) { (proxy_string_t*)(*((uint8_t **) (ptr + sizeof(void*)))), (*((size_t*) (ptr + (2*sizeof(void*))))) },
+        (proxy_option_string_t) option3,
+      };
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      wasi_keyvalue_0_2_0_draft2_store_error_t variant;
+      variant.tag = (int32_t) *((uint8_t*) (ptr + sizeof(void*)));
+      switch ((int32_t) variant.tag) {
+        case 0: {
+          break;
+        }
+        case 1: {
+          break;
+        }
+        case 2: {
+          variant.val.other = (proxy_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+      }
+
+      result.val.err = variant;
+      break;
+    }
+  }
+  if (!result.is_err) {
+    *ret = result.val.ok;
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+bool wasi_keyvalue_0_2_0_draft2_atomics_static_cas_new(wasi_keyvalue_0_2_0_draft2_atomics_borrow_bucket_t bucket, proxy_string_t *key, wasi_keyvalue_0_2_0_draft2_atomics_own_cas_t *ret, wasi_keyvalue_0_2_0_draft2_atomics_error_t *err) {
+  __attribute__((__aligned__(sizeof(void*))))
+  uint8_t ret_area[(4*sizeof(void*))];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_wasi_keyvalue_0_2_0_draft2_atomics_static_cas_new((bucket).__handle, (uint8_t *) (*key).ptr, (*key).len, ptr);
+  wasi_keyvalue_0_2_0_draft2_atomics_result_own_cas_error_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      result.val.ok = (wasi_keyvalue_0_2_0_draft2_atomics_own_cas_t) { *((int32_t*) (ptr + sizeof(void*))) };
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      wasi_keyvalue_0_2_0_draft2_store_error_t variant;
+      variant.tag = (int32_t) *((uint8_t*) (ptr + sizeof(void*)));
+      switch ((int32_t) variant.tag) {
+        case 0: {
+          break;
+        }
+        case 1: {
+          break;
+        }
+        case 2: {
+          variant.val.other = (proxy_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+      }
+
+      result.val.err = variant;
+      break;
+    }
+  }
+  if (!result.is_err) {
+    *ret = result.val.ok;
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+bool wasi_keyvalue_0_2_0_draft2_atomics_method_cas_current(wasi_keyvalue_0_2_0_draft2_atomics_borrow_cas_t self, proxy_option_list_u8_t *ret, wasi_keyvalue_0_2_0_draft2_atomics_error_t *err) {
+  __attribute__((__aligned__(sizeof(void*))))
+  uint8_t ret_area[(4*sizeof(void*))];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_wasi_keyvalue_0_2_0_draft2_atomics_method_cas_current((self).__handle, ptr);
+  wasi_keyvalue_0_2_0_draft2_atomics_result_option_list_u8_error_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      proxy_option_list_u8_t option;
+      switch ((int32_t) *((uint8_t*) (ptr + sizeof(void*)))) {
+        case 0: {
+          option.is_some = false;
+          break;
+        }
+        case 1: {
+          option.is_some = true;
+          option.val = (proxy_list_u8_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+      }
+
+      result.val.ok = option;
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      wasi_keyvalue_0_2_0_draft2_store_error_t variant;
+      variant.tag = (int32_t) *((uint8_t*) (ptr + sizeof(void*)));
+      switch ((int32_t) variant.tag) {
+        case 0: {
+          break;
+        }
+        case 1: {
+          break;
+        }
+        case 2: {
+          variant.val.other = (proxy_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+      }
+
+      result.val.err = variant;
+      break;
+    }
+  }
+  if (!result.is_err) {
+    *ret = result.val.ok;
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+bool wasi_keyvalue_0_2_0_draft2_atomics_increment(wasi_keyvalue_0_2_0_draft2_atomics_borrow_bucket_t bucket, proxy_string_t *key, int64_t delta, int64_t *ret, wasi_keyvalue_0_2_0_draft2_atomics_error_t *err) {
+  __attribute__((__aligned__(8)))
+  uint8_t ret_area[(16+2*sizeof(void*))];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_wasi_keyvalue_0_2_0_draft2_atomics_increment((bucket).__handle, (uint8_t *) (*key).ptr, (*key).len, delta, ptr);
+  wasi_keyvalue_0_2_0_draft2_atomics_result_s64_error_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      result.val.ok = *((int64_t*) (ptr + 8));
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      wasi_keyvalue_0_2_0_draft2_store_error_t variant;
+      variant.tag = (int32_t) *((uint8_t*) (ptr + 8));
+      switch ((int32_t) variant.tag) {
+        case 0: {
+          break;
+        }
+        case 1: {
+          break;
+        }
+        case 2: {
+          variant.val.other = (proxy_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (8+1*sizeof(void*))))), (*((size_t*) (ptr + (8+2*sizeof(void*))))) };
+          break;
+        }
+      }
+
+      result.val.err = variant;
+      break;
+    }
+  }
+  if (!result.is_err) {
+    *ret = result.val.ok;
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+bool wasi_keyvalue_0_2_0_draft2_atomics_swap(wasi_keyvalue_0_2_0_draft2_atomics_own_cas_t cas, proxy_list_u8_t *value, wasi_keyvalue_0_2_0_draft2_atomics_cas_error_t *err) {
+  __attribute__((__aligned__(sizeof(void*))))
+  uint8_t ret_area[(5*sizeof(void*))];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_wasi_keyvalue_0_2_0_draft2_atomics_swap((cas).__handle, (uint8_t *) (*value).ptr, (*value).len, ptr);
+  wasi_keyvalue_0_2_0_draft2_atomics_result_void_cas_error_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      wasi_keyvalue_0_2_0_draft2_atomics_cas_error_t variant0;
+      variant0.tag = (int32_t) *((uint8_t*) (ptr + sizeof(void*)));
+      switch ((int32_t) variant0.tag) {
+        case 0: {
+          wasi_keyvalue_0_2_0_draft2_store_error_t variant;
+          variant.tag = (int32_t) *((uint8_t*) (ptr + (2*sizeof(void*))));
+          switch ((int32_t) variant.tag) {
+            case 0: {
+              break;
+            }
+            case 1: {
+              break;
+            }
+            case 2: {
+              variant.val.other = (proxy_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (3*sizeof(void*))))), (*((size_t*) (ptr + (4*sizeof(void*))))) };
+              break;
+            }
+          }
+          variant0.val.store_error = variant;
+          break;
+        }
+        case 1: {
+          variant0.val.cas_failed = (wasi_keyvalue_0_2_0_draft2_atomics_own_cas_t) { *((int32_t*) (ptr + (2*sizeof(void*)))) };
+          break;
+        }
+      }
+
+      result.val.err = variant0;
+      break;
+    }
+  }
+  if (!result.is_err) {
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+bool wasi_keyvalue_0_2_0_draft2_batch_get_many(wasi_keyvalue_0_2_0_draft2_batch_borrow_bucket_t bucket, proxy_list_string_t *keys, proxy_list_tuple2_string_option_list_u8_t *ret, wasi_keyvalue_0_2_0_draft2_batch_error_t *err) {
+  __attribute__((__aligned__(sizeof(void*))))
+  uint8_t ret_area[(4*sizeof(void*))];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_wasi_keyvalue_0_2_0_draft2_batch_get_many((bucket).__handle, (uint8_t *) (*keys).ptr, (*keys).len, ptr);
+  wasi_keyvalue_0_2_0_draft2_batch_result_list_tuple2_string_option_list_u8_error_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      result.val.ok = (proxy_list_tuple2_string_option_list_u8_t) { (proxy_tuple2_string_option_list_u8_t*)(*((uint8_t **) (ptr + sizeof(void*)))), (*((size_t*) (ptr + (2*sizeof(void*))))) };
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      wasi_keyvalue_0_2_0_draft2_store_error_t variant;
+      variant.tag = (int32_t) *((uint8_t*) (ptr + sizeof(void*)));
+      switch ((int32_t) variant.tag) {
+        case 0: {
+          break;
+        }
+        case 1: {
+          break;
+        }
+        case 2: {
+          variant.val.other = (proxy_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+      }
+
+      result.val.err = variant;
+      break;
+    }
+  }
+  if (!result.is_err) {
+    *ret = result.val.ok;
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+bool wasi_keyvalue_0_2_0_draft2_batch_set_many(wasi_keyvalue_0_2_0_draft2_batch_borrow_bucket_t bucket, proxy_list_tuple2_string_list_u8_t *key_values, wasi_keyvalue_0_2_0_draft2_batch_error_t *err) {
+  __attribute__((__aligned__(sizeof(void*))))
+  uint8_t ret_area[(4*sizeof(void*))];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_wasi_keyvalue_0_2_0_draft2_batch_set_many((bucket).__handle, (uint8_t *) (*key_values).ptr, (*key_values).len, ptr);
+  wasi_keyvalue_0_2_0_draft2_batch_result_void_error_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      wasi_keyvalue_0_2_0_draft2_store_error_t variant;
+      variant.tag = (int32_t) *((uint8_t*) (ptr + sizeof(void*)));
+      switch ((int32_t) variant.tag) {
+        case 0: {
+          break;
+        }
+        case 1: {
+          break;
+        }
+        case 2: {
+          variant.val.other = (proxy_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+      }
+
+      result.val.err = variant;
+      break;
+    }
+  }
+  if (!result.is_err) {
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+bool wasi_keyvalue_0_2_0_draft2_batch_delete_many(wasi_keyvalue_0_2_0_draft2_batch_borrow_bucket_t bucket, proxy_list_string_t *keys, wasi_keyvalue_0_2_0_draft2_batch_error_t *err) {
+  __attribute__((__aligned__(sizeof(void*))))
+  uint8_t ret_area[(4*sizeof(void*))];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_wasi_keyvalue_0_2_0_draft2_batch_delete_many((bucket).__handle, (uint8_t *) (*keys).ptr, (*keys).len, ptr);
+  wasi_keyvalue_0_2_0_draft2_batch_result_void_error_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      wasi_keyvalue_0_2_0_draft2_store_error_t variant;
+      variant.tag = (int32_t) *((uint8_t*) (ptr + sizeof(void*)));
+      switch ((int32_t) variant.tag) {
+        case 0: {
+          break;
+        }
+        case 1: {
+          break;
+        }
+        case 2: {
+          variant.val.other = (proxy_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+      }
+
+      result.val.err = variant;
+      break;
+    }
+  }
+  if (!result.is_err) {
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+bool fermyon_spin_key_value_static_store_open(proxy_string_t *label, fermyon_spin_key_value_own_store_t *ret, fermyon_spin_key_value_error_t *err) {
+  __attribute__((__aligned__(sizeof(void*))))
+  uint8_t ret_area[(4*sizeof(void*))];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_fermyon_spin_key_value_static_store_open((uint8_t *) (*label).ptr, (*label).len, ptr);
+  fermyon_spin_key_value_result_own_store_error_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      result.val.ok = (fermyon_spin_key_value_own_store_t) { *((int32_t*) (ptr + sizeof(void*))) };
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      fermyon_spin_key_value_error_t variant;
+      variant.tag = (int32_t) *((uint8_t*) (ptr + sizeof(void*)));
+      switch ((int32_t) variant.tag) {
+        case 0: {
+          break;
+        }
+        case 1: {
+          break;
+        }
+        case 2: {
+          break;
+        }
+        case 3: {
+          variant.val.other = (proxy_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+      }
+
+      result.val.err = variant;
+      break;
+    }
+  }
+  if (!result.is_err) {
+    *ret = result.val.ok;
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+bool fermyon_spin_key_value_method_store_get(fermyon_spin_key_value_borrow_store_t self, proxy_string_t *key, proxy_option_list_u8_t *ret, fermyon_spin_key_value_error_t *err) {
+  __attribute__((__aligned__(sizeof(void*))))
+  uint8_t ret_area[(4*sizeof(void*))];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_fermyon_spin_key_value_method_store_get((self).__handle, (uint8_t *) (*key).ptr, (*key).len, ptr);
+  fermyon_spin_key_value_result_option_list_u8_error_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      proxy_option_list_u8_t option;
+      switch ((int32_t) *((uint8_t*) (ptr + sizeof(void*)))) {
+        case 0: {
+          option.is_some = false;
+          break;
+        }
+        case 1: {
+          option.is_some = true;
+          option.val = (proxy_list_u8_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+      }
+
+      result.val.ok = option;
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      fermyon_spin_key_value_error_t variant;
+      variant.tag = (int32_t) *((uint8_t*) (ptr + sizeof(void*)));
+      switch ((int32_t) variant.tag) {
+        case 0: {
+          break;
+        }
+        case 1: {
+          break;
+        }
+        case 2: {
+          break;
+        }
+        case 3: {
+          variant.val.other = (proxy_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+      }
+
+      result.val.err = variant;
+      break;
+    }
+  }
+  if (!result.is_err) {
+    *ret = result.val.ok;
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+bool fermyon_spin_key_value_method_store_set(fermyon_spin_key_value_borrow_store_t self, proxy_string_t *key, proxy_list_u8_t *value, fermyon_spin_key_value_error_t *err) {
+  __attribute__((__aligned__(sizeof(void*))))
+  uint8_t ret_area[(4*sizeof(void*))];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_fermyon_spin_key_value_method_store_set((self).__handle, (uint8_t *) (*key).ptr, (*key).len, (uint8_t *) (*value).ptr, (*value).len, ptr);
+  fermyon_spin_key_value_result_void_error_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      fermyon_spin_key_value_error_t variant;
+      variant.tag = (int32_t) *((uint8_t*) (ptr + sizeof(void*)));
+      switch ((int32_t) variant.tag) {
+        case 0: {
+          break;
+        }
+        case 1: {
+          break;
+        }
+        case 2: {
+          break;
+        }
+        case 3: {
+          variant.val.other = (proxy_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+      }
+
+      result.val.err = variant;
+      break;
+    }
+  }
+  if (!result.is_err) {
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+bool fermyon_spin_key_value_method_store_delete(fermyon_spin_key_value_borrow_store_t self, proxy_string_t *key, fermyon_spin_key_value_error_t *err) {
+  __attribute__((__aligned__(sizeof(void*))))
+  uint8_t ret_area[(4*sizeof(void*))];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_fermyon_spin_key_value_method_store_delete((self).__handle, (uint8_t *) (*key).ptr, (*key).len, ptr);
+  fermyon_spin_key_value_result_void_error_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      fermyon_spin_key_value_error_t variant;
+      variant.tag = (int32_t) *((uint8_t*) (ptr + sizeof(void*)));
+      switch ((int32_t) variant.tag) {
+        case 0: {
+          break;
+        }
+        case 1: {
+          break;
+        }
+        case 2: {
+          break;
+        }
+        case 3: {
+          variant.val.other = (proxy_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+      }
+
+      result.val.err = variant;
+      break;
+    }
+  }
+  if (!result.is_err) {
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+bool fermyon_spin_key_value_method_store_exists(fermyon_spin_key_value_borrow_store_t self, proxy_string_t *key, bool *ret, fermyon_spin_key_value_error_t *err) {
+  __attribute__((__aligned__(sizeof(void*))))
+  uint8_t ret_area[(4*sizeof(void*))];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_fermyon_spin_key_value_method_store_exists((self).__handle, (uint8_t *) (*key).ptr, (*key).len, ptr);
+  fermyon_spin_key_value_result_bool_error_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      result.val.ok = (int32_t) *((uint8_t*) (ptr + sizeof(void*)));
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      fermyon_spin_key_value_error_t variant;
+      variant.tag = (int32_t) *((uint8_t*) (ptr + sizeof(void*)));
+      switch ((int32_t) variant.tag) {
+        case 0: {
+          break;
+        }
+        case 1: {
+          break;
+        }
+        case 2: {
+          break;
+        }
+        case 3: {
+          variant.val.other = (proxy_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+      }
+
+      result.val.err = variant;
+      break;
+    }
+  }
+  if (!result.is_err) {
+    *ret = result.val.ok;
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+bool fermyon_spin_key_value_method_store_get_keys(fermyon_spin_key_value_borrow_store_t self, proxy_list_string_t *ret, fermyon_spin_key_value_error_t *err) {
+  __attribute__((__aligned__(sizeof(void*))))
+  uint8_t ret_area[(4*sizeof(void*))];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_fermyon_spin_key_value_method_store_get_keys((self).__handle, ptr);
+  fermyon_spin_key_value_result_list_string_error_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      result.val.ok = (proxy_list_string_t) { (proxy_string_t*)(*((uint8_t **) (ptr + sizeof(void*)))), (*((size_t*) (ptr + (2*sizeof(void*))))) };
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      fermyon_spin_key_value_error_t variant;
+      variant.tag = (int32_t) *((uint8_t*) (ptr + sizeof(void*)));
+      switch ((int32_t) variant.tag) {
+        case 0: {
+          break;
+        }
+        case 1: {
+          break;
+        }
+        case 2: {
+          break;
+        }
+        case 3: {
+          variant.val.other = (proxy_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+      }
+
+      result.val.err = variant;
+      break;
+    }
+  }
+  if (!result.is_err) {
+    *ret = result.val.ok;
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+bool fermyon_spin_variables_get(proxy_string_t *name, proxy_string_t *ret, fermyon_spin_variables_error_t *err) {
+  __attribute__((__aligned__(sizeof(void*))))
+  uint8_t ret_area[(4*sizeof(void*))];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_fermyon_spin_variables_get((uint8_t *) (*name).ptr, (*name).len, ptr);
+  fermyon_spin_variables_result_string_error_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      result.val.ok = (proxy_string_t) { (uint8_t*)(*((uint8_t **) (ptr + sizeof(void*)))), (*((size_t*) (ptr + (2*sizeof(void*))))) };
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      fermyon_spin_variables_error_t variant;
+      variant.tag = (int32_t) *((uint8_t*) (ptr + sizeof(void*)));
+      switch ((int32_t) variant.tag) {
+        case 0: {
+          variant.val.invalid_name = (proxy_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+        case 1: {
+          variant.val.undefined = (proxy_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+        case 2: {
+          variant.val.provider = (proxy_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+        case 3: {
+          variant.val.other = (proxy_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+      }
+
+      result.val.err = variant;
+      break;
+    }
+  }
+  if (!result.is_err) {
+    *ret = result.val.ok;
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+bool wasi_config_0_2_0_draft_2024_09_27_store_get(proxy_string_t *key, proxy_option_string_t *ret, wasi_config_0_2_0_draft_2024_09_27_store_error_t *err) {
+  __attribute__((__aligned__(sizeof(void*))))
+  uint8_t ret_area[(4*sizeof(void*))];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_wasi_config_0_2_0_draft_2024_09_27_store_get((uint8_t *) (*key).ptr, (*key).len, ptr);
+  wasi_config_0_2_0_draft_2024_09_27_store_result_option_string_error_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      proxy_option_string_t option;
+      switch ((int32_t) *((uint8_t*) (ptr + sizeof(void*)))) {
+        case 0: {
+          option.is_some = false;
+          break;
+        }
+        case 1: {
+          option.is_some = true;
+          option.val = (proxy_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+      }
+
+      result.val.ok = option;
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      wasi_config_0_2_0_draft_2024_09_27_store_error_t variant;
+      variant.tag = (int32_t) *((uint8_t*) (ptr + sizeof(void*)));
+      switch ((int32_t) variant.tag) {
+        case 0: {
+          variant.val.upstream = (proxy_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+        case 1: {
+          variant.val.io = (proxy_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+      }
+
+      result.val.err = variant;
+      break;
+    }
+  }
+  if (!result.is_err) {
+    *ret = result.val.ok;
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+bool wasi_config_0_2_0_draft_2024_09_27_store_get_all(proxy_list_tuple2_string_string_t *ret, wasi_config_0_2_0_draft_2024_09_27_store_error_t *err) {
+  __attribute__((__aligned__(sizeof(void*))))
+  uint8_t ret_area[(4*sizeof(void*))];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_wasi_config_0_2_0_draft_2024_09_27_store_get_all(ptr);
+  wasi_config_0_2_0_draft_2024_09_27_store_result_list_tuple2_string_string_error_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      result.val.ok = (proxy_list_tuple2_string_string_t) { (proxy_tuple2_string_string_t*)(*((uint8_t **) (ptr + sizeof(void*)))), (*((size_t*) (ptr + (2*sizeof(void*))))) };
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      wasi_config_0_2_0_draft_2024_09_27_store_error_t variant;
+      variant.tag = (int32_t) *((uint8_t*) (ptr + sizeof(void*)));
+      switch ((int32_t) variant.tag) {
+        case 0: {
+          variant.val.upstream = (proxy_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+        case 1: {
+          variant.val.io = (proxy_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+      }
+
+      result.val.err = variant;
+      break;
+    }
+  }
+  if (!result.is_err) {
+    *ret = result.val.ok;
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+bool wasi_config_0_2_0_rc_1_store_get(proxy_string_t *key, proxy_option_string_t *ret, wasi_config_0_2_0_rc_1_store_error_t *err) {
+  __attribute__((__aligned__(sizeof(void*))))
+  uint8_t ret_area[(4*sizeof(void*))];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_wasi_config_0_2_0_rc_1_store_get((uint8_t *) (*key).ptr, (*key).len, ptr);
+  wasi_config_0_2_0_rc_1_store_result_option_string_error_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      proxy_option_string_t option;
+      switch ((int32_t) *((uint8_t*) (ptr + sizeof(void*)))) {
+        case 0: {
+          option.is_some = false;
+          break;
+        }
+        case 1: {
+          option.is_some = true;
+          option.val = (proxy_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+      }
+
+      result.val.ok = option;
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      wasi_config_0_2_0_rc_1_store_error_t variant;
+      variant.tag = (int32_t) *((uint8_t*) (ptr + sizeof(void*)));
+      switch ((int32_t) variant.tag) {
+        case 0: {
+          variant.val.upstream = (proxy_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+        case 1: {
+          variant.val.io = (proxy_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+      }
+
+      result.val.err = variant;
+      break;
+    }
+  }
+  if (!result.is_err) {
+    *ret = result.val.ok;
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+bool wasi_config_0_2_0_rc_1_store_get_all(proxy_list_tuple2_string_string_t *ret, wasi_config_0_2_0_rc_1_store_error_t *err) {
+  __attribute__((__aligned__(sizeof(void*))))
+  uint8_t ret_area[(4*sizeof(void*))];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_wasi_config_0_2_0_rc_1_store_get_all(ptr);
+  wasi_config_0_2_0_rc_1_store_result_list_tuple2_string_string_error_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      result.val.ok = (proxy_list_tuple2_string_string_t) { (proxy_tuple2_string_string_t*)(*((uint8_t **) (ptr + sizeof(void*)))), (*((size_t*) (ptr + (2*sizeof(void*))))) };
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      wasi_config_0_2_0_rc_1_store_error_t variant;
+      variant.tag = (int32_t) *((uint8_t*) (ptr + sizeof(void*)));
+      switch ((int32_t) variant.tag) {
+        case 0: {
+          variant.val.upstream = (proxy_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+        case 1: {
+          variant.val.io = (proxy_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+      }
+
+      result.val.err = variant;
+      break;
+    }
+  }
+  if (!result.is_err) {
+    *ret = result.val.ok;
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+wasi_clocks_monotonic_clock_instant_t wasi_clocks_monotonic_clock_now(void) {
+  int64_t ret = __wasm_import_wasi_clocks_monotonic_clock_now();
+  return (uint64_t) (ret);
+}
+
+wasi_clocks_monotonic_clock_duration_t wasi_clocks_monotonic_clock_resolution(void) {
+  int64_t ret = __wasm_import_wasi_clocks_monotonic_clock_resolution();
+  return (uint64_t) (ret);
+}
+
+wasi_clocks_monotonic_clock_own_pollable_t wasi_clocks_monotonic_clock_subscribe_instant(wasi_clocks_monotonic_clock_instant_t when) {
+  int32_t ret = __wasm_import_wasi_clocks_monotonic_clock_subscribe_instant((int64_t) (when));
+  return (wasi_clocks_monotonic_clock_own_pollable_t) { ret };
+}
+
+wasi_clocks_monotonic_clock_own_pollable_t wasi_clocks_monotonic_clock_subscribe_duration(wasi_clocks_monotonic_clock_duration_t when) {
+  int32_t ret = __wasm_import_wasi_clocks_monotonic_clock_subscribe_duration((int64_t) (when));
+  return (wasi_clocks_monotonic_clock_own_pollable_t) { ret };
+}
+
+void wasi_random_random_get_random_bytes(uint64_t len, proxy_list_u8_t *ret) {
+  __attribute__((__aligned__(sizeof(void*))))
+  uint8_t ret_area[(2*sizeof(void*))];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_wasi_random_random_get_random_bytes((int64_t) (len), ptr);
+  *ret = (proxy_list_u8_t) { (uint8_t*)(*((uint8_t **) (ptr + 0))), (*((size_t*) (ptr + sizeof(void*)))) };
+}
+
+uint64_t wasi_random_random_get_random_u64(void) {
+  int64_t ret = __wasm_import_wasi_random_random_get_random_u64();
+  return (uint64_t) (ret);
 }
 
 wasi_cli_stdout_own_output_stream_t wasi_cli_stdout_get_stdout(void) {

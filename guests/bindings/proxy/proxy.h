@@ -34,6 +34,14 @@ typedef struct {
   proxy_string_t val;
 } proxy_option_string_t;
 
+typedef struct wasi_io_error_own_error_t {
+  int32_t __handle;
+} wasi_io_error_own_error_t;
+
+typedef struct wasi_io_error_borrow_error_t {
+  int32_t __handle;
+} wasi_io_error_borrow_error_t;
+
 typedef struct wasi_io_poll_own_pollable_t {
   int32_t __handle;
 } wasi_io_poll_own_pollable_t;
@@ -51,35 +59,6 @@ typedef struct {
   uint32_t *ptr;
   size_t len;
 } proxy_list_u32_t;
-
-// An instant in time, in nanoseconds. An instant is relative to an
-// unspecified initial value, and can only be compared to instances from
-// the same monotonic-clock.
-typedef uint64_t wasi_clocks_monotonic_clock_instant_t;
-
-// A duration of time, in nanoseconds.
-typedef uint64_t wasi_clocks_monotonic_clock_duration_t;
-
-typedef wasi_io_poll_own_pollable_t wasi_clocks_monotonic_clock_own_pollable_t;
-
-// A time and date in seconds plus nanoseconds.
-typedef struct wasi_clocks_wall_clock_datetime_t {
-  uint64_t   seconds;
-  uint32_t   nanoseconds;
-} wasi_clocks_wall_clock_datetime_t;
-
-typedef struct {
-  uint8_t *ptr;
-  size_t len;
-} proxy_list_u8_t;
-
-typedef struct wasi_io_error_own_error_t {
-  int32_t __handle;
-} wasi_io_error_own_error_t;
-
-typedef struct wasi_io_error_borrow_error_t {
-  int32_t __handle;
-} wasi_io_error_borrow_error_t;
 
 typedef wasi_io_error_own_error_t wasi_io_streams_own_error_t;
 
@@ -120,6 +99,11 @@ typedef struct wasi_io_streams_borrow_output_stream_t {
 } wasi_io_streams_borrow_output_stream_t;
 
 typedef struct {
+  uint8_t *ptr;
+  size_t len;
+} proxy_list_u8_t;
+
+typedef struct {
   bool is_err;
   union {
     proxy_list_u8_t ok;
@@ -143,6 +127,842 @@ typedef struct {
     wasi_io_streams_stream_error_t err;
   } val;
 } wasi_io_streams_result_void_stream_error_t;
+
+// A time and date in seconds plus nanoseconds.
+typedef struct wasi_clocks_wall_clock_datetime_t {
+  uint64_t   seconds;
+  uint32_t   nanoseconds;
+} wasi_clocks_wall_clock_datetime_t;
+
+typedef wasi_clocks_wall_clock_datetime_t wasi_filesystem_types_datetime_t;
+
+// File size or length of a region within a file.
+typedef uint64_t wasi_filesystem_types_filesize_t;
+
+// The type of a filesystem object referenced by a descriptor.
+// 
+// Note: This was called `filetype` in earlier versions of WASI.
+typedef uint8_t wasi_filesystem_types_descriptor_type_t;
+
+// The type of the descriptor or file is unknown or is different from
+// any of the other types specified.
+#define WASI_FILESYSTEM_TYPES_DESCRIPTOR_TYPE_UNKNOWN 0
+// The descriptor refers to a block device inode.
+#define WASI_FILESYSTEM_TYPES_DESCRIPTOR_TYPE_BLOCK_DEVICE 1
+// The descriptor refers to a character device inode.
+#define WASI_FILESYSTEM_TYPES_DESCRIPTOR_TYPE_CHARACTER_DEVICE 2
+// The descriptor refers to a directory inode.
+#define WASI_FILESYSTEM_TYPES_DESCRIPTOR_TYPE_DIRECTORY 3
+// The descriptor refers to a named pipe.
+#define WASI_FILESYSTEM_TYPES_DESCRIPTOR_TYPE_FIFO 4
+// The file refers to a symbolic link inode.
+#define WASI_FILESYSTEM_TYPES_DESCRIPTOR_TYPE_SYMBOLIC_LINK 5
+// The descriptor refers to a regular file inode.
+#define WASI_FILESYSTEM_TYPES_DESCRIPTOR_TYPE_REGULAR_FILE 6
+// The descriptor refers to a socket.
+#define WASI_FILESYSTEM_TYPES_DESCRIPTOR_TYPE_SOCKET 7
+
+// Descriptor flags.
+// 
+// Note: This was called `fdflags` in earlier versions of WASI.
+typedef uint8_t wasi_filesystem_types_descriptor_flags_t;
+
+// Read mode: Data can be read.
+#define WASI_FILESYSTEM_TYPES_DESCRIPTOR_FLAGS_READ (1 << 0)
+// Write mode: Data can be written to.
+#define WASI_FILESYSTEM_TYPES_DESCRIPTOR_FLAGS_WRITE (1 << 1)
+// Request that writes be performed according to synchronized I/O file
+// integrity completion. The data stored in the file and the file's
+// metadata are synchronized. This is similar to `O_SYNC` in POSIX.
+// 
+// The precise semantics of this operation have not yet been defined for
+// WASI. At this time, it should be interpreted as a request, and not a
+// requirement.
+#define WASI_FILESYSTEM_TYPES_DESCRIPTOR_FLAGS_FILE_INTEGRITY_SYNC (1 << 2)
+// Request that writes be performed according to synchronized I/O data
+// integrity completion. Only the data stored in the file is
+// synchronized. This is similar to `O_DSYNC` in POSIX.
+// 
+// The precise semantics of this operation have not yet been defined for
+// WASI. At this time, it should be interpreted as a request, and not a
+// requirement.
+#define WASI_FILESYSTEM_TYPES_DESCRIPTOR_FLAGS_DATA_INTEGRITY_SYNC (1 << 3)
+// Requests that reads be performed at the same level of integrity
+// requested for writes. This is similar to `O_RSYNC` in POSIX.
+// 
+// The precise semantics of this operation have not yet been defined for
+// WASI. At this time, it should be interpreted as a request, and not a
+// requirement.
+#define WASI_FILESYSTEM_TYPES_DESCRIPTOR_FLAGS_REQUESTED_WRITE_SYNC (1 << 4)
+// Mutating directories mode: Directory contents may be mutated.
+// 
+// When this flag is unset on a descriptor, operations using the
+// descriptor which would create, rename, delete, modify the data or
+// metadata of filesystem objects, or obtain another handle which
+// would permit any of those, shall fail with `error-code::read-only` if
+// they would otherwise succeed.
+// 
+// This may only be set on directories.
+#define WASI_FILESYSTEM_TYPES_DESCRIPTOR_FLAGS_MUTATE_DIRECTORY (1 << 5)
+
+// Flags determining the method of how paths are resolved.
+typedef uint8_t wasi_filesystem_types_path_flags_t;
+
+// As long as the resolved path corresponds to a symbolic link, it is
+// expanded.
+#define WASI_FILESYSTEM_TYPES_PATH_FLAGS_SYMLINK_FOLLOW (1 << 0)
+
+// Open flags used by `open-at`.
+typedef uint8_t wasi_filesystem_types_open_flags_t;
+
+// Create file if it does not exist, similar to `O_CREAT` in POSIX.
+#define WASI_FILESYSTEM_TYPES_OPEN_FLAGS_CREATE (1 << 0)
+// Fail if not a directory, similar to `O_DIRECTORY` in POSIX.
+#define WASI_FILESYSTEM_TYPES_OPEN_FLAGS_DIRECTORY (1 << 1)
+// Fail if file already exists, similar to `O_EXCL` in POSIX.
+#define WASI_FILESYSTEM_TYPES_OPEN_FLAGS_EXCLUSIVE (1 << 2)
+// Truncate file to size 0, similar to `O_TRUNC` in POSIX.
+#define WASI_FILESYSTEM_TYPES_OPEN_FLAGS_TRUNCATE (1 << 3)
+
+// Number of hard links to an inode.
+typedef uint64_t wasi_filesystem_types_link_count_t;
+
+typedef struct {
+  bool is_some;
+  wasi_filesystem_types_datetime_t val;
+} wasi_filesystem_types_option_datetime_t;
+
+// File attributes.
+// 
+// Note: This was called `filestat` in earlier versions of WASI.
+typedef struct wasi_filesystem_types_descriptor_stat_t {
+  // File type.
+  wasi_filesystem_types_descriptor_type_t   type;
+  // Number of hard links to the file.
+  wasi_filesystem_types_link_count_t   link_count;
+  // For regular files, the file size in bytes. For symbolic links, the
+  // length in bytes of the pathname contained in the symbolic link.
+  wasi_filesystem_types_filesize_t   size;
+  // Last data access timestamp.
+  // 
+  // If the `option` is none, the platform doesn't maintain an access
+  // timestamp for this file.
+  wasi_filesystem_types_option_datetime_t   data_access_timestamp;
+  // Last data modification timestamp.
+  // 
+  // If the `option` is none, the platform doesn't maintain a
+  // modification timestamp for this file.
+  wasi_filesystem_types_option_datetime_t   data_modification_timestamp;
+  // Last file status-change timestamp.
+  // 
+  // If the `option` is none, the platform doesn't maintain a
+  // status-change timestamp for this file.
+  wasi_filesystem_types_option_datetime_t   status_change_timestamp;
+} wasi_filesystem_types_descriptor_stat_t;
+
+// When setting a timestamp, this gives the value to set it to.
+typedef struct wasi_filesystem_types_new_timestamp_t {
+  uint8_t tag;
+  union {
+    wasi_filesystem_types_datetime_t     timestamp;
+  } val;
+} wasi_filesystem_types_new_timestamp_t;
+
+// Leave the timestamp set to its previous value.
+#define WASI_FILESYSTEM_TYPES_NEW_TIMESTAMP_NO_CHANGE 0
+// Set the timestamp to the current time of the system clock associated
+// with the filesystem.
+#define WASI_FILESYSTEM_TYPES_NEW_TIMESTAMP_NOW 1
+// Set the timestamp to the given value.
+#define WASI_FILESYSTEM_TYPES_NEW_TIMESTAMP_TIMESTAMP 2
+
+// A directory entry.
+typedef struct wasi_filesystem_types_directory_entry_t {
+  // The type of the file referred to by this directory entry.
+  wasi_filesystem_types_descriptor_type_t   type;
+  // The name of the object.
+  proxy_string_t   name;
+} wasi_filesystem_types_directory_entry_t;
+
+// Error codes returned by functions, similar to `errno` in POSIX.
+// Not all of these error codes are returned by the functions provided by this
+// API; some are used in higher-level library layers, and others are provided
+// merely for alignment with POSIX.
+typedef uint8_t wasi_filesystem_types_error_code_t;
+
+// Permission denied, similar to `EACCES` in POSIX.
+#define WASI_FILESYSTEM_TYPES_ERROR_CODE_ACCESS 0
+// Resource unavailable, or operation would block, similar to `EAGAIN` and `EWOULDBLOCK` in POSIX.
+#define WASI_FILESYSTEM_TYPES_ERROR_CODE_WOULD_BLOCK 1
+// Connection already in progress, similar to `EALREADY` in POSIX.
+#define WASI_FILESYSTEM_TYPES_ERROR_CODE_ALREADY 2
+// Bad descriptor, similar to `EBADF` in POSIX.
+#define WASI_FILESYSTEM_TYPES_ERROR_CODE_BAD_DESCRIPTOR 3
+// Device or resource busy, similar to `EBUSY` in POSIX.
+#define WASI_FILESYSTEM_TYPES_ERROR_CODE_BUSY 4
+// Resource deadlock would occur, similar to `EDEADLK` in POSIX.
+#define WASI_FILESYSTEM_TYPES_ERROR_CODE_DEADLOCK 5
+// Storage quota exceeded, similar to `EDQUOT` in POSIX.
+#define WASI_FILESYSTEM_TYPES_ERROR_CODE_QUOTA 6
+// File exists, similar to `EEXIST` in POSIX.
+#define WASI_FILESYSTEM_TYPES_ERROR_CODE_EXIST 7
+// File too large, similar to `EFBIG` in POSIX.
+#define WASI_FILESYSTEM_TYPES_ERROR_CODE_FILE_TOO_LARGE 8
+// Illegal byte sequence, similar to `EILSEQ` in POSIX.
+#define WASI_FILESYSTEM_TYPES_ERROR_CODE_ILLEGAL_BYTE_SEQUENCE 9
+// Operation in progress, similar to `EINPROGRESS` in POSIX.
+#define WASI_FILESYSTEM_TYPES_ERROR_CODE_IN_PROGRESS 10
+// Interrupted function, similar to `EINTR` in POSIX.
+#define WASI_FILESYSTEM_TYPES_ERROR_CODE_INTERRUPTED 11
+// Invalid argument, similar to `EINVAL` in POSIX.
+#define WASI_FILESYSTEM_TYPES_ERROR_CODE_INVALID 12
+// I/O error, similar to `EIO` in POSIX.
+#define WASI_FILESYSTEM_TYPES_ERROR_CODE_IO 13
+// Is a directory, similar to `EISDIR` in POSIX.
+#define WASI_FILESYSTEM_TYPES_ERROR_CODE_IS_DIRECTORY 14
+// Too many levels of symbolic links, similar to `ELOOP` in POSIX.
+#define WASI_FILESYSTEM_TYPES_ERROR_CODE_LOOP 15
+// Too many links, similar to `EMLINK` in POSIX.
+#define WASI_FILESYSTEM_TYPES_ERROR_CODE_TOO_MANY_LINKS 16
+// Message too large, similar to `EMSGSIZE` in POSIX.
+#define WASI_FILESYSTEM_TYPES_ERROR_CODE_MESSAGE_SIZE 17
+// Filename too long, similar to `ENAMETOOLONG` in POSIX.
+#define WASI_FILESYSTEM_TYPES_ERROR_CODE_NAME_TOO_LONG 18
+// No such device, similar to `ENODEV` in POSIX.
+#define WASI_FILESYSTEM_TYPES_ERROR_CODE_NO_DEVICE 19
+// No such file or directory, similar to `ENOENT` in POSIX.
+#define WASI_FILESYSTEM_TYPES_ERROR_CODE_NO_ENTRY 20
+// No locks available, similar to `ENOLCK` in POSIX.
+#define WASI_FILESYSTEM_TYPES_ERROR_CODE_NO_LOCK 21
+// Not enough space, similar to `ENOMEM` in POSIX.
+#define WASI_FILESYSTEM_TYPES_ERROR_CODE_INSUFFICIENT_MEMORY 22
+// No space left on device, similar to `ENOSPC` in POSIX.
+#define WASI_FILESYSTEM_TYPES_ERROR_CODE_INSUFFICIENT_SPACE 23
+// Not a directory or a symbolic link to a directory, similar to `ENOTDIR` in POSIX.
+#define WASI_FILESYSTEM_TYPES_ERROR_CODE_NOT_DIRECTORY 24
+// Directory not empty, similar to `ENOTEMPTY` in POSIX.
+#define WASI_FILESYSTEM_TYPES_ERROR_CODE_NOT_EMPTY 25
+// State not recoverable, similar to `ENOTRECOVERABLE` in POSIX.
+#define WASI_FILESYSTEM_TYPES_ERROR_CODE_NOT_RECOVERABLE 26
+// Not supported, similar to `ENOTSUP` and `ENOSYS` in POSIX.
+#define WASI_FILESYSTEM_TYPES_ERROR_CODE_UNSUPPORTED 27
+// Inappropriate I/O control operation, similar to `ENOTTY` in POSIX.
+#define WASI_FILESYSTEM_TYPES_ERROR_CODE_NO_TTY 28
+// No such device or address, similar to `ENXIO` in POSIX.
+#define WASI_FILESYSTEM_TYPES_ERROR_CODE_NO_SUCH_DEVICE 29
+// Value too large to be stored in data type, similar to `EOVERFLOW` in POSIX.
+#define WASI_FILESYSTEM_TYPES_ERROR_CODE_OVERFLOW 30
+// Operation not permitted, similar to `EPERM` in POSIX.
+#define WASI_FILESYSTEM_TYPES_ERROR_CODE_NOT_PERMITTED 31
+// Broken pipe, similar to `EPIPE` in POSIX.
+#define WASI_FILESYSTEM_TYPES_ERROR_CODE_PIPE 32
+// Read-only file system, similar to `EROFS` in POSIX.
+#define WASI_FILESYSTEM_TYPES_ERROR_CODE_READ_ONLY 33
+// Invalid seek, similar to `ESPIPE` in POSIX.
+#define WASI_FILESYSTEM_TYPES_ERROR_CODE_INVALID_SEEK 34
+// Text file busy, similar to `ETXTBSY` in POSIX.
+#define WASI_FILESYSTEM_TYPES_ERROR_CODE_TEXT_FILE_BUSY 35
+// Cross-device link, similar to `EXDEV` in POSIX.
+#define WASI_FILESYSTEM_TYPES_ERROR_CODE_CROSS_DEVICE 36
+
+// File or memory access pattern advisory information.
+typedef uint8_t wasi_filesystem_types_advice_t;
+
+// The application has no advice to give on its behavior with respect
+// to the specified data.
+#define WASI_FILESYSTEM_TYPES_ADVICE_NORMAL 0
+// The application expects to access the specified data sequentially
+// from lower offsets to higher offsets.
+#define WASI_FILESYSTEM_TYPES_ADVICE_SEQUENTIAL 1
+// The application expects to access the specified data in a random
+// order.
+#define WASI_FILESYSTEM_TYPES_ADVICE_RANDOM 2
+// The application expects to access the specified data in the near
+// future.
+#define WASI_FILESYSTEM_TYPES_ADVICE_WILL_NEED 3
+// The application expects that it will not access the specified data
+// in the near future.
+#define WASI_FILESYSTEM_TYPES_ADVICE_DONT_NEED 4
+// The application expects to access the specified data once and then
+// not reuse it thereafter.
+#define WASI_FILESYSTEM_TYPES_ADVICE_NO_REUSE 5
+
+// A 128-bit hash value, split into parts because wasm doesn't have a
+// 128-bit integer type.
+typedef struct wasi_filesystem_types_metadata_hash_value_t {
+  // 64 bits of a 128-bit hash value.
+  uint64_t   lower;
+  // Another 64 bits of a 128-bit hash value.
+  uint64_t   upper;
+} wasi_filesystem_types_metadata_hash_value_t;
+
+typedef struct wasi_filesystem_types_own_descriptor_t {
+  int32_t __handle;
+} wasi_filesystem_types_own_descriptor_t;
+
+typedef struct wasi_filesystem_types_borrow_descriptor_t {
+  int32_t __handle;
+} wasi_filesystem_types_borrow_descriptor_t;
+
+typedef struct wasi_filesystem_types_own_directory_entry_stream_t {
+  int32_t __handle;
+} wasi_filesystem_types_own_directory_entry_stream_t;
+
+typedef struct wasi_filesystem_types_borrow_directory_entry_stream_t {
+  int32_t __handle;
+} wasi_filesystem_types_borrow_directory_entry_stream_t;
+
+typedef wasi_io_streams_own_input_stream_t wasi_filesystem_types_own_input_stream_t;
+
+typedef struct {
+  bool is_err;
+  union {
+    wasi_filesystem_types_own_input_stream_t ok;
+    wasi_filesystem_types_error_code_t err;
+  } val;
+} wasi_filesystem_types_result_own_input_stream_error_code_t;
+
+typedef wasi_io_streams_own_output_stream_t wasi_filesystem_types_own_output_stream_t;
+
+typedef struct {
+  bool is_err;
+  union {
+    wasi_filesystem_types_own_output_stream_t ok;
+    wasi_filesystem_types_error_code_t err;
+  } val;
+} wasi_filesystem_types_result_own_output_stream_error_code_t;
+
+typedef struct {
+  bool is_err;
+  union {
+    wasi_filesystem_types_error_code_t err;
+  } val;
+} wasi_filesystem_types_result_void_error_code_t;
+
+typedef struct {
+  bool is_err;
+  union {
+    wasi_filesystem_types_descriptor_flags_t ok;
+    wasi_filesystem_types_error_code_t err;
+  } val;
+} wasi_filesystem_types_result_descriptor_flags_error_code_t;
+
+typedef struct {
+  bool is_err;
+  union {
+    wasi_filesystem_types_descriptor_type_t ok;
+    wasi_filesystem_types_error_code_t err;
+  } val;
+} wasi_filesystem_types_result_descriptor_type_error_code_t;
+
+typedef struct {
+  proxy_list_u8_t f0;
+  bool f1;
+} proxy_tuple2_list_u8_bool_t;
+
+typedef struct {
+  bool is_err;
+  union {
+    proxy_tuple2_list_u8_bool_t ok;
+    wasi_filesystem_types_error_code_t err;
+  } val;
+} wasi_filesystem_types_result_tuple2_list_u8_bool_error_code_t;
+
+typedef struct {
+  bool is_err;
+  union {
+    wasi_filesystem_types_filesize_t ok;
+    wasi_filesystem_types_error_code_t err;
+  } val;
+} wasi_filesystem_types_result_filesize_error_code_t;
+
+typedef struct {
+  bool is_err;
+  union {
+    wasi_filesystem_types_own_directory_entry_stream_t ok;
+    wasi_filesystem_types_error_code_t err;
+  } val;
+} wasi_filesystem_types_result_own_directory_entry_stream_error_code_t;
+
+typedef struct {
+  bool is_err;
+  union {
+    wasi_filesystem_types_descriptor_stat_t ok;
+    wasi_filesystem_types_error_code_t err;
+  } val;
+} wasi_filesystem_types_result_descriptor_stat_error_code_t;
+
+typedef struct {
+  bool is_err;
+  union {
+    wasi_filesystem_types_own_descriptor_t ok;
+    wasi_filesystem_types_error_code_t err;
+  } val;
+} wasi_filesystem_types_result_own_descriptor_error_code_t;
+
+typedef struct {
+  bool is_err;
+  union {
+    proxy_string_t ok;
+    wasi_filesystem_types_error_code_t err;
+  } val;
+} wasi_filesystem_types_result_string_error_code_t;
+
+typedef struct {
+  bool is_err;
+  union {
+    wasi_filesystem_types_metadata_hash_value_t ok;
+    wasi_filesystem_types_error_code_t err;
+  } val;
+} wasi_filesystem_types_result_metadata_hash_value_error_code_t;
+
+typedef struct {
+  bool is_some;
+  wasi_filesystem_types_directory_entry_t val;
+} wasi_filesystem_types_option_directory_entry_t;
+
+typedef struct {
+  bool is_err;
+  union {
+    wasi_filesystem_types_option_directory_entry_t ok;
+    wasi_filesystem_types_error_code_t err;
+  } val;
+} wasi_filesystem_types_result_option_directory_entry_error_code_t;
+
+typedef wasi_io_error_borrow_error_t wasi_filesystem_types_borrow_error_t;
+
+typedef struct {
+  bool is_some;
+  wasi_filesystem_types_error_code_t val;
+} wasi_filesystem_types_option_error_code_t;
+
+typedef wasi_filesystem_types_own_descriptor_t wasi_filesystem_preopens_own_descriptor_t;
+
+typedef struct {
+  wasi_filesystem_preopens_own_descriptor_t f0;
+  proxy_string_t f1;
+} wasi_filesystem_preopens_tuple2_own_descriptor_string_t;
+
+typedef struct {
+  wasi_filesystem_preopens_tuple2_own_descriptor_string_t *ptr;
+  size_t len;
+} wasi_filesystem_preopens_list_tuple2_own_descriptor_string_t;
+
+typedef struct wasi_keyvalue_0_2_0_draft_store_error_t {
+  uint8_t tag;
+  union {
+    proxy_string_t     other;
+  } val;
+} wasi_keyvalue_0_2_0_draft_store_error_t;
+
+#define WASI_KEYVALUE_0_2_0_DRAFT_STORE_ERROR_NO_SUCH_STORE 0
+#define WASI_KEYVALUE_0_2_0_DRAFT_STORE_ERROR_ACCESS_DENIED 1
+#define WASI_KEYVALUE_0_2_0_DRAFT_STORE_ERROR_OTHER 2
+
+typedef struct {
+  bool is_some;
+  uint64_t val;
+} proxy_option_u64_t;
+
+typedef struct wasi_keyvalue_0_2_0_draft_store_key_response_t {
+  proxy_list_string_t   keys;
+  proxy_option_u64_t   cursor;
+} wasi_keyvalue_0_2_0_draft_store_key_response_t;
+
+typedef struct wasi_keyvalue_0_2_0_draft_store_own_bucket_t {
+  int32_t __handle;
+} wasi_keyvalue_0_2_0_draft_store_own_bucket_t;
+
+typedef struct wasi_keyvalue_0_2_0_draft_store_borrow_bucket_t {
+  int32_t __handle;
+} wasi_keyvalue_0_2_0_draft_store_borrow_bucket_t;
+
+typedef struct {
+  bool is_err;
+  union {
+    wasi_keyvalue_0_2_0_draft_store_own_bucket_t ok;
+    wasi_keyvalue_0_2_0_draft_store_error_t err;
+  } val;
+} wasi_keyvalue_0_2_0_draft_store_result_own_bucket_error_t;
+
+typedef struct {
+  bool is_some;
+  proxy_list_u8_t val;
+} proxy_option_list_u8_t;
+
+typedef struct {
+  bool is_err;
+  union {
+    proxy_option_list_u8_t ok;
+    wasi_keyvalue_0_2_0_draft_store_error_t err;
+  } val;
+} wasi_keyvalue_0_2_0_draft_store_result_option_list_u8_error_t;
+
+typedef struct {
+  bool is_err;
+  union {
+    wasi_keyvalue_0_2_0_draft_store_error_t err;
+  } val;
+} wasi_keyvalue_0_2_0_draft_store_result_void_error_t;
+
+typedef struct {
+  bool is_err;
+  union {
+    bool ok;
+    wasi_keyvalue_0_2_0_draft_store_error_t err;
+  } val;
+} wasi_keyvalue_0_2_0_draft_store_result_bool_error_t;
+
+typedef struct {
+  bool is_err;
+  union {
+    wasi_keyvalue_0_2_0_draft_store_key_response_t ok;
+    wasi_keyvalue_0_2_0_draft_store_error_t err;
+  } val;
+} wasi_keyvalue_0_2_0_draft_store_result_key_response_error_t;
+
+typedef wasi_keyvalue_0_2_0_draft_store_error_t wasi_keyvalue_0_2_0_draft_atomics_error_t;
+
+typedef wasi_keyvalue_0_2_0_draft_store_borrow_bucket_t wasi_keyvalue_0_2_0_draft_atomics_borrow_bucket_t;
+
+typedef struct {
+  bool is_err;
+  union {
+    uint64_t ok;
+    wasi_keyvalue_0_2_0_draft_atomics_error_t err;
+  } val;
+} wasi_keyvalue_0_2_0_draft_atomics_result_u64_error_t;
+
+typedef wasi_keyvalue_0_2_0_draft_store_error_t wasi_keyvalue_0_2_0_draft_batch_error_t;
+
+typedef wasi_keyvalue_0_2_0_draft_store_borrow_bucket_t wasi_keyvalue_0_2_0_draft_batch_borrow_bucket_t;
+
+typedef struct {
+  proxy_string_t f0;
+  proxy_list_u8_t f1;
+} proxy_tuple2_string_list_u8_t;
+
+typedef struct {
+  bool is_some;
+  proxy_tuple2_string_list_u8_t val;
+} proxy_option_tuple2_string_list_u8_t;
+
+typedef struct {
+  proxy_option_tuple2_string_list_u8_t *ptr;
+  size_t len;
+} proxy_list_option_tuple2_string_list_u8_t;
+
+typedef struct {
+  bool is_err;
+  union {
+    proxy_list_option_tuple2_string_list_u8_t ok;
+    wasi_keyvalue_0_2_0_draft_batch_error_t err;
+  } val;
+} wasi_keyvalue_0_2_0_draft_batch_result_list_option_tuple2_string_list_u8_error_t;
+
+typedef struct {
+  proxy_tuple2_string_list_u8_t *ptr;
+  size_t len;
+} proxy_list_tuple2_string_list_u8_t;
+
+typedef struct {
+  bool is_err;
+  union {
+    wasi_keyvalue_0_2_0_draft_batch_error_t err;
+  } val;
+} wasi_keyvalue_0_2_0_draft_batch_result_void_error_t;
+
+typedef struct wasi_keyvalue_0_2_0_draft2_store_error_t {
+  uint8_t tag;
+  union {
+    proxy_string_t     other;
+  } val;
+} wasi_keyvalue_0_2_0_draft2_store_error_t;
+
+#define WASI_KEYVALUE_0_2_0_DRAFT2_STORE_ERROR_NO_SUCH_STORE 0
+#define WASI_KEYVALUE_0_2_0_DRAFT2_STORE_ERROR_ACCESS_DENIED 1
+#define WASI_KEYVALUE_0_2_0_DRAFT2_STORE_ERROR_OTHER 2
+
+typedef struct wasi_keyvalue_0_2_0_draft2_store_key_response_t {
+  proxy_list_string_t   keys;
+  proxy_option_string_t   cursor;
+} wasi_keyvalue_0_2_0_draft2_store_key_response_t;
+
+typedef struct wasi_keyvalue_0_2_0_draft2_store_own_bucket_t {
+  int32_t __handle;
+} wasi_keyvalue_0_2_0_draft2_store_own_bucket_t;
+
+typedef struct wasi_keyvalue_0_2_0_draft2_store_borrow_bucket_t {
+  int32_t __handle;
+} wasi_keyvalue_0_2_0_draft2_store_borrow_bucket_t;
+
+typedef struct {
+  bool is_err;
+  union {
+    wasi_keyvalue_0_2_0_draft2_store_own_bucket_t ok;
+    wasi_keyvalue_0_2_0_draft2_store_error_t err;
+  } val;
+} wasi_keyvalue_0_2_0_draft2_store_result_own_bucket_error_t;
+
+typedef struct {
+  bool is_err;
+  union {
+    proxy_option_list_u8_t ok;
+    wasi_keyvalue_0_2_0_draft2_store_error_t err;
+  } val;
+} wasi_keyvalue_0_2_0_draft2_store_result_option_list_u8_error_t;
+
+typedef struct {
+  bool is_err;
+  union {
+    wasi_keyvalue_0_2_0_draft2_store_error_t err;
+  } val;
+} wasi_keyvalue_0_2_0_draft2_store_result_void_error_t;
+
+typedef struct {
+  bool is_err;
+  union {
+    bool ok;
+    wasi_keyvalue_0_2_0_draft2_store_error_t err;
+  } val;
+} wasi_keyvalue_0_2_0_draft2_store_result_bool_error_t;
+
+typedef struct {
+  bool is_err;
+  union {
+    wasi_keyvalue_0_2_0_draft2_store_key_response_t ok;
+    wasi_keyvalue_0_2_0_draft2_store_error_t err;
+  } val;
+} wasi_keyvalue_0_2_0_draft2_store_result_key_response_error_t;
+
+typedef wasi_keyvalue_0_2_0_draft2_store_error_t wasi_keyvalue_0_2_0_draft2_atomics_error_t;
+
+typedef struct wasi_keyvalue_0_2_0_draft2_atomics_own_cas_t {
+  int32_t __handle;
+} wasi_keyvalue_0_2_0_draft2_atomics_own_cas_t;
+
+typedef struct wasi_keyvalue_0_2_0_draft2_atomics_borrow_cas_t {
+  int32_t __handle;
+} wasi_keyvalue_0_2_0_draft2_atomics_borrow_cas_t;
+
+typedef struct wasi_keyvalue_0_2_0_draft2_atomics_cas_error_t {
+  uint8_t tag;
+  union {
+    wasi_keyvalue_0_2_0_draft2_atomics_error_t     store_error;
+    wasi_keyvalue_0_2_0_draft2_atomics_own_cas_t     cas_failed;
+  } val;
+} wasi_keyvalue_0_2_0_draft2_atomics_cas_error_t;
+
+#define WASI_KEYVALUE_0_2_0_DRAFT2_ATOMICS_CAS_ERROR_STORE_ERROR 0
+#define WASI_KEYVALUE_0_2_0_DRAFT2_ATOMICS_CAS_ERROR_CAS_FAILED 1
+
+typedef wasi_keyvalue_0_2_0_draft2_store_borrow_bucket_t wasi_keyvalue_0_2_0_draft2_atomics_borrow_bucket_t;
+
+typedef struct {
+  bool is_err;
+  union {
+    wasi_keyvalue_0_2_0_draft2_atomics_own_cas_t ok;
+    wasi_keyvalue_0_2_0_draft2_atomics_error_t err;
+  } val;
+} wasi_keyvalue_0_2_0_draft2_atomics_result_own_cas_error_t;
+
+typedef struct {
+  bool is_err;
+  union {
+    proxy_option_list_u8_t ok;
+    wasi_keyvalue_0_2_0_draft2_atomics_error_t err;
+  } val;
+} wasi_keyvalue_0_2_0_draft2_atomics_result_option_list_u8_error_t;
+
+typedef struct {
+  bool is_err;
+  union {
+    int64_t ok;
+    wasi_keyvalue_0_2_0_draft2_atomics_error_t err;
+  } val;
+} wasi_keyvalue_0_2_0_draft2_atomics_result_s64_error_t;
+
+typedef struct {
+  bool is_err;
+  union {
+    wasi_keyvalue_0_2_0_draft2_atomics_cas_error_t err;
+  } val;
+} wasi_keyvalue_0_2_0_draft2_atomics_result_void_cas_error_t;
+
+typedef wasi_keyvalue_0_2_0_draft2_store_error_t wasi_keyvalue_0_2_0_draft2_batch_error_t;
+
+typedef wasi_keyvalue_0_2_0_draft2_store_borrow_bucket_t wasi_keyvalue_0_2_0_draft2_batch_borrow_bucket_t;
+
+typedef struct {
+  proxy_string_t f0;
+  proxy_option_list_u8_t f1;
+} proxy_tuple2_string_option_list_u8_t;
+
+typedef struct {
+  proxy_tuple2_string_option_list_u8_t *ptr;
+  size_t len;
+} proxy_list_tuple2_string_option_list_u8_t;
+
+typedef struct {
+  bool is_err;
+  union {
+    proxy_list_tuple2_string_option_list_u8_t ok;
+    wasi_keyvalue_0_2_0_draft2_batch_error_t err;
+  } val;
+} wasi_keyvalue_0_2_0_draft2_batch_result_list_tuple2_string_option_list_u8_error_t;
+
+typedef struct {
+  bool is_err;
+  union {
+    wasi_keyvalue_0_2_0_draft2_batch_error_t err;
+  } val;
+} wasi_keyvalue_0_2_0_draft2_batch_result_void_error_t;
+
+typedef struct fermyon_spin_key_value_own_store_t {
+  int32_t __handle;
+} fermyon_spin_key_value_own_store_t;
+
+typedef struct fermyon_spin_key_value_borrow_store_t {
+  int32_t __handle;
+} fermyon_spin_key_value_borrow_store_t;
+
+typedef struct fermyon_spin_key_value_error_t {
+  uint8_t tag;
+  union {
+    proxy_string_t     other;
+  } val;
+} fermyon_spin_key_value_error_t;
+
+#define FERMYON_SPIN_KEY_VALUE_ERROR_STORE_TABLE_FULL 0
+#define FERMYON_SPIN_KEY_VALUE_ERROR_NO_SUCH_STORE 1
+#define FERMYON_SPIN_KEY_VALUE_ERROR_ACCESS_DENIED 2
+#define FERMYON_SPIN_KEY_VALUE_ERROR_OTHER 3
+
+typedef struct {
+  bool is_err;
+  union {
+    fermyon_spin_key_value_own_store_t ok;
+    fermyon_spin_key_value_error_t err;
+  } val;
+} fermyon_spin_key_value_result_own_store_error_t;
+
+typedef struct {
+  bool is_err;
+  union {
+    proxy_option_list_u8_t ok;
+    fermyon_spin_key_value_error_t err;
+  } val;
+} fermyon_spin_key_value_result_option_list_u8_error_t;
+
+typedef struct {
+  bool is_err;
+  union {
+    fermyon_spin_key_value_error_t err;
+  } val;
+} fermyon_spin_key_value_result_void_error_t;
+
+typedef struct {
+  bool is_err;
+  union {
+    bool ok;
+    fermyon_spin_key_value_error_t err;
+  } val;
+} fermyon_spin_key_value_result_bool_error_t;
+
+typedef struct {
+  bool is_err;
+  union {
+    proxy_list_string_t ok;
+    fermyon_spin_key_value_error_t err;
+  } val;
+} fermyon_spin_key_value_result_list_string_error_t;
+
+typedef struct fermyon_spin_variables_error_t {
+  uint8_t tag;
+  union {
+    proxy_string_t     invalid_name;
+    proxy_string_t     undefined;
+    proxy_string_t     provider;
+    proxy_string_t     other;
+  } val;
+} fermyon_spin_variables_error_t;
+
+#define FERMYON_SPIN_VARIABLES_ERROR_INVALID_NAME 0
+#define FERMYON_SPIN_VARIABLES_ERROR_UNDEFINED 1
+#define FERMYON_SPIN_VARIABLES_ERROR_PROVIDER 2
+#define FERMYON_SPIN_VARIABLES_ERROR_OTHER 3
+
+typedef struct {
+  bool is_err;
+  union {
+    proxy_string_t ok;
+    fermyon_spin_variables_error_t err;
+  } val;
+} fermyon_spin_variables_result_string_error_t;
+
+typedef struct wasi_config_0_2_0_draft_2024_09_27_store_error_t {
+  uint8_t tag;
+  union {
+    proxy_string_t     upstream;
+    proxy_string_t     io;
+  } val;
+} wasi_config_0_2_0_draft_2024_09_27_store_error_t;
+
+#define WASI_CONFIG_0_2_0_DRAFT_2024_09_27_STORE_ERROR_UPSTREAM 0
+#define WASI_CONFIG_0_2_0_DRAFT_2024_09_27_STORE_ERROR_IO 1
+
+typedef struct {
+  bool is_err;
+  union {
+    proxy_option_string_t ok;
+    wasi_config_0_2_0_draft_2024_09_27_store_error_t err;
+  } val;
+} wasi_config_0_2_0_draft_2024_09_27_store_result_option_string_error_t;
+
+typedef struct {
+  bool is_err;
+  union {
+    proxy_list_tuple2_string_string_t ok;
+    wasi_config_0_2_0_draft_2024_09_27_store_error_t err;
+  } val;
+} wasi_config_0_2_0_draft_2024_09_27_store_result_list_tuple2_string_string_error_t;
+
+typedef struct wasi_config_0_2_0_rc_1_store_error_t {
+  uint8_t tag;
+  union {
+    proxy_string_t     upstream;
+    proxy_string_t     io;
+  } val;
+} wasi_config_0_2_0_rc_1_store_error_t;
+
+#define WASI_CONFIG_0_2_0_RC_1_STORE_ERROR_UPSTREAM 0
+#define WASI_CONFIG_0_2_0_RC_1_STORE_ERROR_IO 1
+
+typedef struct {
+  bool is_err;
+  union {
+    proxy_option_string_t ok;
+    wasi_config_0_2_0_rc_1_store_error_t err;
+  } val;
+} wasi_config_0_2_0_rc_1_store_result_option_string_error_t;
+
+typedef struct {
+  bool is_err;
+  union {
+    proxy_list_tuple2_string_string_t ok;
+    wasi_config_0_2_0_rc_1_store_error_t err;
+  } val;
+} wasi_config_0_2_0_rc_1_store_result_list_tuple2_string_string_error_t;
+
+// An instant in time, in nanoseconds. An instant is relative to an
+// unspecified initial value, and can only be compared to instances from
+// the same monotonic-clock.
+typedef uint64_t wasi_clocks_monotonic_clock_instant_t;
+
+// A duration of time, in nanoseconds.
+typedef uint64_t wasi_clocks_monotonic_clock_duration_t;
+
+typedef wasi_io_poll_own_pollable_t wasi_clocks_monotonic_clock_own_pollable_t;
 
 typedef wasi_io_streams_own_output_stream_t wasi_cli_stdout_own_output_stream_t;
 
@@ -215,11 +1035,6 @@ typedef struct wasi_http_types_field_size_payload_t {
   proxy_option_string_t   field_name;
   proxy_option_u32_t   field_size;
 } wasi_http_types_field_size_payload_t;
-
-typedef struct {
-  bool is_some;
-  uint64_t val;
-} proxy_option_u64_t;
 
 typedef struct {
   bool is_some;
@@ -616,6 +1431,16 @@ extern void wasi_cli_environment_get_arguments(proxy_list_string_t *ret);
 // directory, interpreting `.` as shorthand for this.
 extern bool wasi_cli_environment_initial_cwd(proxy_string_t *ret);
 
+// Imported Functions from `wasi:io/error@0.2.12`
+// Returns a string that is suitable to assist humans in debugging
+// this error.
+// 
+// WARNING: The returned string should not be consumed mechanically!
+// It may change across platforms, hosts, or other implementation
+// details. Parsing this string is a major platform-compatibility
+// hazard.
+extern void wasi_io_error_method_error_to_debug_string(wasi_io_error_borrow_error_t self, proxy_string_t *ret);
+
 // Imported Functions from `wasi:io/poll@0.2.12`
 // Return the readiness of a pollable. This function never blocks.
 // 
@@ -647,77 +1472,6 @@ extern void wasi_io_poll_method_pollable_block(wasi_io_poll_borrow_pollable_t se
 // the pollables has an error, it is indicated by marking the source as
 // being ready for I/O.
 extern void wasi_io_poll_poll(wasi_io_poll_list_borrow_pollable_t *in, proxy_list_u32_t *ret);
-
-// Imported Functions from `wasi:clocks/monotonic-clock@0.2.12`
-// Read the current value of the clock.
-// 
-// The clock is monotonic, therefore calling this function repeatedly will
-// produce a sequence of non-decreasing values.
-// 
-// For completeness, this function traps if it's not possible to represent
-// the value of the clock in an `instant`. Consequently, implementations
-// should ensure that the starting time is low enough to avoid the
-// possibility of overflow in practice.
-extern wasi_clocks_monotonic_clock_instant_t wasi_clocks_monotonic_clock_now(void);
-// Query the resolution of the clock. Returns the duration of time
-// corresponding to a clock tick.
-extern wasi_clocks_monotonic_clock_duration_t wasi_clocks_monotonic_clock_resolution(void);
-// Create a `pollable` which will resolve once the specified instant
-// has occurred.
-extern wasi_clocks_monotonic_clock_own_pollable_t wasi_clocks_monotonic_clock_subscribe_instant(wasi_clocks_monotonic_clock_instant_t when);
-// Create a `pollable` that will resolve after the specified duration has
-// elapsed from the time this function is invoked.
-extern wasi_clocks_monotonic_clock_own_pollable_t wasi_clocks_monotonic_clock_subscribe_duration(wasi_clocks_monotonic_clock_duration_t when);
-
-// Imported Functions from `wasi:clocks/wall-clock@0.2.12`
-// Read the current value of the clock.
-// 
-// This clock is not monotonic, therefore calling this function repeatedly
-// will not necessarily produce a sequence of non-decreasing values.
-// 
-// The returned timestamps represent the number of seconds since
-// 1970-01-01T00:00:00Z, also known as [POSIX's Seconds Since the Epoch],
-// also known as [Unix Time].
-// 
-// The nanoseconds field of the output is always less than 1000000000.
-// 
-// [POSIX's Seconds Since the Epoch]: https://pubs.opengroup.org/onlinepubs/9699919799/xrat/V4_xbd_chap04.html#tag_21_04_16
-// [Unix Time]: https://en.wikipedia.org/wiki/Unix_time
-extern void wasi_clocks_wall_clock_now(wasi_clocks_wall_clock_datetime_t *ret);
-// Query the resolution of the clock.
-// 
-// The nanoseconds field of the output is always less than 1000000000.
-extern void wasi_clocks_wall_clock_resolution(wasi_clocks_wall_clock_datetime_t *ret);
-
-// Imported Functions from `wasi:random/random@0.2.12`
-// Return `len` cryptographically-secure random or pseudo-random bytes.
-// 
-// This function must produce data at least as cryptographically secure and
-// fast as an adequately seeded cryptographically-secure pseudo-random
-// number generator (CSPRNG). It must not block, from the perspective of
-// the calling program, under any circumstances, including on the first
-// request and on requests for numbers of bytes. The returned data must
-// always be unpredictable.
-// 
-// This function must always return fresh data. Deterministic environments
-// must omit this function, rather than implementing it with deterministic
-// data.
-extern void wasi_random_random_get_random_bytes(uint64_t len, proxy_list_u8_t *ret);
-// Return a cryptographically-secure random or pseudo-random `u64` value.
-// 
-// This function returns the same type of data as `get-random-bytes`,
-// represented as a `u64`.
-extern uint64_t wasi_random_random_get_random_u64(void);
-
-// Imported Functions from `wasi:io/error@0.2.12`
-// Returns a string that is suitable to assist humans in debugging
-// this error.
-// 
-// WARNING: The returned string should not be consumed mechanically!
-// It may change across platforms, hosts, or other implementation
-// details. Parsing this string is a major platform-compatibility
-// hazard.
-extern void wasi_io_error_method_error_to_debug_string(wasi_io_error_borrow_error_t self, proxy_string_t *ret);
 
 // Imported Functions from `wasi:io/streams@0.2.12`
 // Perform a non-blocking read from the stream.
@@ -859,6 +1613,353 @@ extern bool wasi_io_streams_method_output_stream_splice(wasi_io_streams_borrow_o
 // `output-stream` is ready for writing, and the `input-stream`
 // is ready for reading, before performing the `splice`.
 extern bool wasi_io_streams_method_output_stream_blocking_splice(wasi_io_streams_borrow_output_stream_t self, wasi_io_streams_borrow_input_stream_t src, uint64_t len, uint64_t *ret, wasi_io_streams_stream_error_t *err);
+
+// Imported Functions from `wasi:clocks/wall-clock@0.2.12`
+// Read the current value of the clock.
+// 
+// This clock is not monotonic, therefore calling this function repeatedly
+// will not necessarily produce a sequence of non-decreasing values.
+// 
+// The returned timestamps represent the number of seconds since
+// 1970-01-01T00:00:00Z, also known as [POSIX's Seconds Since the Epoch],
+// also known as [Unix Time].
+// 
+// The nanoseconds field of the output is always less than 1000000000.
+// 
+// [POSIX's Seconds Since the Epoch]: https://pubs.opengroup.org/onlinepubs/9699919799/xrat/V4_xbd_chap04.html#tag_21_04_16
+// [Unix Time]: https://en.wikipedia.org/wiki/Unix_time
+extern void wasi_clocks_wall_clock_now(wasi_clocks_wall_clock_datetime_t *ret);
+// Query the resolution of the clock.
+// 
+// The nanoseconds field of the output is always less than 1000000000.
+extern void wasi_clocks_wall_clock_resolution(wasi_clocks_wall_clock_datetime_t *ret);
+
+// Imported Functions from `wasi:filesystem/types@0.2.12`
+// Return a stream for reading from a file, if available.
+// 
+// May fail with an error-code describing why the file cannot be read.
+// 
+// Multiple read, write, and append streams may be active on the same open
+// file and they do not interfere with each other.
+// 
+// Note: This allows using `read-stream`, which is similar to `read` in POSIX.
+extern bool wasi_filesystem_types_method_descriptor_read_via_stream(wasi_filesystem_types_borrow_descriptor_t self, wasi_filesystem_types_filesize_t offset, wasi_filesystem_types_own_input_stream_t *ret, wasi_filesystem_types_error_code_t *err);
+// Return a stream for writing to a file, if available.
+// 
+// May fail with an error-code describing why the file cannot be written.
+// 
+// Note: This allows using `write-stream`, which is similar to `write` in
+// POSIX.
+extern bool wasi_filesystem_types_method_descriptor_write_via_stream(wasi_filesystem_types_borrow_descriptor_t self, wasi_filesystem_types_filesize_t offset, wasi_filesystem_types_own_output_stream_t *ret, wasi_filesystem_types_error_code_t *err);
+// Return a stream for appending to a file, if available.
+// 
+// May fail with an error-code describing why the file cannot be appended.
+// 
+// Note: This allows using `write-stream`, which is similar to `write` with
+// `O_APPEND` in POSIX.
+extern bool wasi_filesystem_types_method_descriptor_append_via_stream(wasi_filesystem_types_borrow_descriptor_t self, wasi_filesystem_types_own_output_stream_t *ret, wasi_filesystem_types_error_code_t *err);
+// Provide file advisory information on a descriptor.
+// 
+// This is similar to `posix_fadvise` in POSIX.
+extern bool wasi_filesystem_types_method_descriptor_advise(wasi_filesystem_types_borrow_descriptor_t self, wasi_filesystem_types_filesize_t offset, wasi_filesystem_types_filesize_t length, wasi_filesystem_types_advice_t advice, wasi_filesystem_types_error_code_t *err);
+// Synchronize the data of a file to disk.
+// 
+// This function succeeds with no effect if the file descriptor is not
+// opened for writing.
+// 
+// Note: This is similar to `fdatasync` in POSIX.
+extern bool wasi_filesystem_types_method_descriptor_sync_data(wasi_filesystem_types_borrow_descriptor_t self, wasi_filesystem_types_error_code_t *err);
+// Get flags associated with a descriptor.
+// 
+// Note: This returns similar flags to `fcntl(fd, F_GETFL)` in POSIX.
+// 
+// Note: This returns the value that was the `fs_flags` value returned
+// from `fdstat_get` in earlier versions of WASI.
+extern bool wasi_filesystem_types_method_descriptor_get_flags(wasi_filesystem_types_borrow_descriptor_t self, wasi_filesystem_types_descriptor_flags_t *ret, wasi_filesystem_types_error_code_t *err);
+// Get the dynamic type of a descriptor.
+// 
+// Note: This returns the same value as the `type` field of the `fd-stat`
+// returned by `stat`, `stat-at` and similar.
+// 
+// Note: This returns similar flags to the `st_mode & S_IFMT` value provided
+// by `fstat` in POSIX.
+// 
+// Note: This returns the value that was the `fs_filetype` value returned
+// from `fdstat_get` in earlier versions of WASI.
+extern bool wasi_filesystem_types_method_descriptor_get_type(wasi_filesystem_types_borrow_descriptor_t self, wasi_filesystem_types_descriptor_type_t *ret, wasi_filesystem_types_error_code_t *err);
+// Adjust the size of an open file. If this increases the file's size, the
+// extra bytes are filled with zeros.
+// 
+// Note: This was called `fd_filestat_set_size` in earlier versions of WASI.
+extern bool wasi_filesystem_types_method_descriptor_set_size(wasi_filesystem_types_borrow_descriptor_t self, wasi_filesystem_types_filesize_t size, wasi_filesystem_types_error_code_t *err);
+// Adjust the timestamps of an open file or directory.
+// 
+// Note: This is similar to `futimens` in POSIX.
+// 
+// Note: This was called `fd_filestat_set_times` in earlier versions of WASI.
+extern bool wasi_filesystem_types_method_descriptor_set_times(wasi_filesystem_types_borrow_descriptor_t self, wasi_filesystem_types_new_timestamp_t *data_access_timestamp, wasi_filesystem_types_new_timestamp_t *data_modification_timestamp, wasi_filesystem_types_error_code_t *err);
+// Read from a descriptor, without using and updating the descriptor's offset.
+// 
+// This function returns a list of bytes containing the data that was
+// read, along with a bool which, when true, indicates that the end of the
+// file was reached. The returned list will contain up to `length` bytes; it
+// may return fewer than requested, if the end of the file is reached or
+// if the I/O operation is interrupted.
+// 
+// In the future, this may change to return a `stream<u8, error-code>`.
+// 
+// Note: This is similar to `pread` in POSIX.
+extern bool wasi_filesystem_types_method_descriptor_read(wasi_filesystem_types_borrow_descriptor_t self, wasi_filesystem_types_filesize_t length, wasi_filesystem_types_filesize_t offset, proxy_tuple2_list_u8_bool_t *ret, wasi_filesystem_types_error_code_t *err);
+// Write to a descriptor, without using and updating the descriptor's offset.
+// 
+// It is valid to write past the end of a file; the file is extended to the
+// extent of the write, with bytes between the previous end and the start of
+// the write set to zero.
+// 
+// In the future, this may change to take a `stream<u8, error-code>`.
+// 
+// Note: This is similar to `pwrite` in POSIX.
+extern bool wasi_filesystem_types_method_descriptor_write(wasi_filesystem_types_borrow_descriptor_t self, proxy_list_u8_t *buffer, wasi_filesystem_types_filesize_t offset, wasi_filesystem_types_filesize_t *ret, wasi_filesystem_types_error_code_t *err);
+// Read directory entries from a directory.
+// 
+// On filesystems where directories contain entries referring to themselves
+// and their parents, often named `.` and `..` respectively, these entries
+// are omitted.
+// 
+// This always returns a new stream which starts at the beginning of the
+// directory. Multiple streams may be active on the same directory, and they
+// do not interfere with each other.
+extern bool wasi_filesystem_types_method_descriptor_read_directory(wasi_filesystem_types_borrow_descriptor_t self, wasi_filesystem_types_own_directory_entry_stream_t *ret, wasi_filesystem_types_error_code_t *err);
+// Synchronize the data and metadata of a file to disk.
+// 
+// This function succeeds with no effect if the file descriptor is not
+// opened for writing.
+// 
+// Note: This is similar to `fsync` in POSIX.
+extern bool wasi_filesystem_types_method_descriptor_sync(wasi_filesystem_types_borrow_descriptor_t self, wasi_filesystem_types_error_code_t *err);
+// Create a directory.
+// 
+// Note: This is similar to `mkdirat` in POSIX.
+extern bool wasi_filesystem_types_method_descriptor_create_directory_at(wasi_filesystem_types_borrow_descriptor_t self, proxy_string_t *path, wasi_filesystem_types_error_code_t *err);
+// Return the attributes of an open file or directory.
+// 
+// Note: This is similar to `fstat` in POSIX, except that it does not return
+// device and inode information. For testing whether two descriptors refer to
+// the same underlying filesystem object, use `is-same-object`. To obtain
+// additional data that can be used do determine whether a file has been
+// modified, use `metadata-hash`.
+// 
+// Note: This was called `fd_filestat_get` in earlier versions of WASI.
+extern bool wasi_filesystem_types_method_descriptor_stat(wasi_filesystem_types_borrow_descriptor_t self, wasi_filesystem_types_descriptor_stat_t *ret, wasi_filesystem_types_error_code_t *err);
+// Return the attributes of a file or directory.
+// 
+// Note: This is similar to `fstatat` in POSIX, except that it does not
+// return device and inode information. See the `stat` description for a
+// discussion of alternatives.
+// 
+// Note: This was called `path_filestat_get` in earlier versions of WASI.
+extern bool wasi_filesystem_types_method_descriptor_stat_at(wasi_filesystem_types_borrow_descriptor_t self, wasi_filesystem_types_path_flags_t path_flags, proxy_string_t *path, wasi_filesystem_types_descriptor_stat_t *ret, wasi_filesystem_types_error_code_t *err);
+// Adjust the timestamps of a file or directory.
+// 
+// Note: This is similar to `utimensat` in POSIX.
+// 
+// Note: This was called `path_filestat_set_times` in earlier versions of
+// WASI.
+extern bool wasi_filesystem_types_method_descriptor_set_times_at(wasi_filesystem_types_borrow_descriptor_t self, wasi_filesystem_types_path_flags_t path_flags, proxy_string_t *path, wasi_filesystem_types_new_timestamp_t *data_access_timestamp, wasi_filesystem_types_new_timestamp_t *data_modification_timestamp, wasi_filesystem_types_error_code_t *err);
+// Create a hard link.
+// 
+// Fails with `error-code::no-entry` if the old path does not exist,
+// with `error-code::exist` if the new path already exists, and
+// `error-code::not-permitted` if the old path is not a file.
+// 
+// Note: This is similar to `linkat` in POSIX.
+extern bool wasi_filesystem_types_method_descriptor_link_at(wasi_filesystem_types_borrow_descriptor_t self, wasi_filesystem_types_path_flags_t old_path_flags, proxy_string_t *old_path, wasi_filesystem_types_borrow_descriptor_t new_descriptor, proxy_string_t *new_path, wasi_filesystem_types_error_code_t *err);
+// Open a file or directory.
+// 
+// If `flags` contains `descriptor-flags::mutate-directory`, and the base
+// descriptor doesn't have `descriptor-flags::mutate-directory` set,
+// `open-at` fails with `error-code::read-only`.
+// 
+// If `flags` contains `write` or `mutate-directory`, or `open-flags`
+// contains `truncate` or `create`, and the base descriptor doesn't have
+// `descriptor-flags::mutate-directory` set, `open-at` fails with
+// `error-code::read-only`.
+// 
+// Note: This is similar to `openat` in POSIX.
+extern bool wasi_filesystem_types_method_descriptor_open_at(wasi_filesystem_types_borrow_descriptor_t self, wasi_filesystem_types_path_flags_t path_flags, proxy_string_t *path, wasi_filesystem_types_open_flags_t open_flags, wasi_filesystem_types_descriptor_flags_t flags, wasi_filesystem_types_own_descriptor_t *ret, wasi_filesystem_types_error_code_t *err);
+// Read the contents of a symbolic link.
+// 
+// If the contents contain an absolute or rooted path in the underlying
+// filesystem, this function fails with `error-code::not-permitted`.
+// 
+// Note: This is similar to `readlinkat` in POSIX.
+extern bool wasi_filesystem_types_method_descriptor_readlink_at(wasi_filesystem_types_borrow_descriptor_t self, proxy_string_t *path, proxy_string_t *ret, wasi_filesystem_types_error_code_t *err);
+// Remove a directory.
+// 
+// Return `error-code::not-empty` if the directory is not empty.
+// 
+// Note: This is similar to `unlinkat(fd, path, AT_REMOVEDIR)` in POSIX.
+extern bool wasi_filesystem_types_method_descriptor_remove_directory_at(wasi_filesystem_types_borrow_descriptor_t self, proxy_string_t *path, wasi_filesystem_types_error_code_t *err);
+// Rename a filesystem object.
+// 
+// Note: This is similar to `renameat` in POSIX.
+extern bool wasi_filesystem_types_method_descriptor_rename_at(wasi_filesystem_types_borrow_descriptor_t self, proxy_string_t *old_path, wasi_filesystem_types_borrow_descriptor_t new_descriptor, proxy_string_t *new_path, wasi_filesystem_types_error_code_t *err);
+// Create a symbolic link (also known as a "symlink").
+// 
+// If `old-path` starts with `/`, the function fails with
+// `error-code::not-permitted`.
+// 
+// Note: This is similar to `symlinkat` in POSIX.
+extern bool wasi_filesystem_types_method_descriptor_symlink_at(wasi_filesystem_types_borrow_descriptor_t self, proxy_string_t *old_path, proxy_string_t *new_path, wasi_filesystem_types_error_code_t *err);
+// Unlink a filesystem object that is not a directory.
+// 
+// Return `error-code::is-directory` if the path refers to a directory.
+// Note: This is similar to `unlinkat(fd, path, 0)` in POSIX.
+extern bool wasi_filesystem_types_method_descriptor_unlink_file_at(wasi_filesystem_types_borrow_descriptor_t self, proxy_string_t *path, wasi_filesystem_types_error_code_t *err);
+// Test whether two descriptors refer to the same filesystem object.
+// 
+// In POSIX, this corresponds to testing whether the two descriptors have the
+// same device (`st_dev`) and inode (`st_ino` or `d_ino`) numbers.
+// wasi-filesystem does not expose device and inode numbers, so this function
+// may be used instead.
+extern bool wasi_filesystem_types_method_descriptor_is_same_object(wasi_filesystem_types_borrow_descriptor_t self, wasi_filesystem_types_borrow_descriptor_t other);
+// Return a hash of the metadata associated with a filesystem object referred
+// to by a descriptor.
+// 
+// This returns a hash of the last-modification timestamp and file size, and
+// may also include the inode number, device number, birth timestamp, and
+// other metadata fields that may change when the file is modified or
+// replaced. It may also include a secret value chosen by the
+// implementation and not otherwise exposed.
+// 
+// Implementations are encouraged to provide the following properties:
+// 
+//  - If the file is not modified or replaced, the computed hash value should
+//    usually not change.
+//  - If the object is modified or replaced, the computed hash value should
+//    usually change.
+//  - The inputs to the hash should not be easily computable from the
+//    computed hash.
+// 
+// However, none of these is required.
+extern bool wasi_filesystem_types_method_descriptor_metadata_hash(wasi_filesystem_types_borrow_descriptor_t self, wasi_filesystem_types_metadata_hash_value_t *ret, wasi_filesystem_types_error_code_t *err);
+// Return a hash of the metadata associated with a filesystem object referred
+// to by a directory descriptor and a relative path.
+// 
+// This performs the same hash computation as `metadata-hash`.
+extern bool wasi_filesystem_types_method_descriptor_metadata_hash_at(wasi_filesystem_types_borrow_descriptor_t self, wasi_filesystem_types_path_flags_t path_flags, proxy_string_t *path, wasi_filesystem_types_metadata_hash_value_t *ret, wasi_filesystem_types_error_code_t *err);
+// Read a single directory entry from a `directory-entry-stream`.
+extern bool wasi_filesystem_types_method_directory_entry_stream_read_directory_entry(wasi_filesystem_types_borrow_directory_entry_stream_t self, wasi_filesystem_types_option_directory_entry_t *ret, wasi_filesystem_types_error_code_t *err);
+// Attempts to extract a filesystem-related `error-code` from the stream
+// `error` provided.
+// 
+// Stream operations which return `stream-error::last-operation-failed`
+// have a payload with more information about the operation that failed.
+// This payload can be passed through to this function to see if there's
+// filesystem-related information about the error to return.
+// 
+// Note that this function is fallible because not all stream-related
+// errors are filesystem-related errors.
+extern bool wasi_filesystem_types_filesystem_error_code(wasi_filesystem_types_borrow_error_t err_, wasi_filesystem_types_error_code_t *ret);
+
+// Imported Functions from `wasi:filesystem/preopens@0.2.12`
+// Return the set of preopened directories, and their paths.
+extern void wasi_filesystem_preopens_get_directories(wasi_filesystem_preopens_list_tuple2_own_descriptor_string_t *ret);
+
+// Imported Functions from `wasi:keyvalue/store@0.2.0-draft`
+extern bool wasi_keyvalue_0_2_0_draft_store_open(proxy_string_t *identifier, wasi_keyvalue_0_2_0_draft_store_own_bucket_t *ret, wasi_keyvalue_0_2_0_draft_store_error_t *err);
+extern bool wasi_keyvalue_0_2_0_draft_store_method_bucket_get(wasi_keyvalue_0_2_0_draft_store_borrow_bucket_t self, proxy_string_t *key, proxy_option_list_u8_t *ret, wasi_keyvalue_0_2_0_draft_store_error_t *err);
+extern bool wasi_keyvalue_0_2_0_draft_store_method_bucket_set(wasi_keyvalue_0_2_0_draft_store_borrow_bucket_t self, proxy_string_t *key, proxy_list_u8_t *value, wasi_keyvalue_0_2_0_draft_store_error_t *err);
+extern bool wasi_keyvalue_0_2_0_draft_store_method_bucket_delete(wasi_keyvalue_0_2_0_draft_store_borrow_bucket_t self, proxy_string_t *key, wasi_keyvalue_0_2_0_draft_store_error_t *err);
+extern bool wasi_keyvalue_0_2_0_draft_store_method_bucket_exists(wasi_keyvalue_0_2_0_draft_store_borrow_bucket_t self, proxy_string_t *key, bool *ret, wasi_keyvalue_0_2_0_draft_store_error_t *err);
+extern bool wasi_keyvalue_0_2_0_draft_store_method_bucket_list_keys(wasi_keyvalue_0_2_0_draft_store_borrow_bucket_t self, uint64_t *maybe_cursor, wasi_keyvalue_0_2_0_draft_store_key_response_t *ret, wasi_keyvalue_0_2_0_draft_store_error_t *err);
+
+// Imported Functions from `wasi:keyvalue/atomics@0.2.0-draft`
+extern bool wasi_keyvalue_0_2_0_draft_atomics_increment(wasi_keyvalue_0_2_0_draft_atomics_borrow_bucket_t bucket, proxy_string_t *key, uint64_t delta, uint64_t *ret, wasi_keyvalue_0_2_0_draft_atomics_error_t *err);
+
+// Imported Functions from `wasi:keyvalue/batch@0.2.0-draft`
+extern bool wasi_keyvalue_0_2_0_draft_batch_get_many(wasi_keyvalue_0_2_0_draft_batch_borrow_bucket_t bucket, proxy_list_string_t *keys, proxy_list_option_tuple2_string_list_u8_t *ret, wasi_keyvalue_0_2_0_draft_batch_error_t *err);
+extern bool wasi_keyvalue_0_2_0_draft_batch_set_many(wasi_keyvalue_0_2_0_draft_batch_borrow_bucket_t bucket, proxy_list_tuple2_string_list_u8_t *key_values, wasi_keyvalue_0_2_0_draft_batch_error_t *err);
+extern bool wasi_keyvalue_0_2_0_draft_batch_delete_many(wasi_keyvalue_0_2_0_draft_batch_borrow_bucket_t bucket, proxy_list_string_t *keys, wasi_keyvalue_0_2_0_draft_batch_error_t *err);
+
+// Imported Functions from `wasi:keyvalue/store@0.2.0-draft2`
+extern bool wasi_keyvalue_0_2_0_draft2_store_open(proxy_string_t *identifier, wasi_keyvalue_0_2_0_draft2_store_own_bucket_t *ret, wasi_keyvalue_0_2_0_draft2_store_error_t *err);
+extern bool wasi_keyvalue_0_2_0_draft2_store_method_bucket_get(wasi_keyvalue_0_2_0_draft2_store_borrow_bucket_t self, proxy_string_t *key, proxy_option_list_u8_t *ret, wasi_keyvalue_0_2_0_draft2_store_error_t *err);
+extern bool wasi_keyvalue_0_2_0_draft2_store_method_bucket_set(wasi_keyvalue_0_2_0_draft2_store_borrow_bucket_t self, proxy_string_t *key, proxy_list_u8_t *value, wasi_keyvalue_0_2_0_draft2_store_error_t *err);
+extern bool wasi_keyvalue_0_2_0_draft2_store_method_bucket_delete(wasi_keyvalue_0_2_0_draft2_store_borrow_bucket_t self, proxy_string_t *key, wasi_keyvalue_0_2_0_draft2_store_error_t *err);
+extern bool wasi_keyvalue_0_2_0_draft2_store_method_bucket_exists(wasi_keyvalue_0_2_0_draft2_store_borrow_bucket_t self, proxy_string_t *key, bool *ret, wasi_keyvalue_0_2_0_draft2_store_error_t *err);
+extern bool wasi_keyvalue_0_2_0_draft2_store_method_bucket_list_keys(wasi_keyvalue_0_2_0_draft2_store_borrow_bucket_t self, proxy_string_t *maybe_cursor, wasi_keyvalue_0_2_0_draft2_store_key_response_t *ret, wasi_keyvalue_0_2_0_draft2_store_error_t *err);
+
+// Imported Functions from `wasi:keyvalue/atomics@0.2.0-draft2`
+extern bool wasi_keyvalue_0_2_0_draft2_atomics_static_cas_new(wasi_keyvalue_0_2_0_draft2_atomics_borrow_bucket_t bucket, proxy_string_t *key, wasi_keyvalue_0_2_0_draft2_atomics_own_cas_t *ret, wasi_keyvalue_0_2_0_draft2_atomics_error_t *err);
+extern bool wasi_keyvalue_0_2_0_draft2_atomics_method_cas_current(wasi_keyvalue_0_2_0_draft2_atomics_borrow_cas_t self, proxy_option_list_u8_t *ret, wasi_keyvalue_0_2_0_draft2_atomics_error_t *err);
+extern bool wasi_keyvalue_0_2_0_draft2_atomics_increment(wasi_keyvalue_0_2_0_draft2_atomics_borrow_bucket_t bucket, proxy_string_t *key, int64_t delta, int64_t *ret, wasi_keyvalue_0_2_0_draft2_atomics_error_t *err);
+extern bool wasi_keyvalue_0_2_0_draft2_atomics_swap(wasi_keyvalue_0_2_0_draft2_atomics_own_cas_t cas, proxy_list_u8_t *value, wasi_keyvalue_0_2_0_draft2_atomics_cas_error_t *err);
+
+// Imported Functions from `wasi:keyvalue/batch@0.2.0-draft2`
+extern bool wasi_keyvalue_0_2_0_draft2_batch_get_many(wasi_keyvalue_0_2_0_draft2_batch_borrow_bucket_t bucket, proxy_list_string_t *keys, proxy_list_tuple2_string_option_list_u8_t *ret, wasi_keyvalue_0_2_0_draft2_batch_error_t *err);
+extern bool wasi_keyvalue_0_2_0_draft2_batch_set_many(wasi_keyvalue_0_2_0_draft2_batch_borrow_bucket_t bucket, proxy_list_tuple2_string_list_u8_t *key_values, wasi_keyvalue_0_2_0_draft2_batch_error_t *err);
+extern bool wasi_keyvalue_0_2_0_draft2_batch_delete_many(wasi_keyvalue_0_2_0_draft2_batch_borrow_bucket_t bucket, proxy_list_string_t *keys, wasi_keyvalue_0_2_0_draft2_batch_error_t *err);
+
+// Imported Functions from `fermyon:spin/key-value@2.0.0`
+extern bool fermyon_spin_key_value_static_store_open(proxy_string_t *label, fermyon_spin_key_value_own_store_t *ret, fermyon_spin_key_value_error_t *err);
+extern bool fermyon_spin_key_value_method_store_get(fermyon_spin_key_value_borrow_store_t self, proxy_string_t *key, proxy_option_list_u8_t *ret, fermyon_spin_key_value_error_t *err);
+extern bool fermyon_spin_key_value_method_store_set(fermyon_spin_key_value_borrow_store_t self, proxy_string_t *key, proxy_list_u8_t *value, fermyon_spin_key_value_error_t *err);
+extern bool fermyon_spin_key_value_method_store_delete(fermyon_spin_key_value_borrow_store_t self, proxy_string_t *key, fermyon_spin_key_value_error_t *err);
+extern bool fermyon_spin_key_value_method_store_exists(fermyon_spin_key_value_borrow_store_t self, proxy_string_t *key, bool *ret, fermyon_spin_key_value_error_t *err);
+extern bool fermyon_spin_key_value_method_store_get_keys(fermyon_spin_key_value_borrow_store_t self, proxy_list_string_t *ret, fermyon_spin_key_value_error_t *err);
+
+// Imported Functions from `fermyon:spin/variables@2.0.0`
+extern bool fermyon_spin_variables_get(proxy_string_t *name, proxy_string_t *ret, fermyon_spin_variables_error_t *err);
+
+// Imported Functions from `wasi:config/store@0.2.0-draft-2024-09-27`
+extern bool wasi_config_0_2_0_draft_2024_09_27_store_get(proxy_string_t *key, proxy_option_string_t *ret, wasi_config_0_2_0_draft_2024_09_27_store_error_t *err);
+extern bool wasi_config_0_2_0_draft_2024_09_27_store_get_all(proxy_list_tuple2_string_string_t *ret, wasi_config_0_2_0_draft_2024_09_27_store_error_t *err);
+
+// Imported Functions from `wasi:config/store@0.2.0-rc.1`
+extern bool wasi_config_0_2_0_rc_1_store_get(proxy_string_t *key, proxy_option_string_t *ret, wasi_config_0_2_0_rc_1_store_error_t *err);
+extern bool wasi_config_0_2_0_rc_1_store_get_all(proxy_list_tuple2_string_string_t *ret, wasi_config_0_2_0_rc_1_store_error_t *err);
+
+// Imported Functions from `wasi:clocks/monotonic-clock@0.2.12`
+// Read the current value of the clock.
+// 
+// The clock is monotonic, therefore calling this function repeatedly will
+// produce a sequence of non-decreasing values.
+// 
+// For completeness, this function traps if it's not possible to represent
+// the value of the clock in an `instant`. Consequently, implementations
+// should ensure that the starting time is low enough to avoid the
+// possibility of overflow in practice.
+extern wasi_clocks_monotonic_clock_instant_t wasi_clocks_monotonic_clock_now(void);
+// Query the resolution of the clock. Returns the duration of time
+// corresponding to a clock tick.
+extern wasi_clocks_monotonic_clock_duration_t wasi_clocks_monotonic_clock_resolution(void);
+// Create a `pollable` which will resolve once the specified instant
+// has occurred.
+extern wasi_clocks_monotonic_clock_own_pollable_t wasi_clocks_monotonic_clock_subscribe_instant(wasi_clocks_monotonic_clock_instant_t when);
+// Create a `pollable` that will resolve after the specified duration has
+// elapsed from the time this function is invoked.
+extern wasi_clocks_monotonic_clock_own_pollable_t wasi_clocks_monotonic_clock_subscribe_duration(wasi_clocks_monotonic_clock_duration_t when);
+
+// Imported Functions from `wasi:random/random@0.2.12`
+// Return `len` cryptographically-secure random or pseudo-random bytes.
+// 
+// This function must produce data at least as cryptographically secure and
+// fast as an adequately seeded cryptographically-secure pseudo-random
+// number generator (CSPRNG). It must not block, from the perspective of
+// the calling program, under any circumstances, including on the first
+// request and on requests for numbers of bytes. The returned data must
+// always be unpredictable.
+// 
+// This function must always return fresh data. Deterministic environments
+// must omit this function, rather than implementing it with deterministic
+// data.
+extern void wasi_random_random_get_random_bytes(uint64_t len, proxy_list_u8_t *ret);
+// Return a cryptographically-secure random or pseudo-random `u64` value.
+// 
+// This function returns the same type of data as `get-random-bytes`,
+// represented as a `u64`.
+extern uint64_t wasi_random_random_get_random_u64(void);
 
 // Imported Functions from `wasi:cli/stdout@0.2.12`
 extern wasi_cli_stdout_own_output_stream_t wasi_cli_stdout_get_stdout(void);
@@ -1198,6 +2299,12 @@ void proxy_list_string_free(proxy_list_string_t *ptr);
 
 void proxy_option_string_free(proxy_option_string_t *ptr);
 
+extern void wasi_io_error_error_drop_own(wasi_io_error_own_error_t handle);
+
+extern void wasi_io_error_error_drop_borrow(wasi_io_error_borrow_error_t handle);
+
+extern wasi_io_error_borrow_error_t wasi_io_error_borrow_error(wasi_io_error_own_error_t handle);
+
 extern void wasi_io_poll_pollable_drop_own(wasi_io_poll_own_pollable_t handle);
 
 extern void wasi_io_poll_pollable_drop_borrow(wasi_io_poll_borrow_pollable_t handle);
@@ -1207,14 +2314,6 @@ extern wasi_io_poll_borrow_pollable_t wasi_io_poll_borrow_pollable(wasi_io_poll_
 void wasi_io_poll_list_borrow_pollable_free(wasi_io_poll_list_borrow_pollable_t *ptr);
 
 void proxy_list_u32_free(proxy_list_u32_t *ptr);
-
-void proxy_list_u8_free(proxy_list_u8_t *ptr);
-
-extern void wasi_io_error_error_drop_own(wasi_io_error_own_error_t handle);
-
-extern void wasi_io_error_error_drop_borrow(wasi_io_error_borrow_error_t handle);
-
-extern wasi_io_error_borrow_error_t wasi_io_error_borrow_error(wasi_io_error_own_error_t handle);
 
 void wasi_io_streams_stream_error_free(wasi_io_streams_stream_error_t *ptr);
 
@@ -1230,11 +2329,189 @@ extern void wasi_io_streams_output_stream_drop_borrow(wasi_io_streams_borrow_out
 
 extern wasi_io_streams_borrow_output_stream_t wasi_io_streams_borrow_output_stream(wasi_io_streams_own_output_stream_t handle);
 
+void proxy_list_u8_free(proxy_list_u8_t *ptr);
+
 void wasi_io_streams_result_list_u8_stream_error_free(wasi_io_streams_result_list_u8_stream_error_t *ptr);
 
 void wasi_io_streams_result_u64_stream_error_free(wasi_io_streams_result_u64_stream_error_t *ptr);
 
 void wasi_io_streams_result_void_stream_error_free(wasi_io_streams_result_void_stream_error_t *ptr);
+
+void wasi_filesystem_types_option_datetime_free(wasi_filesystem_types_option_datetime_t *ptr);
+
+void wasi_filesystem_types_descriptor_stat_free(wasi_filesystem_types_descriptor_stat_t *ptr);
+
+void wasi_filesystem_types_new_timestamp_free(wasi_filesystem_types_new_timestamp_t *ptr);
+
+void wasi_filesystem_types_directory_entry_free(wasi_filesystem_types_directory_entry_t *ptr);
+
+extern void wasi_filesystem_types_descriptor_drop_own(wasi_filesystem_types_own_descriptor_t handle);
+
+extern void wasi_filesystem_types_descriptor_drop_borrow(wasi_filesystem_types_borrow_descriptor_t handle);
+
+extern wasi_filesystem_types_borrow_descriptor_t wasi_filesystem_types_borrow_descriptor(wasi_filesystem_types_own_descriptor_t handle);
+
+extern void wasi_filesystem_types_directory_entry_stream_drop_own(wasi_filesystem_types_own_directory_entry_stream_t handle);
+
+extern void wasi_filesystem_types_directory_entry_stream_drop_borrow(wasi_filesystem_types_borrow_directory_entry_stream_t handle);
+
+extern wasi_filesystem_types_borrow_directory_entry_stream_t wasi_filesystem_types_borrow_directory_entry_stream(wasi_filesystem_types_own_directory_entry_stream_t handle);
+
+void wasi_filesystem_types_result_own_input_stream_error_code_free(wasi_filesystem_types_result_own_input_stream_error_code_t *ptr);
+
+void wasi_filesystem_types_result_own_output_stream_error_code_free(wasi_filesystem_types_result_own_output_stream_error_code_t *ptr);
+
+void wasi_filesystem_types_result_void_error_code_free(wasi_filesystem_types_result_void_error_code_t *ptr);
+
+void wasi_filesystem_types_result_descriptor_flags_error_code_free(wasi_filesystem_types_result_descriptor_flags_error_code_t *ptr);
+
+void wasi_filesystem_types_result_descriptor_type_error_code_free(wasi_filesystem_types_result_descriptor_type_error_code_t *ptr);
+
+void wasi_filesystem_types_result_tuple2_list_u8_bool_error_code_free(wasi_filesystem_types_result_tuple2_list_u8_bool_error_code_t *ptr);
+
+void wasi_filesystem_types_result_filesize_error_code_free(wasi_filesystem_types_result_filesize_error_code_t *ptr);
+
+void wasi_filesystem_types_result_own_directory_entry_stream_error_code_free(wasi_filesystem_types_result_own_directory_entry_stream_error_code_t *ptr);
+
+void wasi_filesystem_types_result_descriptor_stat_error_code_free(wasi_filesystem_types_result_descriptor_stat_error_code_t *ptr);
+
+void wasi_filesystem_types_result_own_descriptor_error_code_free(wasi_filesystem_types_result_own_descriptor_error_code_t *ptr);
+
+void wasi_filesystem_types_result_string_error_code_free(wasi_filesystem_types_result_string_error_code_t *ptr);
+
+void wasi_filesystem_types_result_metadata_hash_value_error_code_free(wasi_filesystem_types_result_metadata_hash_value_error_code_t *ptr);
+
+void wasi_filesystem_types_option_directory_entry_free(wasi_filesystem_types_option_directory_entry_t *ptr);
+
+void wasi_filesystem_types_result_option_directory_entry_error_code_free(wasi_filesystem_types_result_option_directory_entry_error_code_t *ptr);
+
+void wasi_filesystem_types_option_error_code_free(wasi_filesystem_types_option_error_code_t *ptr);
+
+void wasi_filesystem_preopens_tuple2_own_descriptor_string_free(wasi_filesystem_preopens_tuple2_own_descriptor_string_t *ptr);
+
+void wasi_filesystem_preopens_list_tuple2_own_descriptor_string_free(wasi_filesystem_preopens_list_tuple2_own_descriptor_string_t *ptr);
+
+void wasi_keyvalue_0_2_0_draft_store_error_free(wasi_keyvalue_0_2_0_draft_store_error_t *ptr);
+
+void proxy_option_u64_free(proxy_option_u64_t *ptr);
+
+void wasi_keyvalue_0_2_0_draft_store_key_response_free(wasi_keyvalue_0_2_0_draft_store_key_response_t *ptr);
+
+extern void wasi_keyvalue_0_2_0_draft_store_bucket_drop_own(wasi_keyvalue_0_2_0_draft_store_own_bucket_t handle);
+
+extern void wasi_keyvalue_0_2_0_draft_store_bucket_drop_borrow(wasi_keyvalue_0_2_0_draft_store_borrow_bucket_t handle);
+
+extern wasi_keyvalue_0_2_0_draft_store_borrow_bucket_t wasi_keyvalue_0_2_0_draft_store_borrow_bucket(wasi_keyvalue_0_2_0_draft_store_own_bucket_t handle);
+
+void wasi_keyvalue_0_2_0_draft_store_result_own_bucket_error_free(wasi_keyvalue_0_2_0_draft_store_result_own_bucket_error_t *ptr);
+
+void proxy_option_list_u8_free(proxy_option_list_u8_t *ptr);
+
+void wasi_keyvalue_0_2_0_draft_store_result_option_list_u8_error_free(wasi_keyvalue_0_2_0_draft_store_result_option_list_u8_error_t *ptr);
+
+void wasi_keyvalue_0_2_0_draft_store_result_void_error_free(wasi_keyvalue_0_2_0_draft_store_result_void_error_t *ptr);
+
+void wasi_keyvalue_0_2_0_draft_store_result_bool_error_free(wasi_keyvalue_0_2_0_draft_store_result_bool_error_t *ptr);
+
+void wasi_keyvalue_0_2_0_draft_store_result_key_response_error_free(wasi_keyvalue_0_2_0_draft_store_result_key_response_error_t *ptr);
+
+void wasi_keyvalue_0_2_0_draft_atomics_error_free(wasi_keyvalue_0_2_0_draft_atomics_error_t *ptr);
+
+void wasi_keyvalue_0_2_0_draft_atomics_result_u64_error_free(wasi_keyvalue_0_2_0_draft_atomics_result_u64_error_t *ptr);
+
+void wasi_keyvalue_0_2_0_draft_batch_error_free(wasi_keyvalue_0_2_0_draft_batch_error_t *ptr);
+
+void proxy_tuple2_string_list_u8_free(proxy_tuple2_string_list_u8_t *ptr);
+
+void proxy_option_tuple2_string_list_u8_free(proxy_option_tuple2_string_list_u8_t *ptr);
+
+void proxy_list_option_tuple2_string_list_u8_free(proxy_list_option_tuple2_string_list_u8_t *ptr);
+
+void wasi_keyvalue_0_2_0_draft_batch_result_list_option_tuple2_string_list_u8_error_free(wasi_keyvalue_0_2_0_draft_batch_result_list_option_tuple2_string_list_u8_error_t *ptr);
+
+void proxy_list_tuple2_string_list_u8_free(proxy_list_tuple2_string_list_u8_t *ptr);
+
+void wasi_keyvalue_0_2_0_draft_batch_result_void_error_free(wasi_keyvalue_0_2_0_draft_batch_result_void_error_t *ptr);
+
+void wasi_keyvalue_0_2_0_draft2_store_error_free(wasi_keyvalue_0_2_0_draft2_store_error_t *ptr);
+
+extern void wasi_keyvalue_0_2_0_draft2_store_bucket_drop_own(wasi_keyvalue_0_2_0_draft2_store_own_bucket_t handle);
+
+extern void wasi_keyvalue_0_2_0_draft2_store_bucket_drop_borrow(wasi_keyvalue_0_2_0_draft2_store_borrow_bucket_t handle);
+
+extern wasi_keyvalue_0_2_0_draft2_store_borrow_bucket_t wasi_keyvalue_0_2_0_draft2_store_borrow_bucket(wasi_keyvalue_0_2_0_draft2_store_own_bucket_t handle);
+
+void wasi_keyvalue_0_2_0_draft2_store_result_own_bucket_error_free(wasi_keyvalue_0_2_0_draft2_store_result_own_bucket_error_t *ptr);
+
+void wasi_keyvalue_0_2_0_draft2_store_result_option_list_u8_error_free(wasi_keyvalue_0_2_0_draft2_store_result_option_list_u8_error_t *ptr);
+
+void wasi_keyvalue_0_2_0_draft2_store_result_void_error_free(wasi_keyvalue_0_2_0_draft2_store_result_void_error_t *ptr);
+
+void wasi_keyvalue_0_2_0_draft2_store_result_bool_error_free(wasi_keyvalue_0_2_0_draft2_store_result_bool_error_t *ptr);
+
+void wasi_keyvalue_0_2_0_draft2_store_result_key_response_error_free(wasi_keyvalue_0_2_0_draft2_store_result_key_response_error_t *ptr);
+
+void wasi_keyvalue_0_2_0_draft2_atomics_error_free(wasi_keyvalue_0_2_0_draft2_atomics_error_t *ptr);
+
+extern void wasi_keyvalue_0_2_0_draft2_atomics_cas_drop_own(wasi_keyvalue_0_2_0_draft2_atomics_own_cas_t handle);
+
+extern void wasi_keyvalue_0_2_0_draft2_atomics_cas_drop_borrow(wasi_keyvalue_0_2_0_draft2_atomics_borrow_cas_t handle);
+
+extern wasi_keyvalue_0_2_0_draft2_atomics_borrow_cas_t wasi_keyvalue_0_2_0_draft2_atomics_borrow_cas(wasi_keyvalue_0_2_0_draft2_atomics_own_cas_t handle);
+
+void wasi_keyvalue_0_2_0_draft2_atomics_cas_error_free(wasi_keyvalue_0_2_0_draft2_atomics_cas_error_t *ptr);
+
+void wasi_keyvalue_0_2_0_draft2_atomics_result_own_cas_error_free(wasi_keyvalue_0_2_0_draft2_atomics_result_own_cas_error_t *ptr);
+
+void wasi_keyvalue_0_2_0_draft2_atomics_result_option_list_u8_error_free(wasi_keyvalue_0_2_0_draft2_atomics_result_option_list_u8_error_t *ptr);
+
+void wasi_keyvalue_0_2_0_draft2_atomics_result_s64_error_free(wasi_keyvalue_0_2_0_draft2_atomics_result_s64_error_t *ptr);
+
+void wasi_keyvalue_0_2_0_draft2_atomics_result_void_cas_error_free(wasi_keyvalue_0_2_0_draft2_atomics_result_void_cas_error_t *ptr);
+
+void wasi_keyvalue_0_2_0_draft2_batch_error_free(wasi_keyvalue_0_2_0_draft2_batch_error_t *ptr);
+
+void proxy_tuple2_string_option_list_u8_free(proxy_tuple2_string_option_list_u8_t *ptr);
+
+void proxy_list_tuple2_string_option_list_u8_free(proxy_list_tuple2_string_option_list_u8_t *ptr);
+
+void wasi_keyvalue_0_2_0_draft2_batch_result_list_tuple2_string_option_list_u8_error_free(wasi_keyvalue_0_2_0_draft2_batch_result_list_tuple2_string_option_list_u8_error_t *ptr);
+
+void wasi_keyvalue_0_2_0_draft2_batch_result_void_error_free(wasi_keyvalue_0_2_0_draft2_batch_result_void_error_t *ptr);
+
+extern void fermyon_spin_key_value_store_drop_own(fermyon_spin_key_value_own_store_t handle);
+
+extern void fermyon_spin_key_value_store_drop_borrow(fermyon_spin_key_value_borrow_store_t handle);
+
+extern fermyon_spin_key_value_borrow_store_t fermyon_spin_key_value_borrow_store(fermyon_spin_key_value_own_store_t handle);
+
+void fermyon_spin_key_value_error_free(fermyon_spin_key_value_error_t *ptr);
+
+void fermyon_spin_key_value_result_own_store_error_free(fermyon_spin_key_value_result_own_store_error_t *ptr);
+
+void fermyon_spin_key_value_result_option_list_u8_error_free(fermyon_spin_key_value_result_option_list_u8_error_t *ptr);
+
+void fermyon_spin_key_value_result_void_error_free(fermyon_spin_key_value_result_void_error_t *ptr);
+
+void fermyon_spin_key_value_result_bool_error_free(fermyon_spin_key_value_result_bool_error_t *ptr);
+
+void fermyon_spin_key_value_result_list_string_error_free(fermyon_spin_key_value_result_list_string_error_t *ptr);
+
+void fermyon_spin_variables_error_free(fermyon_spin_variables_error_t *ptr);
+
+void fermyon_spin_variables_result_string_error_free(fermyon_spin_variables_result_string_error_t *ptr);
+
+void wasi_config_0_2_0_draft_2024_09_27_store_error_free(wasi_config_0_2_0_draft_2024_09_27_store_error_t *ptr);
+
+void wasi_config_0_2_0_draft_2024_09_27_store_result_option_string_error_free(wasi_config_0_2_0_draft_2024_09_27_store_result_option_string_error_t *ptr);
+
+void wasi_config_0_2_0_draft_2024_09_27_store_result_list_tuple2_string_string_error_free(wasi_config_0_2_0_draft_2024_09_27_store_result_list_tuple2_string_string_error_t *ptr);
+
+void wasi_config_0_2_0_rc_1_store_error_free(wasi_config_0_2_0_rc_1_store_error_t *ptr);
+
+void wasi_config_0_2_0_rc_1_store_result_option_string_error_free(wasi_config_0_2_0_rc_1_store_result_option_string_error_t *ptr);
+
+void wasi_config_0_2_0_rc_1_store_result_list_tuple2_string_string_error_free(wasi_config_0_2_0_rc_1_store_result_list_tuple2_string_string_error_t *ptr);
 
 void wasi_http_types_method_free(wasi_http_types_method_t *ptr);
 
@@ -1251,8 +2528,6 @@ void wasi_http_types_tls_alert_received_payload_free(wasi_http_types_tls_alert_r
 void proxy_option_u32_free(proxy_option_u32_t *ptr);
 
 void wasi_http_types_field_size_payload_free(wasi_http_types_field_size_payload_t *ptr);
-
-void proxy_option_u64_free(proxy_option_u64_t *ptr);
 
 void wasi_http_types_option_field_size_payload_free(wasi_http_types_option_field_size_payload_t *ptr);
 

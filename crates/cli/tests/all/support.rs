@@ -57,6 +57,80 @@ impl App {
     pub fn start(&self, extra_args: &[&str]) -> Server {
         Server::start(self.path(), extra_args)
     }
+
+    /// Writes `contents` to `relative` inside the app directory.
+    pub fn write(&self, relative: &str, contents: &str) -> PathBuf {
+        let path = self.path().join(relative);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, contents).unwrap();
+        path
+    }
+
+    /// Runs `dormouse up` expecting it to refuse to start; returns its stderr.
+    pub fn fails_to_start(&self, extra_args: &[&str]) -> String {
+        let mut child = dormouse()
+            .args(["up", "--listen", "127.0.0.1:0", "--from"])
+            .arg(self.path())
+            .args(extra_args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = collect(child.stderr.take().unwrap());
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if started.elapsed() > PATIENCE {
+                let _ = child.kill();
+                panic!("dormouse started but should have refused to: {}", stderr.lock().unwrap());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(!status.success(), "dormouse exited 0 but should have failed");
+        // The collector thread finishes once the pipe closes.
+        std::thread::sleep(Duration::from_millis(50));
+        stderr.lock().unwrap().clone()
+    }
+}
+
+/// A `redis-server` from Debian on a free loopback port, killed on drop.
+pub struct RedisServer {
+    child: Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let dir = tempfile::tempdir().unwrap();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (scripts/test.sh installs Debian's redis-server)");
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(started.elapsed() < PATIENCE, "redis-server did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        RedisServer { child, port, _dir: dir }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 pub struct Server {
@@ -112,6 +186,20 @@ impl Server {
 
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits until the log holds `text` (lines arrive through a pipe, a
+    /// little after the events they report), and returns the log.
+    pub fn wait_for_log(&self, text: &str) -> String {
+        let started = Instant::now();
+        loop {
+            let log = self.stderr();
+            if log.contains(text) {
+                return log;
+            }
+            assert!(started.elapsed() < PATIENCE, "the log never said `{text}`: {log}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn stdout(&self) -> String {
@@ -198,6 +286,11 @@ impl Reply {
 
 pub async fn get(url: &str) -> Reply {
     send(Request::get(url).body(Full::new(Bytes::new())).unwrap()).await
+}
+
+/// A request with a method and a body.
+pub async fn call(method: &str, url: &str, body: impl Into<Bytes>) -> Reply {
+    send(Request::builder().method(method).uri(url).body(Full::new(body.into())).unwrap()).await
 }
 
 pub async fn send(request: Request<Full<Bytes>>) -> Reply {
