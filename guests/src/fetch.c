@@ -4,7 +4,10 @@
 //   redirect) when a response came;
 //   502, body `error: NAME` with the wasi:http error code otherwise.
 // With `x-fetch-follow: 1`, a redirect is followed once: the request to the
-// `location` is a new outgoing request, checked like the first.
+// `location` is a new outgoing request, checked like the first. With
+// `x-fetch-loop: 1`, the outgoing request carries the `x-fetch-*` headers on
+// (so a fetch of itself fetches itself again). `x-fetch-timeout-ms: N` sets
+// the request's first-byte timeout.
 #include "guest.h"
 
 static const char *error_names[] = {
@@ -32,8 +35,13 @@ typedef struct {
   const char *error;  // set instead when no response came
 } fetched_t;
 
-// Splits `scheme://authority/path` and sends a GET.
-static fetched_t fetch(const char *url) {
+static void add_header(wasi_http_types_own_fields_t fields, const char *name, const char *value) {
+  if (value) set_header(fields, name, value);
+}
+
+// Splits `scheme://authority/path` and sends a GET, with `loop_headers`
+// (NULL-terminated name, value pairs) when given.
+static fetched_t fetch(const char *url, const char **loop_headers, uint64_t timeout_ms) {
   fetched_t result = {0, NULL, {calloc(1, 1), 0}, NULL};
   const char *rest = strstr(url, "://");
   if (!rest) {
@@ -51,8 +59,9 @@ static fetched_t fetch(const char *url) {
   char *authority = strndup(rest, authority_len);
   const char *path = rest[authority_len] ? rest + authority_len : "/";
 
-  wasi_http_types_own_outgoing_request_t request =
-      wasi_http_types_constructor_outgoing_request(wasi_http_types_constructor_fields());
+  wasi_http_types_own_fields_t fields = wasi_http_types_constructor_fields();
+  for (const char **h = loop_headers; h && h[0]; h += 2) add_header(fields, h[0], h[1]);
+  wasi_http_types_own_outgoing_request_t request = wasi_http_types_constructor_outgoing_request(fields);
   wasi_http_types_borrow_outgoing_request_t borrowed = wasi_http_types_borrow_outgoing_request(request);
   wasi_http_types_method_outgoing_request_set_scheme(borrowed, &scheme);
   proxy_string_t authority_string, path_string;
@@ -63,7 +72,16 @@ static fetched_t fetch(const char *url) {
 
   wasi_http_outgoing_handler_own_future_incoming_response_t future;
   wasi_http_outgoing_handler_error_code_t code;
-  if (!wasi_http_outgoing_handler_handle(request, NULL, &future, &code)) {
+  wasi_http_types_own_request_options_t options;
+  wasi_http_types_own_request_options_t *options_arg = NULL;
+  if (timeout_ms) {
+    options = wasi_http_types_constructor_request_options();
+    wasi_http_types_duration_t timeout = timeout_ms * 1000000;
+    wasi_http_types_method_request_options_set_first_byte_timeout(wasi_http_types_borrow_request_options(options),
+                                                                   &timeout);
+    options_arg = &options;
+  }
+  if (!wasi_http_outgoing_handler_handle(request, options_arg, &future, &code)) {
     result.error = error_name(&code);
     return result;
   }
@@ -118,14 +136,19 @@ static fetched_t fetch(const char *url) {
 void exports_wasi_http_incoming_handler_handle(request_t request, outparam_t out) {
   char *url = request_header(request, "x-fetch-url");
   char *follow = request_header(request, "x-fetch-follow");
+  char *loop = request_header(request, "x-fetch-loop");
+  char *timeout = request_header(request, "x-fetch-timeout-ms");
   wasi_http_types_incoming_request_drop_own(request);
+  uint64_t timeout_ms = 0;
+  for (const char *d = timeout; d && *d >= '0' && *d <= '9'; d++) timeout_ms = timeout_ms * 10 + (uint64_t)(*d - '0');
+  const char *loop_headers[] = {"x-fetch-url", url, "x-fetch-loop", loop, NULL};
   if (!url) {
     respond_text(out, 400, "usage: send the URL in an x-fetch-url header");
     return;
   }
-  fetched_t fetched = fetch(url);
+  fetched_t fetched = fetch(url, loop ? loop_headers : NULL, timeout_ms);
   if (!fetched.error && follow && fetched.location && fetched.status >= 300 && fetched.status < 400) {
-    fetched = fetch(fetched.location);
+    fetched = fetch(fetched.location, NULL, timeout_ms);
   }
   if (fetched.error) {
     char text[128] = "error: ";

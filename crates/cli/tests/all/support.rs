@@ -58,6 +58,11 @@ impl App {
         Server::start(self.path(), extra_args)
     }
 
+    /// Starts with extra environment variables for dormouse itself.
+    pub fn start_with_env(&self, extra_args: &[&str], env: &[(&str, &str)]) -> Server {
+        Server::start_with_env(self.path(), extra_args, env)
+    }
+
     /// Writes `contents` to `relative` inside the app directory.
     pub fn write(&self, relative: &str, contents: &str) -> PathBuf {
         let path = self.path().join(relative);
@@ -146,10 +151,15 @@ pub fn dormouse() -> Command {
 
 impl Server {
     pub fn start(app_dir: &Path, extra_args: &[&str]) -> Server {
+        Server::start_with_env(app_dir, extra_args, &[])
+    }
+
+    pub fn start_with_env(app_dir: &Path, extra_args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = dormouse()
             .args(["up", "--listen", "127.0.0.1:0", "--from"])
             .arg(app_dir)
             .args(extra_args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -293,10 +303,88 @@ pub async fn call(method: &str, url: &str, body: impl Into<Bytes>) -> Reply {
     send(Request::builder().method(method).uri(url).body(Full::new(body.into())).unwrap()).await
 }
 
+/// A GET with extra headers.
+pub async fn get_with(url: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut request = Request::get(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    send(request.body(Full::new(Bytes::new())).unwrap()).await
+}
+
 pub async fn send(request: Request<Full<Bytes>>) -> Reply {
     let client = Client::builder(TokioExecutor::new()).build_http();
     let response = tokio::time::timeout(PATIENCE, client.request(request)).await.expect("response in time").unwrap();
     let (parts, body) = response.into_parts();
     let body = tokio::time::timeout(PATIENCE, body.collect()).await.expect("body in time").unwrap().to_bytes();
     Reply { status: parts.status, headers: parts.headers, body: String::from_utf8_lossy(&body).into_owned() }
+}
+
+/// A plain HTTP server in the test process, on a free loopback port, that
+/// counts the connections it accepts. `/hello` answers a greeting,
+/// `/redirect?to=URL` a 302 to URL, `/silent` nothing at all.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    connections: Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Upstream {
+    pub async fn start() -> Upstream {
+        use hyper::body::Incoming;
+        use hyper::service::service_fn;
+        use hyper_util::rt::TokioIo;
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = connections.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let service = service_fn(|request: Request<Incoming>| async move {
+                        let query = request.uri().query().unwrap_or_default().to_owned();
+                        let response = match request.uri().path() {
+                            "/hello" => hyper::Response::new(Full::new(Bytes::from("upstream says hi"))),
+                            "/redirect" => hyper::Response::builder()
+                                .status(StatusCode::FOUND)
+                                .header("location", query.strip_prefix("to=").unwrap_or_default())
+                                .body(Full::new(Bytes::new()))
+                                .unwrap(),
+                            "/silent" => {
+                                tokio::time::sleep(PATIENCE).await;
+                                hyper::Response::new(Full::new(Bytes::new()))
+                            }
+                            _ => hyper::Response::builder()
+                                .status(StatusCode::NOT_FOUND)
+                                .body(Full::new(Bytes::new()))
+                                .unwrap(),
+                        };
+                        Ok::<_, std::convert::Infallible>(response)
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Upstream { addr, connections, task }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
