@@ -7,12 +7,18 @@ cd "$(dirname "$0")/.."
 
 # Tools the checks use; the Rust toolchain itself comes with the machine.
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
-# The service tests run Debian's nginx and a Python app.
-if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ] || ! command -v python3 >/dev/null; then
-  echo "== installing nginx and python3"
+# The service tests run Debian's nginx and a Python app; the key-value tests a
+# Redis server; the JavaScript app is built with npm.
+missing=()
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+command -v python3 >/dev/null || missing+=(python3)
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v npm >/dev/null || missing+=(nodejs npm)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "== installing ${missing[*]}"
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light python3 >/dev/null ||
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx python3 >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null ||
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]/nginx-light/nginx}" >/dev/null
 fi
 
 echo "== fmt"
@@ -21,6 +27,8 @@ echo "== clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== guest fixtures match their sources (guests/SHA256SUMS; rebuild with guests/build.sh)"
 (cd guests && sha256sum --quiet --strict -c SHA256SUMS)
+echo "== JavaScript example (Spin's JS SDK, from npm)"
+(cd examples/counter-js && npm install --no-audit --no-fund --loglevel=error && npm run --silent build)
 echo "== tests"
 # nextest ends with one summary line for the whole run; cargo test is the
 # fallback where nextest is not installed.

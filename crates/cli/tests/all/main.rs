@@ -2,6 +2,7 @@
 //! `guests/wasm`, real HTTP over loopback. One test binary keeps link time down.
 
 mod files;
+mod js;
 mod kv;
 mod outbound;
 mod services;
