@@ -2,7 +2,7 @@
 """The dormouse benchmark suite: one command, peers and baselines in the same run.
 
     bench/run.py                    # every scenario, 3 rounds (about 30 min on 2 cores)
-    bench/run.py --only hello       # some scenarios: hello instantiate heavy density load
+    bench/run.py --only hello       # some scenarios: hello instantiate heavy density load services kv
     bench/run.py --quick            # 1 round, short runs: for trying a change, not for results
 
 It builds dormouse and the native hyper hello server in release mode, installs
@@ -37,7 +37,7 @@ RESULTS = BENCH / "results"
 WASMTIME_VERSION = "48.0.8"
 OHA_VERSION = "1.16.0"
 COMPONENTIZE_PY = "componentize-py==0.25.1"
-SCENARIOS = ["hello", "instantiate", "heavy", "density", "load", "services"]
+SCENARIOS = ["hello", "instantiate", "heavy", "density", "load", "services", "kv"]
 GUESTS = ROOT / "guests" / "wasm"
 
 
@@ -204,9 +204,10 @@ end
 """
 
 
-def wrk_load(wrk_path, url, connections, seconds):
+def wrk_load(wrk_path, url, connections, seconds, method="GET", body=None):
     script = BUILD / "report.lua"
-    script.write_text(WRK_SCRIPT)
+    request = f'wrk.method = "{method}"\n' + (f'wrk.body = "{body}"\n' if body is not None else "")
+    script.write_text(request + WRK_SCRIPT)
     threads = min(2, connections)
     out = subprocess.run([wrk_path, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "-s", script, url],
                          capture_output=True, text=True, check=True).stdout
@@ -477,6 +478,86 @@ def scenario_services(ctx):
     return results
 
 
+def criterion_median_us(group, name):
+    estimates = json.loads((ROOT / "target/criterion" / group / name / "new/estimates.json").read_text())
+    return estimates["median"]["point_estimate"] / 1000
+
+
+def redis_server():
+    """Debian's redis-server on a free loopback port, no persistence."""
+    if shutil.which("redis-server") is None:
+        run(["apt-get", "install", "-y", "-qq", "redis-server"])
+    port = free_port()
+    directory = Path(tempfile.mkdtemp(prefix="dormouse-bench-redis-"))
+    process = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                "--appendonly", "no", "--dir", str(directory)],
+                               stdout=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return process, port
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
+def scenario_kv(ctx):
+    """Key-value get and set: in process (criterion, against the client
+    libraries alone), and through a guest over HTTP (wrk, against the hello
+    guest in the same server), for SQLite and Redis."""
+    redis, redis_port = redis_server()
+    try:
+        args = ["cargo", "bench", "--locked", "-p", "dormouse-kv", "--bench", "kv", "--", "--noplot"]
+        if ctx["quick"]:
+            args += ["--warm-up-time", "1", "--measurement-time", "2"]
+        run(args, cwd=ROOT)
+        in_process = {f"{backend}/{op}": criterion_median_us("kv", f"{backend}/{op}")
+                      for backend in ["sqlite", "sqlite-direct", "redis", "redis-direct"] for op in ["get", "set"]}
+        log(f"kv in process (median µs): {json.dumps(in_process)}")
+
+        value = "v" * 100
+        over_http = {}
+        for backend in ["sqlite", "redis"]:
+            directory = BUILD / "apps" / f"kv-{backend}"
+            if directory.exists():
+                shutil.rmtree(directory)
+            directory.mkdir(parents=True)
+            (directory / "spin.toml").write_text(
+                'spin_manifest_version = 2\n[application]\nname = "kv"\n'
+                '[[trigger.http]]\nroute = "/hello"\ncomponent = "hello"\n'
+                f'[component.hello]\nsource = "{GUESTS / "hello.wasm"}"\n'
+                '[[trigger.http]]\nroute = "/..."\ncomponent = "kv"\n'
+                f'[component.kv]\nsource = "{GUESTS / "kv.wasm"}"\nkey_value_stores = ["default"]\n')
+            extra = []
+            if backend == "redis":
+                (directory / "runtime-config.toml").write_text(
+                    f'[key_value_store.default]\ntype = "redis"\nurl = "redis://127.0.0.1:{redis_port}"\n')
+                extra = ["--runtime-config-file", directory / "runtime-config.toml"]
+            command = lambda p: [ctx["dormouse"], "up", "--from", directory, "--listen", f"127.0.0.1:{p}", *extra]
+            runs = {"hello": [], "get": [], "set": []}
+            with Server(command, "/hello") as server:
+                server.ready()
+                base = f"http://127.0.0.1:{server.port}"
+                for _ in range(ctx["rounds"]):
+                    for name, url, method, body in [("hello", base + "/hello", "GET", None),
+                                                    ("set", base + "/spin/bench", "PUT", value),
+                                                    ("get", base + "/spin/bench", "GET", None)]:
+                        wrk_load(ctx["wrk"], url, 1, 1, method, body)
+                        single = wrk_load(ctx["wrk"], url, 1, ctx["seconds"], method, body)
+                        many = wrk_load(ctx["wrk"], url, 50, ctx["seconds"], method, body)
+                        runs[name].append({"p50_us": single["p50_us"], "p99_us": single["p99_us"], "rps": many["rps"]})
+            over_http[backend] = {name: {"p50_us": median_of(r, "p50_us"), "p99_us": median_of(r, "p99_us"),
+                                         "rps": median_of(r, "rps"), "runs": r} for name, r in runs.items()}
+            log(f"kv over HTTP, {backend}: " + ", ".join(
+                f"{n} p50 {v['p50_us']:.0f} µs {v['rps']:.0f} req/s" for n, v in over_http[backend].items()))
+    finally:
+        os.killpg(redis.pid, signal.SIGTERM)
+        redis.wait()
+    return {"in_process_us": in_process, "over_http": over_http}
+
+
 # --------------------------------------------------------------- report ----
 
 def machine():
@@ -568,6 +649,25 @@ def report(results, ctx):
         goals.append(("wake from stop − the app's own spawn → first 200", "≤ 1 ms", services["stop"]["overhead_ms"], lambda v: v <= 1, "{:.2f} ms"))
         goals.append(("wake from pause, extra over a warm request", "≤ 1 ms", services["pause"]["overhead_ms"], lambda v: v <= 1, "{:.2f} ms"))
         goals.append(("warm proxy hop to nginx, req/s ÷ direct", "≥ 0.85", services["hop"]["dormouse"] / services["hop"]["direct"], lambda v: v >= 0.85, "{:.2f}"))
+    kv = results.get("kv")
+    if kv:
+        ip = kv["in_process_us"]
+        lines += ["## key-value get and set (100-byte values)", "",
+                  "In process, median of criterion samples: `dormouse_kv::Store` (what a guest's call costs below the "
+                  "wasm boundary) against the client library alone on the calling thread.", "",
+                  "| backend | get µs | set µs | library alone: get µs | set µs | get ÷ library | set ÷ library |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for backend, label in [("sqlite", "SQLite (WAL, synchronous=FULL)"), ("redis", "Redis (loopback)")]:
+            get, set_ = ip[f"{backend}/get"], ip[f"{backend}/set"]
+            dget, dset = ip[f"{backend}-direct/get"], ip[f"{backend}-direct/set"]
+            lines.append(f"| {label} | {get:.1f} | {set_:.1f} | {dget:.1f} | {dset:.1f} | {get / dget:.2f} | {set_ / dset:.2f} |")
+        lines += ["", "Through the `kv` guest over HTTP (`GET`/`PUT /spin/KEY`), against the hello guest in the same "
+                  "server: p50 and p99 at 1 connection, req/s at 50.", "",
+                  "| backend | request | p50 µs | p99 µs | req/s |", "| --- | --- | ---: | ---: | ---: |"]
+        for backend, rows in kv["over_http"].items():
+            for name, row in rows.items():
+                lines.append(f"| {backend} | {name} | {row['p50_us']:.0f} | {row['p99_us']:.0f} | {row['rps']:.0f} |")
+        lines.append("")
     if goals:
         table = ["## goals", "", "| measure | goal | measured | met |", "| --- | --- | ---: | --- |"]
         for name, goal, value, met, fmt in goals:

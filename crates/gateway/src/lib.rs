@@ -240,7 +240,11 @@ impl Gateway {
         match destination {
             Destination::Component(id) => {
                 let Some(component) = self.components.iter().find(|component| component.id() == id) else {
-                    return plain(StatusCode::NOT_FOUND, &format!("no component `{id}` in this app\n"));
+                    // dormouse's addition to service chaining: a service by id.
+                    return match self.supervisor.services().iter().find(|service| service.config().id == id) {
+                        Some(service) => proxy::forward(&self.backends, service, request).await,
+                        None => plain(StatusCode::NOT_FOUND, &format!("no component or service `{id}` in this app\n")),
+                    };
                 };
                 // Its own route's headers when the path is on that route;
                 // only the path otherwise (a private component has no route).

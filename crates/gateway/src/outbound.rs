@@ -1,8 +1,8 @@
 //! Components' outbound HTTP: each request is checked against its component's
 //! `allowed_outbound_hosts`, then sent over the network, or, when addressed to
-//! the app itself (`http://self.alt/...`) or to one of its components
-//! (`http://<id>.spin.internal/...`), handed to the gateway in-process, with
-//! no socket.
+//! the app itself (`http://self.alt/...`) or to one of its components or
+//! services (`http://<id>.spin.internal/...`), handed to the gateway
+//! in-process, with no socket (but the service's own hop).
 //!
 //! Invariants: a request no entry allows fails with `HTTP-request-denied`
 //! before any name lookup or connection; redirects are never followed here
@@ -53,7 +53,8 @@ impl Default for OutboundConfig {
 pub enum Destination {
     /// The app's own router.
     App,
-    /// One component, by id, whatever its route (private ones included).
+    /// One component (or service), by id, whatever its route (private ones
+    /// included).
     Component(String),
     Network,
 }

@@ -2,9 +2,10 @@
 //! schema (`spin_key_value (store, key, value)`), so a database Spin wrote
 //! opens here and the other way round.
 //!
-//! Connections come from a small pool and are used on tokio's blocking
-//! threads: a write waits for its fsync (`synchronous = FULL` in WAL mode) and
-//! must not hold an async worker meanwhile; reads go on in parallel with it.
+//! Connections come from a small pool; each call runs on the calling worker
+//! thread, marked as blocking, since a write waits for its fsync
+//! (`synchronous = FULL` in WAL mode) and a cold read for the disk. Reads go on
+//! in parallel with a write (WAL).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -15,8 +16,8 @@ use rusqlite::{OptionalExtension, TransactionBehavior, params};
 
 use crate::{Error, KeyPage, LIST_PAGE_KEYS, Result, parse_counter};
 
-/// Connections kept per file: enough for reads to overlap a write on two
-/// cores; each costs a file descriptor and SQLite's page cache (~2 MiB max).
+/// Connections kept per file: enough for reads to overlap a write; each costs
+/// a file descriptor and SQLite's page cache (~2 MiB at most).
 const POOL_SIZE: u32 = 8;
 
 /// How long a writer waits for another's lock before giving up.
@@ -88,20 +89,24 @@ impl SqliteStore {
         self.location.clone()
     }
 
-    /// Runs `work` with a pooled connection on a blocking thread.
+    /// Runs `work` with a pooled connection. On a multi-threaded runtime it
+    /// runs in place but tells tokio it blocks (`block_in_place`), so other
+    /// tasks move to another worker meanwhile: 4.7 µs a get here, against 18 µs
+    /// for a hop to the blocking pool (`spawn_blocking`) and 2.9 µs for
+    /// rusqlite alone (cargo bench -p dormouse-kv --bench kv).
     async fn with<T, F>(&self, work: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&mut rusqlite::Connection, &str) -> Result<T> + Send + 'static,
     {
-        let pool = self.pool.clone();
-        let label = self.label.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut connection = pool.get().map_err(sql)?;
-            work(&mut connection, &label)
-        })
-        .await
-        .map_err(|error| Error::Sqlite(format!("the database task failed: {error}")))?
+        let run = || {
+            let mut connection = self.pool.get().map_err(sql)?;
+            work(&mut connection, &self.label)
+        };
+        match tokio::runtime::Handle::try_current().map(|handle| handle.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(run),
+            _ => run(),
+        }
     }
 
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {

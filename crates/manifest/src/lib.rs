@@ -250,7 +250,7 @@ impl Resolver<'_> {
         }
 
         for (target, span) in self.chained.take() {
-            if !components.contains_key(&target) {
+            if !components.contains_key(&target) && !services.contains_key(&target) {
                 return Err(fail(
                     span,
                     format!("allowed host names component `{target}` (`{target}.spin.internal`), which is not defined"),

@@ -233,8 +233,19 @@ impl Host {
                     Ok(bytes)
                 };
                 let (component, outcome) =
-                    self.shared.cache.load_or_compile(&self.shared.engine, &content, &read).with_context(|| {
-                        format!("component `{}`: cannot compile `{}`", spec.id, spec.source.display())
+                    self.shared.cache.load_or_compile(&self.shared.engine, &content, &read).map_err(|error| {
+                        // Components built for WASI 0.3 (wasi:http 0.3, Spin's
+                        // `spin:*@3.0.0` interfaces) fail validation here.
+                        let hint = if format!("{error:#}").contains("component model async feature") {
+                            " (it is built for WASI 0.3, which dormouse does not run yet: build it for wasi:http 0.2)"
+                        } else {
+                            ""
+                        };
+                        error.context(format!(
+                            "component `{}`: cannot compile `{}`{hint}",
+                            spec.id,
+                            spec.source.display()
+                        ))
                     })?;
                 let loaded = Instant::now();
                 let pre = self.pre_instantiate(&spec.id, &spec.source, &component)?;

@@ -20,7 +20,8 @@ fn built_component() -> PathBuf {
     let component = dir.join("dist/counter.wasm");
     let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
     let sources = ["src/index.js", "package.json", "wit/spin.wit"].map(|source| modified(&dir.join(source)));
-    let fresh = modified(&component).is_some_and(|built| sources.iter().all(|source| source.is_some_and(|s| s <= built)));
+    let fresh =
+        modified(&component).is_some_and(|built| sources.iter().all(|source| source.is_some_and(|s| s <= built)));
     if !fresh {
         let status = Command::new("sh")
             .args(["-c", "npm install --no-audit --no-fund && npm run build"])

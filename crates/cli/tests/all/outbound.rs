@@ -139,3 +139,16 @@ async fn a_component_calling_itself_forever_is_stopped() {
     assert_eq!(reply.body.matches("200\n\n").count(), 9, "{}", reply.body);
     assert!(get_with(&server.url("/fetch"), &[]).await.status == StatusCode::BAD_REQUEST, "still serving");
 }
+
+#[tokio::test]
+async fn a_component_reaches_a_service_of_its_app_by_id() {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/services/app.py");
+    let app = fetch_app(
+        &["http://py.spin.internal".to_owned()],
+        &format!("[service.py]\ncommand = [\"python3\", \"{}\"]\n", script.display()),
+    );
+    let server = app.start(&[]);
+    let reply = fetch(&server, "http://py.spin.internal/").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(reply.body.starts_with("200\n\npid "), "{}", reply.body);
+}
