@@ -14,6 +14,8 @@
 //   GET    /API?many=a,b       get-many: `a=VALUE` or `a` (absent) per line
 //   PUT    /API?many=1         set-many from body lines `KEY=VALUE`
 //   DELETE /API?many=a,b       delete-many
+//   GET    /none/...           answers 200 without opening a store (a
+//                              baseline for benchmarks)
 // A failed call answers 500 with `error: KIND[: detail]` (listings, whose
 // head is sent first, end their body with it instead).
 #include "guest.h"
@@ -387,6 +389,10 @@ void exports_wasi_http_incoming_handler_handle(request_t request, outparam_t out
   blob_t body = request_body(request);
   wasi_http_types_incoming_request_drop_own(request);
 
+  if (api_name && strcmp(api_name, "none") == 0) {
+    respond_text(out, 200, "no store opened");
+    return;
+  }
   enum api api = DRAFT;
   if (api_name && strcmp(api_name, "draft2") == 0) api = DRAFT2;
   else if (api_name && strcmp(api_name, "spin") == 0) api = SPIN;

@@ -101,7 +101,9 @@ pub fn prepare(app: &App, options: &Options) -> anyhow::Result<PreparedApp> {
                 let files_dir = options.state_dir.join("files");
                 std::fs::create_dir_all(&files_dir)
                     .with_context(|| format!("cannot create `{}`", files_dir.display()))?;
-                staging = Some(tempfile::Builder::new().prefix("staged-").tempdir_in(&files_dir)?);
+                remove_stale_staging(&files_dir);
+                let prefix = format!("staged-{}-", std::process::id());
+                staging = Some(tempfile::Builder::new().prefix(&prefix).tempdir_in(&files_dir)?);
             }
             let target = staging.as_ref().expect("created above").path().join(id);
             std::fs::create_dir_all(&target)?;
@@ -127,6 +129,21 @@ pub fn prepare(app: &App, options: &Options) -> anyhow::Result<PreparedApp> {
         components.push(Prepared { spec, allowed_hosts });
     }
     Ok(PreparedApp { components, stores, _staging: staging })
+}
+
+/// Removes trees staged by processes that are gone (killed before they could
+/// clean up): `staged-<pid>-*` whose pid no longer runs.
+fn remove_stale_staging(files_dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(files_dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("staged-")).and_then(|n| n.split('-').next()) else {
+            continue;
+        };
+        if pid.parse::<u32>().is_ok() && !std::path::Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 fn variable_from_env(env: &dyn Fn(&str) -> Option<String>, name: &str) -> Option<String> {
@@ -205,5 +222,23 @@ mod tests {
             format!("{error:#}"),
             "component `c` cannot open its key-value store `cache`: no store is defined under that label: add `[key_value_store.cache]` to a runtime config file (--runtime-config-file)"
         );
+    }
+
+    #[tokio::test]
+    async fn staged_files_go_with_their_process() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("page.html"), "page").unwrap();
+        // Left by a process that is gone (no pid is this large).
+        let stale = dir.path().join("files/staged-4294967295-abc");
+        std::fs::create_dir_all(&stale).unwrap();
+        let app = app(dir.path(), "files = [\"*.html\"]\n");
+        let prepared = prepare(&app, &options(dir.path(), &[("SPIN_VARIABLE_TOKEN", "x")])).unwrap();
+        assert!(!stale.exists(), "a dead process's tree is removed");
+        let preopen = &prepared.components[0].spec.preopens[0];
+        assert_eq!(preopen.guest, "/");
+        assert_eq!(std::fs::read_to_string(preopen.host.join("page.html")).unwrap(), "page");
+        let staged = preopen.host.clone();
+        drop(prepared);
+        assert!(!staged.exists(), "the tree goes when the prepared app does");
     }
 }
