@@ -228,17 +228,17 @@ impl Gateway {
         self.call(component, request).await
     }
 
-    /// A request a component sent to the app itself (`Destination::App`) or to
-    /// one component (`Destination::Component`), answered without a socket.
+    /// A request a component sent to the app itself (`target` is `None`) or
+    /// to one component or service by id, answered without a socket.
     pub(crate) async fn handle_local(
         &self,
         mut request: Request<WasiBody>,
-        destination: Destination,
+        target: Option<String>,
     ) -> Response<ResponseBody> {
         let local = self.local_addr.get().copied();
         let client = local.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)));
-        match destination {
-            Destination::Component(id) => {
+        match target {
+            Some(id) => {
                 let Some(component) = self.components.iter().find(|component| component.id() == id) else {
                     // dormouse's addition to service chaining: a service by id.
                     return match self.supervisor.services().iter().find(|service| service.config().id == id) {
@@ -259,7 +259,7 @@ impl Gateway {
                 spin::apply(request.headers_mut(), headers);
                 self.call(component, request).await
             }
-            _ => self.handle(request, client, local).await,
+            None => self.handle(request, client, local).await,
         }
     }
 

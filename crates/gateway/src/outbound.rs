@@ -48,6 +48,18 @@ impl Default for OutboundConfig {
     }
 }
 
+impl OutboundConfig {
+    /// The guest's own timeouts, with ours where it set none.
+    pub fn timeouts(&self, guest: Option<RequestOptions>) -> RequestOptions {
+        let guest = guest.unwrap_or_default();
+        RequestOptions {
+            connect_timeout: guest.connect_timeout.or(Some(self.connect_timeout)),
+            first_byte_timeout: guest.first_byte_timeout.or(Some(self.first_byte_timeout)),
+            between_bytes_timeout: guest.between_bytes_timeout.or(Some(self.between_bytes_timeout)),
+        }
+    }
+}
+
 /// Where an allowed request goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Destination {
@@ -98,42 +110,34 @@ impl OutboundHttp for Outbound {
             );
             return Box::pin(async { Err(WasiHttpError::HttpRequestDenied) });
         };
-        match destination {
+        let target = match destination {
+            Destination::App => None,
+            Destination::Component(id) => Some(id),
             Destination::Network => {
-                let options = RequestOptions {
-                    connect_timeout: options.and_then(|o| o.connect_timeout).or(Some(self.config.connect_timeout)),
-                    first_byte_timeout: options
-                        .and_then(|o| o.first_byte_timeout)
-                        .or(Some(self.config.first_byte_timeout)),
-                    between_bytes_timeout: options
-                        .and_then(|o| o.between_bytes_timeout)
-                        .or(Some(self.config.between_bytes_timeout)),
-                };
-                Box::pin(async move {
+                let options = self.config.timeouts(options);
+                return Box::pin(async move {
                     let (response, io) = dormouse_wasm_host::default_send_request(request, Some(options)).await?;
                     let io: IoFuture = Box::new(io);
                     Ok((response.map(BodyExt::boxed_unsync), io))
-                })
+                });
             }
-            local => {
-                let hops = request.extensions().get::<Hops>().copied().unwrap_or_default();
-                let gateway = self.gateway.clone();
-                let max_hops = self.config.max_hops;
-                Box::pin(async move {
-                    if hops.0 > max_hops {
-                        return Err(WasiHttpError::LoopDetected);
-                    }
-                    // Gone only while shutting down.
-                    let gateway = gateway.upgrade().ok_or(WasiHttpError::DestinationUnavailable)?;
-                    let response = gateway.handle_local(request, local).await;
-                    let body = |body: crate::ResponseBody| {
-                        body.map_err(|error| WasiHttpError::InternalError(Some(error.to_string()))).boxed_unsync()
-                    };
-                    let io: IoFuture = Box::new(async { Ok(()) });
-                    Ok((response.map(body), io))
-                })
+        };
+        let hops = request.extensions().get::<Hops>().copied().unwrap_or_default();
+        let gateway = self.gateway.clone();
+        let max_hops = self.config.max_hops;
+        Box::pin(async move {
+            if hops.0 > max_hops {
+                return Err(WasiHttpError::LoopDetected);
             }
-        }
+            // Gone only while shutting down.
+            let gateway = gateway.upgrade().ok_or(WasiHttpError::DestinationUnavailable)?;
+            let response = gateway.handle_local(request, target).await;
+            let body = |body: crate::ResponseBody| {
+                body.map_err(|error| WasiHttpError::InternalError(Some(error.to_string()))).boxed_unsync()
+            };
+            let io: IoFuture = Box::new(async { Ok(()) });
+            Ok((response.map(body), io))
+        })
     }
 }
 
@@ -152,6 +156,19 @@ mod tests {
 
     fn to(allowed: &[&str], uri: &str) -> Option<Destination> {
         destination(&AllowedHosts::parse(allowed).unwrap(), &uri.parse().unwrap())
+    }
+
+    #[test]
+    fn our_timeouts_apply_where_the_guest_set_none() {
+        let config = OutboundConfig::default();
+        let none = config.timeouts(None);
+        assert_eq!(none.connect_timeout, Some(Duration::from_secs(5)));
+        assert_eq!(none.first_byte_timeout, Some(Duration::from_secs(30)));
+        assert_eq!(none.between_bytes_timeout, Some(Duration::from_secs(30)));
+        let guest = RequestOptions { first_byte_timeout: Some(Duration::from_millis(300)), ..Default::default() };
+        let merged = config.timeouts(Some(guest));
+        assert_eq!(merged.first_byte_timeout, Some(Duration::from_millis(300)));
+        assert_eq!(merged.connect_timeout, Some(Duration::from_secs(5)));
     }
 
     #[test]
