@@ -49,7 +49,8 @@ pub struct KeyPage {
 }
 
 /// A key-value store, cheap to clone. All operations are async; SQLite's run
-/// on tokio's blocking pool, Redis's on one multiplexed connection.
+/// in place (reads inline; writes under `block_in_place` on a multi-thread
+/// runtime, inline elsewhere), Redis's on one multiplexed connection.
 #[derive(Clone)]
 pub struct Store {
     backend: Arc<Backend>,

@@ -1,49 +1,10 @@
 //! The same behaviour from every backend: SQLite in a file and in memory, and
 //! a real `redis-server` (Debian's) started on loopback for the test.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use dormouse_kv::{Error, MAX_KEY_BYTES, MAX_VALUE_BYTES, Store};
-
-/// A `redis-server` on a free loopback port, killed when dropped.
-struct RedisServer {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl RedisServer {
-    fn start() -> RedisServer {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let dir = tempfile::tempdir().unwrap();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (scripts/test.sh installs Debian's redis-server)");
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(started.elapsed() < Duration::from_secs(10), "redis-server did not listen on {port}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        RedisServer { child, port, _dir: dir }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use dormouse_testkit::{RedisServer, free_port};
 
 /// Every operation, as a guest would use them.
 async fn behaves_as_a_store(store: &Store) {
@@ -167,7 +128,7 @@ async fn listing_pages_through_many_keys() {
 #[tokio::test]
 async fn an_unreachable_redis_fails_the_call_with_a_reason() {
     // A port nothing listens on: bound, then released.
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = free_port();
     let store = Store::redis(&format!("redis://127.0.0.1:{port}")).unwrap();
     let error =
         tokio::time::timeout(Duration::from_secs(30), store.get("k")).await.expect("fails in time").unwrap_err();

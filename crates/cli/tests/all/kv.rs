@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use hyper::StatusCode;
 
-use crate::support::{App, RedisServer, call, get, guest};
+use dormouse_testkit::RedisServer;
+
+use crate::support::{App, call, get, guest};
 
 fn kv_app(stores: &str) -> App {
     App::from_manifest(&format!(

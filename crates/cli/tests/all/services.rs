@@ -182,7 +182,7 @@ async fn nginx_sleeps_and_wakes() {
     let Some(nginx) = ["/usr/sbin/nginx", "/usr/bin/nginx"].into_iter().find(|p| Path::new(p).exists()) else {
         panic!("nginx is not installed: scripts/test.sh installs it");
     };
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = dormouse_testkit::free_port();
     let app = App::from_manifest(&format!(
         "spin_manifest_version = 2\n[application]\nname = \"web\"\n\
          [[trigger.http]]\nroute = \"/...\"\nservice = \"web\"\n\
