@@ -341,6 +341,17 @@ fn a_component_that_is_not_an_http_handler_is_refused_at_start() {
     assert!(stderr.contains("component `a`: cannot compile"), "{stderr}");
 }
 
+#[test]
+fn a_wasi_0_3_component_is_refused_at_start_with_the_reason() {
+    let app = App::new(&[("/", "hello-p3")]);
+    let stderr = app.fails_to_start(&[]);
+    assert!(stderr.contains("component `hello-p3`: cannot compile"), "{stderr}");
+    assert!(
+        stderr.contains("it is built for WASI 0.3, which dormouse does not run yet: build it for wasi:http 0.2"),
+        "{stderr}"
+    );
+}
+
 #[tokio::test]
 async fn components_see_their_environment_and_cli_values_win() {
     let manifest = format!(
