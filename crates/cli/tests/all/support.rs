@@ -350,3 +350,14 @@ impl Drop for Upstream {
         self.task.abort();
     }
 }
+
+/// Asks `path` of a server started with a CPU limit far below its wall-clock
+/// limit (`--cpu-limit 200ms --timeout 50s`), from a guest that never stops:
+/// the CPU deadline answers 500 long before the wall clock would answer 504.
+pub async fn assert_stopped_by_the_cpu_deadline(server: &Server, path: &str) {
+    let started = Instant::now();
+    let reply = get(&server.url(path)).await;
+    assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR, "{}", reply.body);
+    assert!(started.elapsed() < Duration::from_secs(40), "took {:?}", started.elapsed());
+    server.wait_for_log("CPU budget");
+}
