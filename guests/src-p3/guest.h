@@ -93,6 +93,18 @@ service_callback_code_t exports_wasi_http_handler_handle_callback(service_event_
   }
 }
 
+// Waits for the stream or future `waitable` (a read or write that returned
+// BLOCKED), blocking the handler, and returns the event's code.
+static uint32_t wait_for(uint32_t waitable) {
+  service_waitable_set_t set = service_waitable_set_new();
+  service_waitable_join(waitable, set);
+  service_event_t event;
+  service_waitable_set_wait(set, &event);
+  service_waitable_join(waitable, 0);
+  service_waitable_set_drop(set);
+  return event.code;
+}
+
 // The first value of request header `name`, NUL-terminated (malloc'd), or NULL.
 static char *request_header(wasi_http_types_own_request_t request, const char *name) {
   wasi_http_types_own_headers_t headers =

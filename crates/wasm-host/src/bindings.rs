@@ -12,3 +12,17 @@ wasmtime::component::bindgen!({
         "fermyon:spin/key-value.store": crate::kv::Bucket,
     },
 });
+
+/// Spin's `spin:key-value@3.0.0` and `spin:variables@3.0.0`, whose functions
+/// are `async func`s: implemented with access to the store's event loop
+/// (`store`), for WASI 0.3 components only.
+pub mod wasi3 {
+    wasmtime::component::bindgen!({
+        path: "wit",
+        world: "dormouse:host/capabilities-wasi3",
+        imports: { default: store | trappable },
+        with: {
+            "spin:key-value/key-value.store": crate::kv::Bucket,
+        },
+    });
+}

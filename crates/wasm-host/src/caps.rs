@@ -43,15 +43,20 @@ pub struct CapsView<'a> {
     pub caps: &'a ComponentCaps,
 }
 
-struct Caps;
+/// The capability bindings' view of the store data.
+pub(crate) struct Caps;
 
 impl HasData for Caps {
     type Data<'a> = CapsView<'a>;
 }
 
-/// Adds key-value (every version) and variables (every version) to `linker`.
-pub fn add_to_linker(linker: &mut Linker<RequestCtx>) -> wasmtime::Result<()> {
+/// Adds key-value and variables, every version, to `linker`; with `wasi3`,
+/// Spin's 3.0.0 interfaces too (which need the engine's concurrency support).
+pub fn add_to_linker(linker: &mut Linker<RequestCtx>, wasi3: bool) -> wasmtime::Result<()> {
     crate::bindings::Capabilities::add_to_linker::<RequestCtx, Caps>(linker, RequestCtx::caps_view)?;
     wasmtime_wasi_config::add_to_linker(linker, |ctx: &mut RequestCtx| WasiConfig::from(&ctx.caps().config))?;
+    if wasi3 {
+        crate::bindings::wasi3::CapabilitiesWasi3::add_to_linker::<RequestCtx, Caps>(linker, RequestCtx::caps_view)?;
+    }
     Ok(())
 }

@@ -1,17 +1,19 @@
 //! Key-value for guests: `wasi:keyvalue` 0.2.0-draft (`wasmtime serve`'s) and
-//! 0.2.0-draft2 (Spin's), and Spin's `fermyon:spin/key-value@2.0.0`, all over
-//! the same [`dormouse_kv::Store`]s.
+//! 0.2.0-draft2 (Spin's), Spin's `fermyon:spin/key-value@2.0.0` and, for WASI
+//! 0.3 components, `spin:key-value@3.0.0`, all over the same
+//! [`dormouse_kv::Store`]s.
 //!
 //! A store opens only under a label the component was granted; the label ``""``
 //! (the only store `wasmtime serve` has) means `default`.
 
 use dormouse_kv::Store;
-use wasmtime::component::Resource;
+use wasmtime::component::{Access, Accessor, FutureReader, Resource, StreamReader};
 
 use crate::bindings::fermyon::spin::key_value as spin2;
 use crate::bindings::wasi::keyvalue0_2_0_draft as draft;
 use crate::bindings::wasi::keyvalue0_2_0_draft2 as draft2;
-use crate::caps::CapsView;
+use crate::bindings::wasi3::spin::key_value::key_value as spin3;
+use crate::caps::{Caps, CapsView};
 
 /// An open store, as a guest holds it.
 pub struct Bucket {
@@ -48,6 +50,15 @@ impl From<KvError> for draft::store::Error {
 }
 
 impl From<KvError> for draft2::store::Error {
+    fn from(error: KvError) -> Self {
+        match error {
+            KvError::AccessDenied => Self::AccessDenied,
+            KvError::Other(text) => Self::Other(text),
+        }
+    }
+}
+
+impl From<KvError> for spin3::Error {
     fn from(error: KvError) -> Self {
         match error {
             KvError::AccessDenied => Self::AccessDenied,
@@ -328,4 +339,82 @@ impl spin2::HostStore for CapsView<'_> {
         self.table.delete(store)?;
         Ok(())
     }
+}
+
+/// `spin:key-value@3.0.0`: the same operations as 2.0.0, as `async func`s.
+/// The store is looked up with the event loop's data, and the operation runs
+/// without it, so other tasks of the component may run meanwhile.
+impl spin3::HostStoreWithStore<crate::ctx::RequestCtx> for Caps {
+    async fn open(
+        accessor: &Accessor<crate::ctx::RequestCtx, Self>,
+        label: String,
+    ) -> Outcome<Resource<Bucket>, spin3::Error> {
+        accessor.with(|mut access| Ok(access.get().open(&label)?.map_err(Into::into)))
+    }
+
+    async fn get(
+        accessor: &Accessor<crate::ctx::RequestCtx, Self>,
+        store: Resource<Bucket>,
+        key: String,
+    ) -> Outcome<Option<Vec<u8>>, spin3::Error> {
+        run(store_of(accessor, &store)?.get(&key)).await
+    }
+
+    async fn set(
+        accessor: &Accessor<crate::ctx::RequestCtx, Self>,
+        store: Resource<Bucket>,
+        key: String,
+        value: Vec<u8>,
+    ) -> Outcome<(), spin3::Error> {
+        run(store_of(accessor, &store)?.set(&key, value)).await
+    }
+
+    async fn delete(
+        accessor: &Accessor<crate::ctx::RequestCtx, Self>,
+        store: Resource<Bucket>,
+        key: String,
+    ) -> Outcome<(), spin3::Error> {
+        run(store_of(accessor, &store)?.delete(&key)).await
+    }
+
+    async fn exists(
+        accessor: &Accessor<crate::ctx::RequestCtx, Self>,
+        store: Resource<Bucket>,
+        key: String,
+    ) -> Outcome<bool, spin3::Error> {
+        run(store_of(accessor, &store)?.exists(&key)).await
+    }
+
+    /// Every key, listed before the stream opens: the stream then hands them
+    /// over as fast as the guest reads, and the future reports a failed listing
+    /// (with an empty stream).
+    async fn get_keys(
+        accessor: &Accessor<crate::ctx::RequestCtx, Self>,
+        store: Resource<Bucket>,
+    ) -> wasmtime::Result<(StreamReader<String>, FutureReader<Result<(), spin3::Error>>)> {
+        let listed = run::<_, spin3::Error>(store_of(accessor, &store)?.all_keys()).await?;
+        let (keys, outcome) = match listed {
+            Ok(keys) => (keys, Ok(())),
+            Err(error) => (Vec::new(), Err(error)),
+        };
+        accessor.with(|mut access| {
+            let keys = StreamReader::new(&mut access, keys)?;
+            let outcome = FutureReader::new(&mut access, async move { Ok::<_, wasmtime::Error>(outcome) })?;
+            Ok((keys, outcome))
+        })
+    }
+
+    fn drop(mut access: Access<'_, crate::ctx::RequestCtx, Self>, store: Resource<Bucket>) -> wasmtime::Result<()> {
+        access.get().table.delete(store)?;
+        Ok(())
+    }
+}
+
+impl spin3::HostStore for CapsView<'_> {}
+
+impl spin3::Host for CapsView<'_> {}
+
+/// The store behind a guest's handle, read through the event loop's data.
+fn store_of(accessor: &Accessor<crate::ctx::RequestCtx, Caps>, bucket: &Resource<Bucket>) -> wasmtime::Result<Store> {
+    accessor.with(|mut access| access.get().store(bucket))
 }

@@ -192,7 +192,7 @@ impl Runtime {
             wasmtime_wasi_http::p3::add_to_linker(&mut linker)?;
         }
         // Key-value and variables, in every version guests in the field import.
-        caps::add_to_linker(&mut linker)?;
+        caps::add_to_linker(&mut linker, wasi3)?;
         let cache = CompileCache::new(&engine, config.cache_dir.clone());
         Ok(Runtime { engine, linker, cache })
     }

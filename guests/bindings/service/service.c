@@ -3,6 +3,31 @@
 #include <stdlib.h>
 #include <string.h>
 
+// Imported Functions from `spin:key-value/key-value@3.0.0`
+
+__attribute__((__import_module__("spin:key-value/key-value@3.0.0"), __import_name__("[static]store.open")))
+extern void __wasm_import_spin_key_value_key_value_static_store_open(uint8_t *, size_t, uint8_t *);
+
+__attribute__((__import_module__("spin:key-value/key-value@3.0.0"), __import_name__("[method]store.get")))
+extern void __wasm_import_spin_key_value_key_value_method_store_get(int32_t, uint8_t *, size_t, uint8_t *);
+
+__attribute__((__import_module__("spin:key-value/key-value@3.0.0"), __import_name__("[method]store.set")))
+extern void __wasm_import_spin_key_value_key_value_method_store_set(int32_t, uint8_t *, size_t, uint8_t *, size_t, uint8_t *);
+
+__attribute__((__import_module__("spin:key-value/key-value@3.0.0"), __import_name__("[method]store.delete")))
+extern void __wasm_import_spin_key_value_key_value_method_store_delete(int32_t, uint8_t *, size_t, uint8_t *);
+
+__attribute__((__import_module__("spin:key-value/key-value@3.0.0"), __import_name__("[method]store.exists")))
+extern void __wasm_import_spin_key_value_key_value_method_store_exists(int32_t, uint8_t *, size_t, uint8_t *);
+
+__attribute__((__import_module__("spin:key-value/key-value@3.0.0"), __import_name__("[method]store.get-keys")))
+extern void __wasm_import_spin_key_value_key_value_method_store_get_keys(int32_t, uint8_t *);
+
+// Imported Functions from `spin:variables/variables@3.0.0`
+
+__attribute__((__import_module__("spin:variables/variables@3.0.0"), __import_name__("get")))
+extern void __wasm_import_spin_variables_variables_get(uint8_t *, size_t, uint8_t *);
+
 // Imported Functions from `wasi:cli/stdout@0.3.0`
 
 __attribute__((__import_module__("wasi:cli/stdout@0.3.0"), __import_name__("write-via-stream")))
@@ -188,6 +213,196 @@ void *cabi_realloc(void *ptr, size_t old_size, size_t align, size_t new_size) {
 }
 
 // Helper Functions
+
+__attribute__((__import_module__("spin:key-value/key-value@3.0.0"), __import_name__("[resource-drop]store")))
+extern void __wasm_import_spin_key_value_key_value_store_drop(int32_t handle);
+
+void spin_key_value_key_value_store_drop_own(spin_key_value_key_value_own_store_t handle) {
+  __wasm_import_spin_key_value_key_value_store_drop(handle.__handle);
+}
+
+void spin_key_value_key_value_store_drop_borrow(spin_key_value_key_value_borrow_store_t handle) {
+  __wasm_import_spin_key_value_key_value_store_drop(handle.__handle);
+}
+
+spin_key_value_key_value_borrow_store_t spin_key_value_key_value_borrow_store(spin_key_value_key_value_own_store_t arg) {
+  return (spin_key_value_key_value_borrow_store_t) { arg.__handle };
+}
+
+void spin_key_value_key_value_error_free(spin_key_value_key_value_error_t *ptr) {
+  switch ((int32_t) ptr->tag) {
+    case 3: {
+      service_string_free(&ptr->val.other);
+      break;
+    }
+  }
+}
+
+void spin_key_value_key_value_result_own_store_error_free(spin_key_value_key_value_result_own_store_error_t *ptr) {
+  if (!ptr->is_err) {
+  } else {
+    spin_key_value_key_value_error_free(&ptr->val.err);
+  }
+}
+
+void service_list_u8_free(service_list_u8_t *ptr) {
+  size_t list_len = ptr->len;
+  if (list_len > 0) {
+    uint8_t *list_ptr = ptr->ptr;
+    for (size_t i = 0; i < list_len; i++) {
+    }
+    free(list_ptr);
+  }
+}
+
+void service_option_list_u8_free(service_option_list_u8_t *ptr) {
+  if (ptr->is_some) {
+    service_list_u8_free(&ptr->val);
+  }
+}
+
+void spin_key_value_key_value_result_option_list_u8_error_free(spin_key_value_key_value_result_option_list_u8_error_t *ptr) {
+  if (!ptr->is_err) {
+    service_option_list_u8_free(&ptr->val.ok);
+  } else {
+    spin_key_value_key_value_error_free(&ptr->val.err);
+  }
+}
+
+void spin_key_value_key_value_result_void_error_free(spin_key_value_key_value_result_void_error_t *ptr) {
+  if (!ptr->is_err) {
+  } else {
+    spin_key_value_key_value_error_free(&ptr->val.err);
+  }
+}
+
+void spin_key_value_key_value_result_bool_error_free(spin_key_value_key_value_result_bool_error_t *ptr) {
+  if (!ptr->is_err) {
+  } else {
+    spin_key_value_key_value_error_free(&ptr->val.err);
+  }
+}
+
+__attribute__((__import_module__("spin:key-value/key-value@3.0.0"), __import_name__("[stream-new-0][method]store.get-keys")))
+extern uint64_t spin_key_value_key_value_stream_string__new(void);
+__attribute__((__import_module__("spin:key-value/key-value@3.0.0"), __import_name__("[async-lower][stream-read-0][method]store.get-keys")))
+extern uint32_t spin_key_value_key_value_stream_string__read(uint32_t, uint8_t*, size_t);
+__attribute__((__import_module__("spin:key-value/key-value@3.0.0"), __import_name__("[async-lower][stream-write-0][method]store.get-keys")))
+extern uint32_t spin_key_value_key_value_stream_string__write(uint32_t, const uint8_t*, size_t);
+__attribute__((__import_module__("spin:key-value/key-value@3.0.0"), __import_name__("[stream-cancel-read-0][method]store.get-keys")))
+extern uint32_t spin_key_value_key_value_stream_string__cancel_read(uint32_t);
+__attribute__((__import_module__("spin:key-value/key-value@3.0.0"), __import_name__("[stream-cancel-write-0][method]store.get-keys")))
+extern uint32_t spin_key_value_key_value_stream_string__cancel_write(uint32_t);
+__attribute__((__import_module__("spin:key-value/key-value@3.0.0"), __import_name__("[stream-drop-readable-0][method]store.get-keys")))
+extern void spin_key_value_key_value_stream_string__drop_readable(uint32_t);
+__attribute__((__import_module__("spin:key-value/key-value@3.0.0"), __import_name__("[stream-drop-writable-0][method]store.get-keys")))
+extern void spin_key_value_key_value_stream_string__drop_writable(uint32_t);
+
+spin_key_value_key_value_stream_string_t spin_key_value_key_value_stream_string_new(spin_key_value_key_value_stream_string_writer_t *writer) {
+  uint64_t packed = spin_key_value_key_value_stream_string__new();
+  *writer = (uint32_t) (packed >> 32);
+  return (uint32_t) packed;
+}
+
+service_waitable_status_t spin_key_value_key_value_stream_string_read(spin_key_value_key_value_stream_string_t reader, service_string_t *buf, size_t amt) {
+  return spin_key_value_key_value_stream_string__read(reader, (uint8_t*) buf, amt);
+}
+
+service_waitable_status_t spin_key_value_key_value_stream_string_write(spin_key_value_key_value_stream_string_writer_t writer, const service_string_t *buf, size_t amt) {
+  return spin_key_value_key_value_stream_string__write(writer, (const uint8_t*) buf, amt);
+}
+
+service_waitable_status_t spin_key_value_key_value_stream_string_cancel_read(spin_key_value_key_value_stream_string_t reader){
+  return spin_key_value_key_value_stream_string__cancel_read(reader);
+}
+
+service_waitable_status_t spin_key_value_key_value_stream_string_cancel_write(spin_key_value_key_value_stream_string_writer_t writer) {
+  return spin_key_value_key_value_stream_string__cancel_write(writer);
+}
+
+void spin_key_value_key_value_stream_string_drop_readable(spin_key_value_key_value_stream_string_t reader){
+  spin_key_value_key_value_stream_string__drop_readable(reader);
+}
+
+void spin_key_value_key_value_stream_string_drop_writable(spin_key_value_key_value_stream_string_writer_t writer) {
+  spin_key_value_key_value_stream_string__drop_writable(writer);
+}
+
+
+__attribute__((__import_module__("spin:key-value/key-value@3.0.0"), __import_name__("[future-new-1][method]store.get-keys")))
+extern uint64_t spin_key_value_key_value_future_result_void_error__new(void);
+__attribute__((__import_module__("spin:key-value/key-value@3.0.0"), __import_name__("[async-lower][future-read-1][method]store.get-keys")))
+extern uint32_t spin_key_value_key_value_future_result_void_error__read(uint32_t, uint8_t*);
+__attribute__((__import_module__("spin:key-value/key-value@3.0.0"), __import_name__("[async-lower][future-write-1][method]store.get-keys")))
+extern uint32_t spin_key_value_key_value_future_result_void_error__write(uint32_t, const uint8_t*);
+__attribute__((__import_module__("spin:key-value/key-value@3.0.0"), __import_name__("[future-cancel-read-1][method]store.get-keys")))
+extern uint32_t spin_key_value_key_value_future_result_void_error__cancel_read(uint32_t);
+__attribute__((__import_module__("spin:key-value/key-value@3.0.0"), __import_name__("[future-cancel-write-1][method]store.get-keys")))
+extern uint32_t spin_key_value_key_value_future_result_void_error__cancel_write(uint32_t);
+__attribute__((__import_module__("spin:key-value/key-value@3.0.0"), __import_name__("[future-drop-readable-1][method]store.get-keys")))
+extern void spin_key_value_key_value_future_result_void_error__drop_readable(uint32_t);
+__attribute__((__import_module__("spin:key-value/key-value@3.0.0"), __import_name__("[future-drop-writable-1][method]store.get-keys")))
+extern void spin_key_value_key_value_future_result_void_error__drop_writable(uint32_t);
+
+spin_key_value_key_value_future_result_void_error_t spin_key_value_key_value_future_result_void_error_new(spin_key_value_key_value_future_result_void_error_writer_t *writer) {
+  uint64_t packed = spin_key_value_key_value_future_result_void_error__new();
+  *writer = (uint32_t) (packed >> 32);
+  return (uint32_t) packed;
+}
+
+service_waitable_status_t spin_key_value_key_value_future_result_void_error_read(spin_key_value_key_value_future_result_void_error_t reader, spin_key_value_key_value_result_void_error_t *buf) {
+  return spin_key_value_key_value_future_result_void_error__read(reader, (uint8_t*) buf);
+}
+
+service_waitable_status_t spin_key_value_key_value_future_result_void_error_write(spin_key_value_key_value_future_result_void_error_writer_t writer, const spin_key_value_key_value_result_void_error_t *buf) {
+  return spin_key_value_key_value_future_result_void_error__write(writer, (const uint8_t*) buf);
+}
+
+service_waitable_status_t spin_key_value_key_value_future_result_void_error_cancel_read(spin_key_value_key_value_future_result_void_error_t reader){
+  return spin_key_value_key_value_future_result_void_error__cancel_read(reader);
+}
+
+service_waitable_status_t spin_key_value_key_value_future_result_void_error_cancel_write(spin_key_value_key_value_future_result_void_error_writer_t writer) {
+  return spin_key_value_key_value_future_result_void_error__cancel_write(writer);
+}
+
+void spin_key_value_key_value_future_result_void_error_drop_readable(spin_key_value_key_value_future_result_void_error_t reader){
+  spin_key_value_key_value_future_result_void_error__drop_readable(reader);
+}
+
+void spin_key_value_key_value_future_result_void_error_drop_writable(spin_key_value_key_value_future_result_void_error_writer_t writer) {
+  spin_key_value_key_value_future_result_void_error__drop_writable(writer);
+}
+
+
+void spin_variables_variables_error_free(spin_variables_variables_error_t *ptr) {
+  switch ((int32_t) ptr->tag) {
+    case 0: {
+      service_string_free(&ptr->val.invalid_name);
+      break;
+    }
+    case 1: {
+      service_string_free(&ptr->val.undefined);
+      break;
+    }
+    case 2: {
+      service_string_free(&ptr->val.provider);
+      break;
+    }
+    case 3: {
+      service_string_free(&ptr->val.other);
+      break;
+    }
+  }
+}
+
+void spin_variables_variables_result_string_error_free(spin_variables_variables_result_string_error_t *ptr) {
+  if (!ptr->is_err) {
+    service_string_free(&ptr->val.ok);
+  } else {
+    spin_variables_variables_error_free(&ptr->val.err);
+  }
+}
 
 void wasi_cli_stdout_result_void_error_code_free(wasi_cli_stdout_result_void_error_code_t *ptr) {
   if (!ptr->is_err) {
@@ -861,16 +1076,6 @@ void wasi_http_client_result_own_response_error_code_free(wasi_http_client_resul
   if (!ptr->is_err) {
   } else {
     wasi_http_client_error_code_free(&ptr->val.err);
-  }
-}
-
-void service_list_u8_free(service_list_u8_t *ptr) {
-  size_t list_len = ptr->len;
-  if (list_len > 0) {
-    uint8_t *list_ptr = ptr->ptr;
-    for (size_t i = 0; i < list_len; i++) {
-    }
-    free(list_ptr);
   }
 }
 
@@ -1724,6 +1929,299 @@ void service_thread_yield(void) {
 
 
 // Component Adapters
+
+bool spin_key_value_key_value_static_store_open(service_string_t *label, spin_key_value_key_value_own_store_t *ret, spin_key_value_key_value_error_t *err) {
+  __attribute__((__aligned__(sizeof(void*))))
+  uint8_t ret_area[(4*sizeof(void*))];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_spin_key_value_key_value_static_store_open((uint8_t *) (*label).ptr, (*label).len, ptr);
+  spin_key_value_key_value_result_own_store_error_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      result.val.ok = (spin_key_value_key_value_own_store_t) { *((int32_t*) (ptr + sizeof(void*))) };
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      spin_key_value_key_value_error_t variant;
+      variant.tag = (int32_t) *((uint8_t*) (ptr + sizeof(void*)));
+      switch ((int32_t) variant.tag) {
+        case 0: {
+          break;
+        }
+        case 1: {
+          break;
+        }
+        case 2: {
+          break;
+        }
+        case 3: {
+          variant.val.other = (service_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+      }
+
+      result.val.err = variant;
+      break;
+    }
+  }
+  if (!result.is_err) {
+    *ret = result.val.ok;
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+bool spin_key_value_key_value_method_store_get(spin_key_value_key_value_borrow_store_t self, service_string_t *key, service_option_list_u8_t *ret, spin_key_value_key_value_error_t *err) {
+  __attribute__((__aligned__(sizeof(void*))))
+  uint8_t ret_area[(4*sizeof(void*))];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_spin_key_value_key_value_method_store_get((self).__handle, (uint8_t *) (*key).ptr, (*key).len, ptr);
+  spin_key_value_key_value_result_option_list_u8_error_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      service_option_list_u8_t option;
+      switch ((int32_t) *((uint8_t*) (ptr + sizeof(void*)))) {
+        case 0: {
+          option.is_some = false;
+          break;
+        }
+        case 1: {
+          option.is_some = true;
+          option.val = (service_list_u8_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+      }
+
+      result.val.ok = option;
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      spin_key_value_key_value_error_t variant;
+      variant.tag = (int32_t) *((uint8_t*) (ptr + sizeof(void*)));
+      switch ((int32_t) variant.tag) {
+        case 0: {
+          break;
+        }
+        case 1: {
+          break;
+        }
+        case 2: {
+          break;
+        }
+        case 3: {
+          variant.val.other = (service_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+      }
+
+      result.val.err = variant;
+      break;
+    }
+  }
+  if (!result.is_err) {
+    *ret = result.val.ok;
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+bool spin_key_value_key_value_method_store_set(spin_key_value_key_value_borrow_store_t self, service_string_t *key, service_list_u8_t *value, spin_key_value_key_value_error_t *err) {
+  __attribute__((__aligned__(sizeof(void*))))
+  uint8_t ret_area[(4*sizeof(void*))];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_spin_key_value_key_value_method_store_set((self).__handle, (uint8_t *) (*key).ptr, (*key).len, (uint8_t *) (*value).ptr, (*value).len, ptr);
+  spin_key_value_key_value_result_void_error_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      spin_key_value_key_value_error_t variant;
+      variant.tag = (int32_t) *((uint8_t*) (ptr + sizeof(void*)));
+      switch ((int32_t) variant.tag) {
+        case 0: {
+          break;
+        }
+        case 1: {
+          break;
+        }
+        case 2: {
+          break;
+        }
+        case 3: {
+          variant.val.other = (service_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+      }
+
+      result.val.err = variant;
+      break;
+    }
+  }
+  if (!result.is_err) {
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+bool spin_key_value_key_value_method_store_delete(spin_key_value_key_value_borrow_store_t self, service_string_t *key, spin_key_value_key_value_error_t *err) {
+  __attribute__((__aligned__(sizeof(void*))))
+  uint8_t ret_area[(4*sizeof(void*))];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_spin_key_value_key_value_method_store_delete((self).__handle, (uint8_t *) (*key).ptr, (*key).len, ptr);
+  spin_key_value_key_value_result_void_error_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      spin_key_value_key_value_error_t variant;
+      variant.tag = (int32_t) *((uint8_t*) (ptr + sizeof(void*)));
+      switch ((int32_t) variant.tag) {
+        case 0: {
+          break;
+        }
+        case 1: {
+          break;
+        }
+        case 2: {
+          break;
+        }
+        case 3: {
+          variant.val.other = (service_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+      }
+
+      result.val.err = variant;
+      break;
+    }
+  }
+  if (!result.is_err) {
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+bool spin_key_value_key_value_method_store_exists(spin_key_value_key_value_borrow_store_t self, service_string_t *key, bool *ret, spin_key_value_key_value_error_t *err) {
+  __attribute__((__aligned__(sizeof(void*))))
+  uint8_t ret_area[(4*sizeof(void*))];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_spin_key_value_key_value_method_store_exists((self).__handle, (uint8_t *) (*key).ptr, (*key).len, ptr);
+  spin_key_value_key_value_result_bool_error_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      result.val.ok = (int32_t) *((uint8_t*) (ptr + sizeof(void*)));
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      spin_key_value_key_value_error_t variant;
+      variant.tag = (int32_t) *((uint8_t*) (ptr + sizeof(void*)));
+      switch ((int32_t) variant.tag) {
+        case 0: {
+          break;
+        }
+        case 1: {
+          break;
+        }
+        case 2: {
+          break;
+        }
+        case 3: {
+          variant.val.other = (service_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+      }
+
+      result.val.err = variant;
+      break;
+    }
+  }
+  if (!result.is_err) {
+    *ret = result.val.ok;
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+void spin_key_value_key_value_method_store_get_keys(spin_key_value_key_value_borrow_store_t self, spin_key_value_key_value_tuple2_stream_string_future_result_void_error_t *ret) {
+  __attribute__((__aligned__(4)))
+  uint8_t ret_area[8];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_spin_key_value_key_value_method_store_get_keys((self).__handle, ptr);
+  *ret = (spin_key_value_key_value_tuple2_stream_string_future_result_void_error_t) {
+    (spin_key_value_key_value_stream_string_t) ((uint32_t) *((int32_t*) (ptr + 0))),
+    (spin_key_value_key_value_future_result_void_error_t) ((uint32_t) *((int32_t*) (ptr + 4))),
+  };
+}
+
+bool spin_variables_variables_get(service_string_t *name, service_string_t *ret, spin_variables_variables_error_t *err) {
+  __attribute__((__aligned__(sizeof(void*))))
+  uint8_t ret_area[(4*sizeof(void*))];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_spin_variables_variables_get((uint8_t *) (*name).ptr, (*name).len, ptr);
+  spin_variables_variables_result_string_error_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      result.val.ok = (service_string_t) { (uint8_t*)(*((uint8_t **) (ptr + sizeof(void*)))), (*((size_t*) (ptr + (2*sizeof(void*))))) };
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      spin_variables_variables_error_t variant;
+      variant.tag = (int32_t) *((uint8_t*) (ptr + sizeof(void*)));
+      switch ((int32_t) variant.tag) {
+        case 0: {
+          variant.val.invalid_name = (service_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+        case 1: {
+          variant.val.undefined = (service_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+        case 2: {
+          variant.val.provider = (service_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+        case 3: {
+          variant.val.other = (service_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+      }
+
+      result.val.err = variant;
+      break;
+    }
+  }
+  if (!result.is_err) {
+    *ret = result.val.ok;
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
 
 wasi_cli_stdout_future_result_void_error_code_t wasi_cli_stdout_write_via_stream(wasi_cli_stdout_stream_u8_t data) {
   int32_t ret = __wasm_import_wasi_cli_stdout_write_via_stream(((int32_t) data));

@@ -81,6 +81,99 @@ void service_thread_yield(void);
 
 
 
+typedef struct spin_key_value_key_value_own_store_t {
+  int32_t __handle;
+} spin_key_value_key_value_own_store_t;
+
+typedef struct spin_key_value_key_value_borrow_store_t {
+  int32_t __handle;
+} spin_key_value_key_value_borrow_store_t;
+
+typedef struct spin_key_value_key_value_error_t {
+  uint8_t tag;
+  union {
+    service_string_t     other;
+  } val;
+} spin_key_value_key_value_error_t;
+
+#define SPIN_KEY_VALUE_KEY_VALUE_ERROR_STORE_TABLE_FULL 0
+#define SPIN_KEY_VALUE_KEY_VALUE_ERROR_NO_SUCH_STORE 1
+#define SPIN_KEY_VALUE_KEY_VALUE_ERROR_ACCESS_DENIED 2
+#define SPIN_KEY_VALUE_KEY_VALUE_ERROR_OTHER 3
+
+typedef struct {
+  bool is_err;
+  union {
+    spin_key_value_key_value_own_store_t ok;
+    spin_key_value_key_value_error_t err;
+  } val;
+} spin_key_value_key_value_result_own_store_error_t;
+
+typedef struct {
+  uint8_t *ptr;
+  size_t len;
+} service_list_u8_t;
+
+typedef struct {
+  bool is_some;
+  service_list_u8_t val;
+} service_option_list_u8_t;
+
+typedef struct {
+  bool is_err;
+  union {
+    service_option_list_u8_t ok;
+    spin_key_value_key_value_error_t err;
+  } val;
+} spin_key_value_key_value_result_option_list_u8_error_t;
+
+typedef struct {
+  bool is_err;
+  union {
+    spin_key_value_key_value_error_t err;
+  } val;
+} spin_key_value_key_value_result_void_error_t;
+
+typedef struct {
+  bool is_err;
+  union {
+    bool ok;
+    spin_key_value_key_value_error_t err;
+  } val;
+} spin_key_value_key_value_result_bool_error_t;
+
+typedef uint32_t spin_key_value_key_value_stream_string_t;
+
+typedef uint32_t spin_key_value_key_value_future_result_void_error_t;
+
+typedef struct {
+  spin_key_value_key_value_stream_string_t f0;
+  spin_key_value_key_value_future_result_void_error_t f1;
+} spin_key_value_key_value_tuple2_stream_string_future_result_void_error_t;
+
+typedef struct spin_variables_variables_error_t {
+  uint8_t tag;
+  union {
+    service_string_t     invalid_name;
+    service_string_t     undefined;
+    service_string_t     provider;
+    service_string_t     other;
+  } val;
+} spin_variables_variables_error_t;
+
+#define SPIN_VARIABLES_VARIABLES_ERROR_INVALID_NAME 0
+#define SPIN_VARIABLES_VARIABLES_ERROR_UNDEFINED 1
+#define SPIN_VARIABLES_VARIABLES_ERROR_PROVIDER 2
+#define SPIN_VARIABLES_VARIABLES_ERROR_OTHER 3
+
+typedef struct {
+  bool is_err;
+  union {
+    service_string_t ok;
+    spin_variables_variables_error_t err;
+  } val;
+} spin_variables_variables_result_string_error_t;
+
 typedef uint8_t wasi_cli_types_error_code_t;
 
 // Input/output error
@@ -544,11 +637,6 @@ typedef struct wasi_clocks_system_clock_instant_t {
 } wasi_clocks_system_clock_instant_t;
 
 typedef struct {
-  uint8_t *ptr;
-  size_t len;
-} service_list_u8_t;
-
-typedef struct {
   uint64_t f0;
   uint64_t f1;
 } service_tuple2_u64_u64_t;
@@ -566,6 +654,18 @@ typedef struct {
     exports_wasi_http_handler_error_code_t err;
   } val;
 } exports_wasi_http_handler_result_own_response_error_code_t;
+
+// Imported Functions from `spin:key-value/key-value@3.0.0`
+extern bool spin_key_value_key_value_static_store_open(service_string_t *label, spin_key_value_key_value_own_store_t *ret, spin_key_value_key_value_error_t *err);
+extern bool spin_key_value_key_value_method_store_get(spin_key_value_key_value_borrow_store_t self, service_string_t *key, service_option_list_u8_t *ret, spin_key_value_key_value_error_t *err);
+extern bool spin_key_value_key_value_method_store_set(spin_key_value_key_value_borrow_store_t self, service_string_t *key, service_list_u8_t *value, spin_key_value_key_value_error_t *err);
+extern bool spin_key_value_key_value_method_store_delete(spin_key_value_key_value_borrow_store_t self, service_string_t *key, spin_key_value_key_value_error_t *err);
+extern bool spin_key_value_key_value_method_store_exists(spin_key_value_key_value_borrow_store_t self, service_string_t *key, bool *ret, spin_key_value_key_value_error_t *err);
+// Every key, as a stream; the future says whether listing them failed.
+extern void spin_key_value_key_value_method_store_get_keys(spin_key_value_key_value_borrow_store_t self, spin_key_value_key_value_tuple2_stream_string_future_result_void_error_t *ret);
+
+// Imported Functions from `spin:variables/variables@3.0.0`
+extern bool spin_variables_variables_get(service_string_t *name, service_string_t *ret, spin_variables_variables_error_t *err);
 
 // Imported Functions from `wasi:cli/stdout@0.3.0`
 // Write the given stream to stdout.
@@ -929,6 +1029,52 @@ service_callback_code_t exports_wasi_http_handler_handle_callback(service_event_
 
 // Helper Functions
 
+extern void spin_key_value_key_value_store_drop_own(spin_key_value_key_value_own_store_t handle);
+
+extern void spin_key_value_key_value_store_drop_borrow(spin_key_value_key_value_borrow_store_t handle);
+
+extern spin_key_value_key_value_borrow_store_t spin_key_value_key_value_borrow_store(spin_key_value_key_value_own_store_t handle);
+
+void spin_key_value_key_value_error_free(spin_key_value_key_value_error_t *ptr);
+
+void spin_key_value_key_value_result_own_store_error_free(spin_key_value_key_value_result_own_store_error_t *ptr);
+
+void service_list_u8_free(service_list_u8_t *ptr);
+
+void service_option_list_u8_free(service_option_list_u8_t *ptr);
+
+void spin_key_value_key_value_result_option_list_u8_error_free(spin_key_value_key_value_result_option_list_u8_error_t *ptr);
+
+void spin_key_value_key_value_result_void_error_free(spin_key_value_key_value_result_void_error_t *ptr);
+
+void spin_key_value_key_value_result_bool_error_free(spin_key_value_key_value_result_bool_error_t *ptr);
+
+typedef uint32_t spin_key_value_key_value_stream_string_writer_t;
+
+spin_key_value_key_value_stream_string_t spin_key_value_key_value_stream_string_new(spin_key_value_key_value_stream_string_writer_t *writer);
+service_waitable_status_t spin_key_value_key_value_stream_string_read(spin_key_value_key_value_stream_string_t reader, service_string_t *buf, size_t amt);
+service_waitable_status_t spin_key_value_key_value_stream_string_write(spin_key_value_key_value_stream_string_writer_t writer, const service_string_t *buf, size_t amt);
+service_waitable_status_t spin_key_value_key_value_stream_string_cancel_read(spin_key_value_key_value_stream_string_t reader);
+service_waitable_status_t spin_key_value_key_value_stream_string_cancel_write(spin_key_value_key_value_stream_string_writer_t writer);
+void spin_key_value_key_value_stream_string_drop_readable(spin_key_value_key_value_stream_string_t reader);
+void spin_key_value_key_value_stream_string_drop_writable(spin_key_value_key_value_stream_string_writer_t writer);
+
+
+typedef uint32_t spin_key_value_key_value_future_result_void_error_writer_t;
+
+spin_key_value_key_value_future_result_void_error_t spin_key_value_key_value_future_result_void_error_new(spin_key_value_key_value_future_result_void_error_writer_t *writer);
+service_waitable_status_t spin_key_value_key_value_future_result_void_error_read(spin_key_value_key_value_future_result_void_error_t reader, spin_key_value_key_value_result_void_error_t *buf);
+service_waitable_status_t spin_key_value_key_value_future_result_void_error_write(spin_key_value_key_value_future_result_void_error_writer_t writer, const spin_key_value_key_value_result_void_error_t *buf);
+service_waitable_status_t spin_key_value_key_value_future_result_void_error_cancel_read(spin_key_value_key_value_future_result_void_error_t reader);
+service_waitable_status_t spin_key_value_key_value_future_result_void_error_cancel_write(spin_key_value_key_value_future_result_void_error_writer_t writer);
+void spin_key_value_key_value_future_result_void_error_drop_readable(spin_key_value_key_value_future_result_void_error_t reader);
+void spin_key_value_key_value_future_result_void_error_drop_writable(spin_key_value_key_value_future_result_void_error_writer_t writer);
+
+
+void spin_variables_variables_error_free(spin_variables_variables_error_t *ptr);
+
+void spin_variables_variables_result_string_error_free(spin_variables_variables_result_string_error_t *ptr);
+
 void wasi_cli_stdout_result_void_error_code_free(wasi_cli_stdout_result_void_error_code_t *ptr);
 
 typedef uint32_t wasi_cli_stdout_stream_u8_writer_t;
@@ -1101,8 +1247,6 @@ void wasi_http_types_future_result_void_error_code_drop_writable(wasi_http_types
 void wasi_http_client_error_code_free(wasi_http_client_error_code_t *ptr);
 
 void wasi_http_client_result_own_response_error_code_free(wasi_http_client_result_own_response_error_code_t *ptr);
-
-void service_list_u8_free(service_list_u8_t *ptr);
 
 void exports_wasi_http_handler_error_code_free(exports_wasi_http_handler_error_code_t *ptr);
 

@@ -8,7 +8,7 @@ use hyper::{Request, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use crate::support::{App, PATIENCE, Upstream, assert_stopped_by_the_cpu_deadline, get, get_with, guest};
+use crate::support::{App, PATIENCE, Upstream, assert_stopped_by_the_cpu_deadline, call, get, get_with, guest, send};
 
 #[tokio::test]
 async fn a_wasi_0_3_component_is_served_beside_0_2_ones() {
@@ -68,4 +68,50 @@ async fn wasi_0_3_outbound_requests_go_only_where_the_manifest_allows() {
     let reply = get_with(&server.url("/fetch"), &[("x-fetch-url", &forbidden.url("/hello"))]).await;
     assert_eq!((reply.status, reply.body.as_str()), (StatusCode::BAD_GATEWAY, "error: HTTP-request-denied\n"));
     assert_eq!(forbidden.connections(), 0, "a denied request opens no connection");
+}
+
+/// Spin's `spin:key-value@3.0.0` and `spin:variables@3.0.0`, from the `kv-p3`
+/// guest, over the same store as the 0.2 `kv` guest's `fermyon:spin` calls.
+#[tokio::test]
+async fn spin_3_key_value_and_variables_serve_wasi_0_3_components() {
+    let app = App::from_manifest(&format!(
+        "spin_manifest_version = 2\n[application]\nname = \"kv3\"\n\
+         [variables]\ngreeting = {{ default = \"hi\" }}\n\
+         [[trigger.http]]\nroute = \"/kv/...\"\ncomponent = \"kv3\"\n\
+         [[trigger.http]]\nroute = \"/var/...\"\ncomponent = \"kv3\"\n\
+         [[trigger.http]]\nroute = \"/spin/...\"\ncomponent = \"kv2\"\n\
+         [component.kv3]\nsource = \"{}\"\nkey_value_stores = [\"default\"]\n\
+         [component.kv3.variables]\ngreeting = \"{{{{ greeting }}}} there\"\n\
+         [component.kv2]\nsource = \"{}\"\nkey_value_stores = [\"default\"]\n",
+        guest("kv-p3").display(),
+        guest("kv").display()
+    ));
+    let server = app.start(&[]);
+    let put = |key: &str, value: &str| {
+        let request = Request::put(server.url(&format!("/kv/{key}"))).header("x-value", value);
+        send(request.body(Full::new(Bytes::new())).unwrap())
+    };
+
+    assert_eq!(put("a", "one").await.body, "ok\n");
+    assert_eq!(get(&server.url("/kv/a")).await.body, "one");
+    assert_eq!(get(&server.url("/kv/nothing")).await.status, StatusCode::NOT_FOUND);
+    // One store, whichever interface wrote to it.
+    assert_eq!(get(&server.url("/spin/a")).await.body, "one");
+    assert_eq!(call("PUT", &server.url("/spin/b"), "two").await.status, StatusCode::OK);
+    assert_eq!(get(&server.url("/kv/b")).await.body, "two");
+    // The keys come through the get-keys stream.
+    assert_eq!(get(&server.url("/kv")).await.body, "a\nb\n");
+    assert_eq!(call("DELETE", &server.url("/kv/a"), "").await.body, "deleted\n");
+    assert_eq!(get(&server.url("/kv")).await.body, "b\n");
+
+    // A store the component was not granted.
+    let reply = get_with(&server.url("/kv/b"), &[("x-store", "other")]).await;
+    assert_eq!((reply.status, reply.body.as_str()), (StatusCode::FORBIDDEN, "error: access-denied\n"));
+
+    let reply = get(&server.url("/var/greeting")).await;
+    assert_eq!((reply.status, reply.body.as_str()), (StatusCode::OK, "hi there\n"));
+    let reply = get(&server.url("/var/nope")).await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    assert_eq!(reply.body, "undefined: component `kv3` has no variable `nope`\n");
+    assert_eq!(get(&server.url("/var/Bad")).await.status, StatusCode::BAD_REQUEST);
 }
