@@ -2,7 +2,7 @@
 """The dormouse benchmark suite: one command, peers and baselines in the same run.
 
     bench/run.py                    # every scenario, 3 rounds (about 30 min on 2 cores)
-    bench/run.py --only hello       # some scenarios: hello instantiate heavy density load services kv
+    bench/run.py --only hello       # some scenarios: hello instantiate heavy density load services kv wasi3
     bench/run.py --quick            # 1 round, short runs: for trying a change, not for results
 
 It builds dormouse and the native hyper hello server in release mode, installs
@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,7 +38,7 @@ RESULTS = BENCH / "results"
 WASMTIME_VERSION = "48.0.8"
 OHA_VERSION = "1.16.0"
 COMPONENTIZE_PY = "componentize-py==0.25.1"
-SCENARIOS = ["hello", "instantiate", "heavy", "density", "load", "services", "kv"]
+SCENARIOS = ["hello", "instantiate", "heavy", "density", "load", "services", "kv", "wasi3"]
 GUESTS = ROOT / "guests" / "wasm"
 
 
@@ -282,7 +283,7 @@ def scenario_instantiate(ctx):
         args += ["--warm-up-time", "1", "--measurement-time", "2"]
     run(args, cwd=ROOT)
     results = {}
-    for variant in ["pooling", "no-pooling"]:
+    for variant in ["pooling", "no-pooling", "wasi-0.3-pooling"]:
         estimates = json.loads((ROOT / "target/criterion/instantiate+handle+teardown" / variant / "new/estimates.json").read_text())
         results[variant] = {"median_us": estimates["median"]["point_estimate"] / 1000,
                             "mean_us": estimates["mean"]["point_estimate"] / 1000}
@@ -557,6 +558,46 @@ def scenario_kv(ctx):
     return {"in_process_us": in_process, "over_http": over_http}
 
 
+def scenario_wasi3(ctx):
+    """wasi:http 0.3 against 0.2 in one dormouse: the hello guests, and a
+    key-value get through Spin's 3.0.0 interface (`kv-p3`) against the same
+    get through fermyon:spin@2.0.0 (`kv`), on one SQLite store."""
+    directory = BUILD / "apps" / "wasi3"
+    if directory.exists():
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True)
+    (directory / "spin.toml").write_text(
+        'spin_manifest_version = 2\n[application]\nname = "wasi3"\n'
+        '[[trigger.http]]\nroute = "/p2"\ncomponent = "hello"\n'
+        '[[trigger.http]]\nroute = "/p3"\ncomponent = "hello-p3"\n'
+        '[[trigger.http]]\nroute = "/spin/..."\ncomponent = "kv"\n'
+        '[[trigger.http]]\nroute = "/kv/..."\ncomponent = "kv-p3"\n'
+        f'[component.hello]\nsource = "{GUESTS / "hello.wasm"}"\n'
+        f'[component.hello-p3]\nsource = "{GUESTS / "hello-p3.wasm"}"\n'
+        f'[component.kv]\nsource = "{GUESTS / "kv.wasm"}"\nkey_value_stores = ["default"]\n'
+        f'[component.kv-p3]\nsource = "{GUESTS / "kv-p3.wasm"}"\nkey_value_stores = ["default"]\n')
+    command = lambda p: [ctx["dormouse"], "up", "--from", directory, "--listen", f"127.0.0.1:{p}"]
+    cases = [("hello, wasi:http 0.2", "/p2"), ("hello, wasi:http 0.3", "/p3"),
+             ("kv get, fermyon:spin/key-value@2.0.0 (0.2)", "/spin/bench"),
+             ("kv get, spin:key-value@3.0.0 (0.3)", "/kv/bench")]
+    runs = {name: [] for name, _ in cases}
+    with Server(command, "/p2") as server:
+        server.ready()
+        base = f"http://127.0.0.1:{server.port}"
+        request = urllib.request.Request(base + "/spin/bench", data=b"v" * 100, method="PUT")
+        urllib.request.urlopen(request, timeout=10).read()
+        for _ in range(ctx["rounds"]):
+            for name, path in cases:
+                wrk_load(ctx["wrk"], base + path, 1, 1)
+                single = wrk_load(ctx["wrk"], base + path, 1, ctx["seconds"])
+                many = wrk_load(ctx["wrk"], base + path, 50, ctx["seconds"])
+                runs[name].append({"p50_us": single["p50_us"], "p99_us": single["p99_us"], "rps": many["rps"]})
+    results = {name: {"p50_us": median_of(r, "p50_us"), "p99_us": median_of(r, "p99_us"),
+                      "rps": median_of(r, "rps"), "runs": r} for name, r in runs.items()}
+    log("wasi3: " + ", ".join(f"{n} p50 {v['p50_us']:.0f} µs {v['rps']:.0f} req/s" for n, v in results.items()))
+    return results
+
+
 # --------------------------------------------------------------- report ----
 
 def machine():
@@ -598,7 +639,9 @@ def report(results, ctx):
     inst = results.get("instantiate")
     if inst:
         lines += ["## instantiate + handle + teardown (criterion, hello guest, in process)", "",
-                  "| allocator | median µs | mean µs |", "| --- | ---: | ---: |"]
+                  "`wasi-0.3-pooling` is the same greeting from a wasi:http 0.3 guest, on the engine with "
+                  "concurrency support.", "",
+                  "| variant | median µs | mean µs |", "| --- | ---: | ---: |"]
         for variant, values in inst.items():
             lines.append(f"| {variant} | {values['median_us']:.1f} | {values['mean_us']:.1f} |")
         lines.append("")
@@ -670,6 +713,15 @@ def report(results, ctx):
             for name, row in rows.items():
                 lines.append(f"| {backend} | {name} | {row['p50_us']:.0f} | {row['p99_us']:.0f} | {row['rps']:.0f} | "
                              f"{row['p50_us'] - base:+.0f} µs |")
+        lines.append("")
+    wasi3 = results.get("wasi3")
+    if wasi3:
+        lines += ["## wasi:http 0.3 against 0.2 (one dormouse, wrk)", "",
+                  "p50 and p99 at 1 connection, req/s at 50. The key-value rows read the same 100-byte value from "
+                  "the same SQLite store.", "",
+                  "| request | p50 µs | p99 µs | req/s |", "| --- | ---: | ---: | ---: |"]
+        for name, row in wasi3.items():
+            lines.append(f"| {name} | {row['p50_us']:.0f} | {row['p99_us']:.0f} | {row['rps']:.0f} |")
         lines.append("")
     if goals:
         table = ["## goals", "", "| measure | goal | measured | met |", "| --- | --- | ---: | --- |"]
