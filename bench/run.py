@@ -242,6 +242,20 @@ def median_of(runs, key):
     return statistics.median(r[key] for r in runs)
 
 
+def one_and_fifty(ctx, url, method="GET", body=None):
+    """p50 and p99 at 1 connection and req/s at 50 (after a 1 s warm-up)."""
+    wrk_load(ctx["wrk"], url, 1, 1, method, body)
+    single = wrk_load(ctx["wrk"], url, 1, ctx["seconds"], method, body)
+    many = wrk_load(ctx["wrk"], url, 50, ctx["seconds"], method, body)
+    return {"p50_us": single["p50_us"], "p99_us": single["p99_us"], "rps": many["rps"]}
+
+
+def medians(runs):
+    """Per name, the median of each `one_and_fifty` figure over the rounds."""
+    return {name: {"p50_us": median_of(r, "p50_us"), "p99_us": median_of(r, "p99_us"),
+                   "rps": median_of(r, "rps"), "runs": r} for name, r in runs.items()}
+
+
 # ------------------------------------------------------------- scenarios ----
 
 def hello_contenders(ctx, name):
@@ -544,12 +558,8 @@ def scenario_kv(ctx):
                     for name, url, method, body in [("no store call", base + "/none/bench", "GET", None),
                                                     ("set", base + "/spin/bench", "PUT", value),
                                                     ("get", base + "/spin/bench", "GET", None)]:
-                        wrk_load(ctx["wrk"], url, 1, 1, method, body)
-                        single = wrk_load(ctx["wrk"], url, 1, ctx["seconds"], method, body)
-                        many = wrk_load(ctx["wrk"], url, 50, ctx["seconds"], method, body)
-                        runs[name].append({"p50_us": single["p50_us"], "p99_us": single["p99_us"], "rps": many["rps"]})
-            over_http[backend] = {name: {"p50_us": median_of(r, "p50_us"), "p99_us": median_of(r, "p99_us"),
-                                         "rps": median_of(r, "rps"), "runs": r} for name, r in runs.items()}
+                        runs[name].append(one_and_fifty(ctx, url, method, body))
+            over_http[backend] = medians(runs)
             log(f"kv over HTTP, {backend}: " + ", ".join(
                 f"{n} p50 {v['p50_us']:.0f} µs {v['rps']:.0f} req/s" for n, v in over_http[backend].items()))
     finally:
@@ -588,12 +598,8 @@ def scenario_wasi3(ctx):
         urllib.request.urlopen(request, timeout=10).read()
         for _ in range(ctx["rounds"]):
             for name, path in cases:
-                wrk_load(ctx["wrk"], base + path, 1, 1)
-                single = wrk_load(ctx["wrk"], base + path, 1, ctx["seconds"])
-                many = wrk_load(ctx["wrk"], base + path, 50, ctx["seconds"])
-                runs[name].append({"p50_us": single["p50_us"], "p99_us": single["p99_us"], "rps": many["rps"]})
-    results = {name: {"p50_us": median_of(r, "p50_us"), "p99_us": median_of(r, "p99_us"),
-                      "rps": median_of(r, "rps"), "runs": r} for name, r in runs.items()}
+                runs[name].append(one_and_fifty(ctx, base + path))
+    results = medians(runs)
     log("wasi3: " + ", ".join(f"{n} p50 {v['p50_us']:.0f} µs {v['rps']:.0f} req/s" for n, v in results.items()))
     return results
 

@@ -14,6 +14,7 @@ use crate::bindings::wasi::keyvalue0_2_0_draft as draft;
 use crate::bindings::wasi::keyvalue0_2_0_draft2 as draft2;
 use crate::bindings::wasi3::spin::key_value::key_value as spin3;
 use crate::caps::{Caps, CapsView};
+use crate::ctx::RequestCtx;
 
 /// An open store, as a guest holds it.
 pub struct Bucket {
@@ -344,16 +345,13 @@ impl spin2::HostStore for CapsView<'_> {
 /// `spin:key-value@3.0.0`: the same operations as 2.0.0, as `async func`s.
 /// The store is looked up with the event loop's data, and the operation runs
 /// without it, so other tasks of the component may run meanwhile.
-impl spin3::HostStoreWithStore<crate::ctx::RequestCtx> for Caps {
-    async fn open(
-        accessor: &Accessor<crate::ctx::RequestCtx, Self>,
-        label: String,
-    ) -> Outcome<Resource<Bucket>, spin3::Error> {
+impl spin3::HostStoreWithStore<RequestCtx> for Caps {
+    async fn open(accessor: &Accessor<RequestCtx, Self>, label: String) -> Outcome<Resource<Bucket>, spin3::Error> {
         accessor.with(|mut access| Ok(access.get().open(&label)?.map_err(Into::into)))
     }
 
     async fn get(
-        accessor: &Accessor<crate::ctx::RequestCtx, Self>,
+        accessor: &Accessor<RequestCtx, Self>,
         store: Resource<Bucket>,
         key: String,
     ) -> Outcome<Option<Vec<u8>>, spin3::Error> {
@@ -361,7 +359,7 @@ impl spin3::HostStoreWithStore<crate::ctx::RequestCtx> for Caps {
     }
 
     async fn set(
-        accessor: &Accessor<crate::ctx::RequestCtx, Self>,
+        accessor: &Accessor<RequestCtx, Self>,
         store: Resource<Bucket>,
         key: String,
         value: Vec<u8>,
@@ -370,7 +368,7 @@ impl spin3::HostStoreWithStore<crate::ctx::RequestCtx> for Caps {
     }
 
     async fn delete(
-        accessor: &Accessor<crate::ctx::RequestCtx, Self>,
+        accessor: &Accessor<RequestCtx, Self>,
         store: Resource<Bucket>,
         key: String,
     ) -> Outcome<(), spin3::Error> {
@@ -378,7 +376,7 @@ impl spin3::HostStoreWithStore<crate::ctx::RequestCtx> for Caps {
     }
 
     async fn exists(
-        accessor: &Accessor<crate::ctx::RequestCtx, Self>,
+        accessor: &Accessor<RequestCtx, Self>,
         store: Resource<Bucket>,
         key: String,
     ) -> Outcome<bool, spin3::Error> {
@@ -389,7 +387,7 @@ impl spin3::HostStoreWithStore<crate::ctx::RequestCtx> for Caps {
     /// over as fast as the guest reads, and the future reports a failed listing
     /// (with an empty stream).
     async fn get_keys(
-        accessor: &Accessor<crate::ctx::RequestCtx, Self>,
+        accessor: &Accessor<RequestCtx, Self>,
         store: Resource<Bucket>,
     ) -> wasmtime::Result<(StreamReader<String>, FutureReader<Result<(), spin3::Error>>)> {
         let listed = run::<_, spin3::Error>(store_of(accessor, &store)?.all_keys()).await?;
@@ -404,7 +402,7 @@ impl spin3::HostStoreWithStore<crate::ctx::RequestCtx> for Caps {
         })
     }
 
-    fn drop(mut access: Access<'_, crate::ctx::RequestCtx, Self>, store: Resource<Bucket>) -> wasmtime::Result<()> {
+    fn drop(mut access: Access<'_, RequestCtx, Self>, store: Resource<Bucket>) -> wasmtime::Result<()> {
         access.get().table.delete(store)?;
         Ok(())
     }
@@ -415,6 +413,6 @@ impl spin3::HostStore for CapsView<'_> {}
 impl spin3::Host for CapsView<'_> {}
 
 /// The store behind a guest's handle, read through the event loop's data.
-fn store_of(accessor: &Accessor<crate::ctx::RequestCtx, Caps>, bucket: &Resource<Bucket>) -> wasmtime::Result<Store> {
+fn store_of(accessor: &Accessor<RequestCtx, Caps>, bucket: &Resource<Bucket>) -> wasmtime::Result<Store> {
     accessor.with(|mut access| access.get().store(bucket))
 }

@@ -141,9 +141,7 @@ pub struct Host {
 
 struct Shared {
     /// WASI 0.2 components.
-    engine: Engine,
-    linker: Linker<RequestCtx>,
-    cache: CompileCache,
+    wasi2: Runtime,
     /// WASI 0.3 components, on an engine of their own made on first use.
     wasi3: std::sync::Mutex<Option<Arc<Runtime>>>,
     config: HostConfig,
@@ -196,6 +194,18 @@ impl Runtime {
         let cache = CompileCache::new(&engine, config.cache_dir.clone());
         Ok(Runtime { engine, linker, cache })
     }
+
+    /// Links `component` against everything this runtime provides.
+    fn instantiate_pre(
+        &self,
+        id: &str,
+        source: &Path,
+        component: &Component,
+    ) -> anyhow::Result<wasmtime::component::InstancePre<RequestCtx>> {
+        self.linker.instantiate_pre(component).map_err(anyhow::Error::from).with_context(|| {
+            format!("component `{id}` (`{}`) imports something dormouse does not provide", source.display())
+        })
+    }
 }
 
 /// A pre-instantiated component of either `wasi:http` generation.
@@ -216,8 +226,8 @@ impl Host {
         anyhow::ensure!(config.max_instances > 0, "the instance limit must be at least 1");
 
         let instances = config.max_instances;
-        let Runtime { engine, linker, cache } = Runtime::new(&config, false)?;
-        let ticker = EpochTicker::start(&engine);
+        let wasi2 = Runtime::new(&config, false)?;
+        let ticker = EpochTicker::start(&wasi2.engine);
         let shared = Shared {
             instances: Arc::new(Semaphore::new(instances as usize)),
             waiting: AtomicUsize::new(0),
@@ -225,9 +235,7 @@ impl Host {
             ticker,
             loaded: Default::default(),
             outbound: Default::default(),
-            engine,
-            linker,
-            cache,
+            wasi2,
             wasi3: Default::default(),
             config,
         };
@@ -239,7 +247,7 @@ impl Host {
     }
 
     pub fn engine(&self) -> &Engine {
-        &self.shared.engine
+        &self.shared.wasi2.engine
     }
 
     /// The WASI 0.3 runtime, made (and ticked) on first use.
@@ -290,25 +298,29 @@ impl Host {
                 let cannot_compile = |error: anyhow::Error| {
                     error.context(format!("component `{}`: cannot compile `{}`", spec.id, spec.source.display()))
                 };
-                let compiled = self.shared.cache.load_or_compile(&self.shared.engine, &content, &read);
+                let wasi2 = &self.shared.wasi2;
+                let compiled = wasi2.cache.load_or_compile(&wasi2.engine, &content, &read);
                 // A component that uses the component model's async features
                 // (wasi:http 0.3, Spin's `spin:*@3.0.0` interfaces) fails
                 // validation on the 0.2 engine, and goes to the 0.3 one.
                 let wasi3 =
                     matches!(&compiled, Err(error) if format!("{error:#}").contains("component model async feature"));
-                let loaded;
-                let pre = if wasi3 {
+                let (wasi3, component, outcome) = if wasi3 {
                     let runtime = self.wasi3()?;
                     let (component, outcome) =
                         runtime.cache.load_or_compile(&runtime.engine, &content, &read).map_err(cannot_compile)?;
-                    loaded = (Instant::now(), outcome);
-                    Pre::Wasi3(p3::pre_instantiate(&runtime, &spec.id, &spec.source, &component)?, runtime)
+                    (Some(runtime), component, outcome)
                 } else {
                     let (component, outcome) = compiled.map_err(cannot_compile)?;
-                    loaded = (Instant::now(), outcome);
-                    Pre::Wasi2(self.pre_instantiate(&spec.id, &spec.source, &component)?)
+                    (None, component, outcome)
                 };
-                let (loaded, outcome) = loaded;
+                let loaded = Instant::now();
+                let pre = match wasi3 {
+                    None => Pre::Wasi2(proxy_pre(wasi2, &spec.id, &spec.source, &component)?),
+                    Some(runtime) => {
+                        Pre::Wasi3(p3::service_pre(&runtime, &spec.id, &spec.source, &component)?, runtime)
+                    }
+                };
                 tracing::debug!(id = %spec.id, "pre-instantiated in {:.1?}", loaded.elapsed());
                 self.shared.loaded.lock().expect("not poisoned").insert(content, pre.clone());
                 (pre, outcome)
@@ -326,19 +338,21 @@ impl Host {
         };
         Ok(ComponentPre { pre, caps: Arc::new(caps), shared: self.shared.clone() })
     }
+}
 
-    fn pre_instantiate(&self, id: &str, source: &Path, component: &Component) -> anyhow::Result<ProxyPre<RequestCtx>> {
-        let instance_pre =
-            self.shared.linker.instantiate_pre(component).map_err(anyhow::Error::from).with_context(|| {
-                format!("component `{id}` (`{}`) imports something dormouse does not provide", source.display())
-            })?;
-        ProxyPre::new(instance_pre).map_err(anyhow::Error::from).with_context(|| {
-            format!(
-                "component `{id}` (`{}`) is not a wasi:http/proxy component: it must export `wasi:http/incoming-handler@0.2.x`",
-                source.display()
-            )
-        })
-    }
+/// A WASI 0.2 component, linked and checked for the `wasi:http/proxy` export.
+fn proxy_pre(
+    runtime: &Runtime,
+    id: &str,
+    source: &Path,
+    component: &Component,
+) -> anyhow::Result<ProxyPre<RequestCtx>> {
+    ProxyPre::new(runtime.instantiate_pre(id, source, component)?).map_err(anyhow::Error::from).with_context(|| {
+        format!(
+            "component `{id}` (`{}`) is not a wasi:http/proxy component: it must export `wasi:http/incoming-handler@0.2.x`",
+            source.display()
+        )
+    })
 }
 
 /// Slots of the pooling allocator, sized from the instance limit, and tuned so
@@ -491,7 +505,7 @@ impl ComponentPre {
         let ticking = self.shared.ticker.enter();
 
         let engine = match &self.pre {
-            Pre::Wasi2(_) => &self.shared.engine,
+            Pre::Wasi2(_) => &self.shared.wasi2.engine,
             Pre::Wasi3(_, runtime) => &runtime.engine,
         };
         let mut store = Store::new(engine, RequestCtx::new(&self.caps, config.memory_limit, hops));

@@ -24,16 +24,14 @@ use crate::ctx::RequestCtx;
 /// Response body frames as the store's event loop produces them.
 pub(crate) type Frames = mpsc::Receiver<Result<Frame<Bytes>, BodyError>>;
 
-pub(crate) fn pre_instantiate(
+/// A WASI 0.3 component, linked and checked for the `wasi:http/handler` export.
+pub(crate) fn service_pre(
     runtime: &Runtime,
     id: &str,
     source: &Path,
     component: &Component,
 ) -> anyhow::Result<ServicePre<RequestCtx>> {
-    let instance_pre = runtime.linker.instantiate_pre(component).map_err(anyhow::Error::from).with_context(|| {
-        format!("component `{id}` (`{}`) imports something dormouse does not provide", source.display())
-    })?;
-    ServicePre::new(instance_pre).map_err(anyhow::Error::from).with_context(|| {
+    ServicePre::new(runtime.instantiate_pre(id, source, component)?).map_err(anyhow::Error::from).with_context(|| {
         format!(
             "component `{id}` (`{}`) is not a wasi:http component: it must export `wasi:http/handler@0.3.0` \
              (or `wasi:http/incoming-handler@0.2.x`)",

@@ -9,6 +9,7 @@ use crate::bindings::fermyon::spin::variables as spin2;
 use crate::bindings::wasi::config::store as config_draft;
 use crate::bindings::wasi3::spin::variables::variables as spin3;
 use crate::caps::{Caps, CapsView, ComponentCaps};
+use crate::ctx::RequestCtx;
 
 /// Why Spin's `get` found no value (the same in 2.0.0 and 3.0.0).
 enum Missing {
@@ -40,9 +41,9 @@ impl spin2::Host for CapsView<'_> {
     }
 }
 
-impl spin3::HostWithStore<crate::ctx::RequestCtx> for Caps {
+impl spin3::HostWithStore<RequestCtx> for Caps {
     async fn get(
-        accessor: &Accessor<crate::ctx::RequestCtx, Self>,
+        accessor: &Accessor<RequestCtx, Self>,
         name: String,
     ) -> wasmtime::Result<Result<String, spin3::Error>> {
         Ok(accessor.with(|mut access| lookup(access.get().caps, &name)).map_err(|missing| match missing {
