@@ -24,7 +24,19 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve an application (a Spin manifest) until interrupted.
-    Up(up::UpArgs),
+    Up(Box<up::UpArgs>),
+    /// Internal: the parent of every service process, which kills them when
+    /// dormouse is gone (see `dormouse_supervisor::spawn::helper_main`).
+    #[command(name = "__process-helper", hide = true)]
+    ProcessHelper { run_dir: Option<std::path::PathBuf> },
+}
+
+/// The process helper: this very binary (`/proc/self/exe` in the child is
+/// the same file, even if it was replaced on disk since).
+pub(crate) fn helper_command() -> std::process::Command {
+    let mut command = std::process::Command::new("/proc/self/exe");
+    command.arg("__process-helper");
+    command
 }
 
 fn main() -> ExitCode {
@@ -41,7 +53,16 @@ fn main() -> ExitCode {
         .init();
 
     let result = match cli.command {
-        Command::Up(args) => up::run(args),
+        Command::Up(args) => up::run(*args),
+        Command::ProcessHelper { run_dir } => {
+            return match dormouse_supervisor::spawn::helper_main(run_dir.as_deref()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("error: process helper: {error}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
     };
     match result {
         Ok(code) => code,

@@ -37,16 +37,17 @@ pub struct UpArgs {
     #[arg(long)]
     state_dir: Option<PathBuf>,
     /// Linear memory per instance (at most 1 GiB).
-    #[arg(long, default_value = "128MiB")]
+    #[arg(long, default_value = "128MiB", value_parser = positive_size)]
     memory_limit: ByteSize,
     /// Guest CPU time per request; past it the request gets 500.
-    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = positive_duration)]
     cpu_limit: Duration,
-    /// Wall-clock time per request; past it the request gets 504.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    /// Wall-clock time per request, to components and services; past it the
+    /// request gets 504.
+    #[arg(long, default_value = "30s", value_parser = positive_duration)]
     timeout: Duration,
     /// Instances alive at once.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
     max_instances: u32,
     /// Requests that may wait for an instance; past it 503 + Retry-After.
     #[arg(long, default_value_t = 1000)]
@@ -55,14 +56,21 @@ pub struct UpArgs {
     #[arg(long, default_value = "10MiB")]
     max_body: ByteSize,
     /// Longest URL (path and query); longer gets 414.
-    #[arg(long, default_value = "8KiB")]
+    #[arg(long, default_value = "8KiB", value_parser = positive_size)]
     max_url: ByteSize,
     /// Largest header section; larger gets 431.
-    #[arg(long, default_value = "32KiB")]
+    #[arg(long, default_value = "32KiB", value_parser = positive_size)]
     max_headers: ByteSize,
-    /// Time a client has to send a request head.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    /// Time a client has to send a request head (and a new connection its
+    /// first request); past it the connection is closed.
+    #[arg(long, default_value = "10s", value_parser = positive_duration)]
     header_timeout: Duration,
+    /// How long a connection with no request in flight may stay silent.
+    #[arg(long, default_value = "60s", value_parser = positive_duration)]
+    idle_timeout: Duration,
+    /// Connections open at once; more wait in the listen backlog.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
     /// How long shutdown waits for in-flight requests.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
@@ -72,6 +80,24 @@ pub struct UpArgs {
     /// Compile every component on start, reading and writing no cache.
     #[arg(long, conflicts_with = "cache_dir")]
     no_cache: bool,
+}
+
+/// A duration above zero: a zero timeout or budget would refuse everything.
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(duration) if duration.is_zero() => Err("must be more than 0".to_owned()),
+        Ok(duration) => Ok(duration),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
+/// A size above zero.
+fn positive_size(text: &str) -> Result<ByteSize, String> {
+    match text.parse::<ByteSize>() {
+        Ok(size) if size.as_u64() == 0 => Err("must be more than 0".to_owned()),
+        Ok(size) => Ok(size),
+        Err(error) => Err(error),
+    }
 }
 
 fn parse_key_value(text: &str) -> Result<(String, String), String> {
@@ -107,6 +133,8 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     };
     let gateway_config = GatewayConfig {
         header_read_timeout: args.header_timeout,
+        idle_timeout: args.idle_timeout,
+        max_connections: args.max_connections as usize,
         max_url_bytes: usize::try_from(args.max_url.as_u64()).context("URL limit too large")?,
         max_header_bytes: usize::try_from(args.max_headers.as_u64()).context("header limit too large")?,
         max_body_bytes: args.max_body.as_u64(),
@@ -129,17 +157,39 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let host = Host::new(host_config)?;
     let components = load_components(&host, &prepared)?;
     let allowed_hosts = prepared.components.iter().map(|c| (c.spec.id.clone(), c.allowed_hosts.clone())).collect();
-    let supervisor = Arc::new(dormouse_supervisor::Supervisor::new(app.services.values().cloned()));
+    let supervisor = {
+        // The process helper's socket is read by a task on this runtime.
+        let _runtime = runtime.enter();
+        Arc::new(dormouse_supervisor::Supervisor::new(app.services.values().cloned(), Some(crate::helper_command())))
+    };
     let gateway = Gateway::new(&app, components, allowed_hosts, supervisor.clone(), host, gateway_config)?;
 
     runtime.block_on(async move {
+        let mut signals = Signals::install()?;
         supervisor.start();
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let address = listener.local_addr()?;
         print_banner(&app, address);
-        let drained = gateway.serve(listener, shutdown_signal()).await;
+        // The first signal drains; a second one exits at once, killing every
+        // service instance first.
+        let (first_tx, first_rx) = tokio::sync::oneshot::channel();
+        let on_second = supervisor.clone();
+        tokio::spawn(async move {
+            let name = signals.recv().await;
+            tracing::info!("{name}: shutting down: draining in-flight requests (again to exit at once)");
+            let _ = first_tx.send(());
+            let name = signals.recv().await;
+            tracing::warn!("{name} again: exiting without draining");
+            on_second.kill_now();
+            std::process::exit(1);
+        });
+        let drained = gateway
+            .serve(listener, async {
+                let _ = first_rx.await;
+            })
+            .await;
         supervisor.shutdown().await;
         if drained {
             tracing::info!("stopped");
@@ -201,13 +251,38 @@ fn print_banner(app: &App, address: SocketAddr) {
     }
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing the SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
+/// The signals that end dormouse, each after a drain: every one whose
+/// default action would end the process, but SIGKILL and the faults (SIGKILL
+/// is handled by the reaper, which kills the services).
+struct Signals(Vec<(&'static str, tokio::signal::unix::Signal)>);
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let kinds = [
+            ("SIGINT", SignalKind::interrupt()),
+            ("SIGTERM", SignalKind::terminate()),
+            ("SIGHUP", SignalKind::hangup()),
+            ("SIGQUIT", SignalKind::quit()),
+            ("SIGUSR1", SignalKind::user_defined1()),
+            ("SIGUSR2", SignalKind::user_defined2()),
+            ("SIGALRM", SignalKind::alarm()),
+        ];
+        let mut signals = Vec::with_capacity(kinds.len());
+        for (name, kind) in kinds {
+            signals.push((name, signal(kind).with_context(|| format!("cannot handle {name}"))?));
+        }
+        Ok(Signals(signals))
     }
-    tracing::info!("shutting down: draining in-flight requests");
+
+    /// The name of the next signal that arrives.
+    async fn recv(&mut self) -> &'static str {
+        let waits = self.0.iter_mut().map(|(name, signal)| {
+            Box::pin(async move {
+                signal.recv().await;
+                *name
+            })
+        });
+        futures_util::future::select_all(waits).await.0
+    }
 }

@@ -6,6 +6,7 @@
 //! error response from `rescue`; the gateway itself runs no guest code and
 //! holds no per-request state after the response body ends.
 
+mod conn;
 mod limits;
 mod outbound;
 mod proxy;
@@ -21,26 +22,39 @@ use std::time::Duration;
 use bytes::Bytes;
 use dormouse_manifest::model::Target;
 use dormouse_manifest::{AllowedHosts, App};
-use dormouse_supervisor::Supervisor;
+use dormouse_supervisor::{Supervisor, WakeError};
 use dormouse_wasm_host::{ComponentPre, GuardedBody, GuestError, HandleError, Host, WasiBody, WasiHttpError};
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{Either, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio_util::task::TaskTracker;
 
+pub use limits::Rejection;
 pub use outbound::{Destination, OutboundConfig};
-pub use router::{RouteEntry, Router, Slot};
+pub use router::{RouteEntry, Router, Slot, normalize_path};
 
 /// The path Spin's health check answers on.
 pub const HEALTH_PATH: &str = "/.well-known/spin/health";
 /// The path that reports services' states as JSON.
 pub const SERVICES_PATH: &str = "/.well-known/dormouse/services";
 
-/// Request limits and timeouts of the front. Defaults are DESIGN.md's.
+/// Request limits and timeouts of the front. Defaults are DESIGN.md's. They
+/// hold for requests to components and to services alike; the wall-clock
+/// limit of a request is the host's (`HostConfig::wall_limit`).
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
-    /// Time a client has to send a complete request head. Default 10 s.
+    /// Time a client has to send a complete request head, and a new
+    /// connection its first request. Default 10 s; past it the connection is
+    /// closed.
     pub header_read_timeout: Duration,
+    /// How long a connection with no request in flight may move no bytes
+    /// before it is closed (HTTP/1.1 keep-alive and HTTP/2 alike). Default
+    /// 60 s; each open connection costs a file descriptor and ~10 KiB.
+    pub idle_timeout: Duration,
+    /// Connections open at once; past it new ones wait in the listen backlog.
+    /// Default 10,000; keep it below the process's file descriptor limit.
+    pub max_connections: usize,
     /// Longest path and query. Default 8 KiB; longer gets 414.
     pub max_url_bytes: usize,
     /// Largest header section (names, values, and 4 bytes a line). Default
@@ -58,6 +72,8 @@ impl Default for GatewayConfig {
     fn default() -> Self {
         GatewayConfig {
             header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
             max_url_bytes: 8 << 10,
             max_header_bytes: 32 << 10,
             max_body_bytes: 10 << 20,
@@ -67,7 +83,14 @@ impl Default for GatewayConfig {
     }
 }
 
-pub type ResponseBody = Either<Either<limits::CheckedResponse<GuardedBody>, proxy::LeasedBody>, Full<Bytes>>;
+pub type ResponseBody =
+    Either<Either<limits::CheckedResponse<GuardedBody>, limits::CheckedResponse<proxy::LeasedBody>>, Full<Bytes>>;
+
+/// HTTP/1.1 header lines allowed per byte of the header limit: one per 32
+/// bytes (1,024 lines at the 32 KiB default). hyper's own cap is 100 lines,
+/// far below the byte limit; a larger cap costs hyper a larger (uninitialised)
+/// index array per request.
+const HEADER_BYTES_PER_LINE: usize = 32;
 
 pub struct Gateway {
     router: Router,
@@ -76,6 +99,9 @@ pub struct Gateway {
     backends: proxy::BackendClient,
     host: Host,
     config: GatewayConfig,
+    /// Upgraded connections to services (WebSocket and the like), which the
+    /// shutdown drain waits for like requests in flight.
+    upgrades: TaskTracker,
     /// The address the gateway serves on, once it does: in-process requests
     /// report it as their client address.
     local_addr: std::sync::OnceLock<SocketAddr>,
@@ -119,6 +145,7 @@ impl Gateway {
                 backends: proxy::client(),
                 host,
                 config,
+                upgrades: TaskTracker::new(),
                 local_addr: Default::default(),
             }
         });
@@ -132,31 +159,49 @@ impl Gateway {
 
     /// Serves connections from `listener` until `shutdown` resolves, then
     /// stops accepting and waits up to the drain timeout for in-flight
-    /// requests and guests. Returns whether everything drained in time.
+    /// requests, guests and upgraded connections. Returns whether everything
+    /// drained in time.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) -> bool {
         let local_addr = listener.local_addr().ok();
         if let Some(addr) = local_addr {
             let _ = self.local_addr.set(addr);
         }
+        let config = &self.config;
         let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(self.config.header_read_timeout)
+            .header_read_timeout(config.header_read_timeout)
+            .max_headers((config.max_header_bytes / HEADER_BYTES_PER_LINE).max(100))
             // Room for the URL and header limits below, so that those answer
             // 414 and 431 with a reason; hyper answers 431 past this.
-            .max_buf_size((self.config.max_url_bytes + self.config.max_header_bytes + 1024).max(8192));
+            .max_buf_size((config.max_url_bytes + config.max_header_bytes + 1024).max(8192));
+        // HPACK counts 32 bytes more per field than the wire does: twice the
+        // limit lets `limits::check_head` measure it as for HTTP/1.1 and
+        // answer 431 with a reason.
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(config.max_header_bytes.saturating_mul(2)).unwrap_or(u32::MAX));
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let connections = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
+        let mut accept_errors = conn::AcceptErrors::default();
+        let (header_timeout, idle_timeout) = (config.header_read_timeout, config.idle_timeout);
         tokio::pin!(shutdown);
 
         loop {
+            // A place first: at the cap, connections wait in the backlog.
+            let permit = tokio::select! {
+                permit = connections.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+                () = &mut shutdown => break,
+            };
             let (stream, client) = tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok(pair) => pair,
                     Err(error) => {
                         // Out of file descriptors and the like: keep serving
                         // the connections we have, try again shortly.
-                        tracing::warn!("accept failed: {error}");
+                        accept_errors.record(&error);
                         tokio::time::sleep(Duration::from_millis(10)).await;
                         continue;
                     }
@@ -166,16 +211,30 @@ impl Gateway {
             // Responses are written in one go by hyper; Nagle would only delay
             // the last segment of each.
             let _ = stream.set_nodelay(true);
+            let activity = conn::Activity::new();
             let gateway = self.clone();
+            let requests = activity.clone();
             let service = hyper::service::service_fn(move |request| {
+                let in_flight = requests.request();
                 let gateway = gateway.clone();
-                async move { Ok::<_, Infallible>(gateway.handle(request, client, local_addr).await) }
+                async move {
+                    let response = gateway.handle(request, client, local_addr).await;
+                    drop(in_flight);
+                    Ok::<_, Infallible>(response)
+                }
             });
-            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+            let io = TokioIo::new(conn::Tracked::new(stream, activity.clone()));
+            let connection = builder.serve_connection_with_upgrades(io, service).into_owned();
             let connection = graceful.watch(connection);
             tokio::spawn(async move {
-                if let Err(error) = connection.await {
-                    tracing::debug!(%client, "connection ended: {error}");
+                let _place = permit;
+                tokio::select! {
+                    ended = connection => if let Err(error) = ended {
+                        tracing::debug!(%client, "connection ended: {error}");
+                    },
+                    () = conn::idle(&activity, header_timeout, idle_timeout) => {
+                        tracing::debug!(%client, "connection closed: idle past its timeout");
+                    }
                 }
             });
         }
@@ -185,7 +244,8 @@ impl Gateway {
             graceful.shutdown().await;
             let tasks = self.host.tasks();
             tasks.close();
-            tasks.wait().await;
+            self.upgrades.close();
+            tokio::join!(tasks.wait(), self.upgrades.wait());
         };
         tokio::time::timeout(self.config.drain_timeout, drain).await.is_ok()
     }
@@ -198,7 +258,7 @@ impl Gateway {
     ) -> Response<ResponseBody>
     where
         B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
-        B::Error: Into<WasiHttpError> + Into<proxy::BoxError>,
+        B::Error: Into<WasiHttpError>,
     {
         let path = request.uri().path();
         if path == HEALTH_PATH {
@@ -211,8 +271,21 @@ impl Gateway {
             return response;
         }
         if let Err(rejection) = limits::check_head(&request, &self.config) {
-            return rejection.response();
+            return rescue(Failure::Limit(rejection));
         }
+        // Dot segments are resolved before routing, and the request goes on
+        // as routed: `/app/../admin` is `/admin` for the router and the app.
+        if let Some(normalized) = normalize_path(path) {
+            let uri = match request.uri().query() {
+                Some(query) => format!("{normalized}?{query}"),
+                None => normalized.into_owned(),
+            };
+            match uri.parse() {
+                Ok(uri) => *request.uri_mut() = uri,
+                Err(_) => return rescue(Failure::Limit(Rejection::BadRequest("invalid request target"))),
+            }
+        }
+        let path = request.uri().path();
         let Some((entry, matched)) = self.router.route(path) else {
             return empty(StatusCode::NOT_FOUND);
         };
@@ -220,7 +293,7 @@ impl Gateway {
             Slot::Component(index) => &self.components[index],
             Slot::Service(index) => {
                 let service = &self.supervisor.services()[index];
-                return proxy::forward(&self.backends, service, request).await;
+                return proxy::forward(self, service, request, client).await;
             }
         };
         let headers = spin::request_headers(&request, Some((entry, &matched)), client, local);
@@ -242,7 +315,7 @@ impl Gateway {
                 let Some(component) = self.components.iter().find(|component| component.id() == id) else {
                     // dormouse's addition to service chaining: a service by id.
                     return match self.supervisor.services().iter().find(|service| service.config().id == id) {
-                        Some(service) => proxy::forward(&self.backends, service, request).await,
+                        Some(service) => proxy::forward(self, service, request, client).await,
                         None => plain(StatusCode::NOT_FOUND, &format!("no component or service `{id}` in this app\n")),
                     };
                 };
@@ -270,36 +343,86 @@ impl Gateway {
         B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<WasiHttpError>,
     {
-        let (request, over_limit) = limits::limit_body(request, self.config.max_body_bytes);
-        // A guest that read past the limit before it answered answered a
-        // truncated request: whatever it said, the client gets 413.
+        let limit = self.config.max_body_bytes;
+        let (request, fault) = limits::limit_body(request, limit);
+        // A guest that read past the limit (or a body that broke off) before
+        // it answered answered a request it never saw whole: whatever it
+        // said, the client gets 413 (or 400).
         match component.handle(request).await {
-            _ if over_limit.tripped() => limits::Rejection::BodyTooLarge(self.config.max_body_bytes).response(),
-            Ok(response) => {
-                response.map(|body| Either::Left(Either::Left(limits::CheckedResponse::new(body, over_limit))))
+            _ if fault.rejection(limit).is_some() => {
+                rescue(Failure::Limit(fault.rejection(limit).expect("checked in the guard")))
             }
-            Err(error) => rescue(component.id(), &error),
+            Ok(response) => response.map(|body| Either::Left(Either::Left(limits::CheckedResponse::new(body, fault)))),
+            Err(error) => rescue(Failure::Component(component.id(), &error)),
         }
     }
 }
 
-/// The one place a failed request becomes a response, and is logged.
-pub fn rescue(component: &str, error: &HandleError) -> Response<ResponseBody> {
-    match error {
-        HandleError::Overloaded(_) => {
-            tracing::warn!(component, "{error}");
-            let mut response =
-                plain(StatusCode::SERVICE_UNAVAILABLE, "overloaded: all instances are busy, retry shortly\n");
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            response
+/// Why a request got no response from its component or service.
+pub enum Failure<'a> {
+    /// A limit or a malformed request: the client's doing, 4xx.
+    Limit(Rejection),
+    Component(&'a str, &'a HandleError),
+    Wake(&'a WakeError),
+    /// The service broke the connection or answered nonsense.
+    Hop {
+        service: &'a str,
+        error: &'a dyn std::fmt::Display,
+    },
+    /// The wall-clock limit passed before the service answered.
+    ServiceTimeout {
+        service: &'a str,
+        limit: Duration,
+    },
+}
+
+/// The one place a failed request becomes a response, and is logged: the
+/// status names whose fault it is (4xx the client's, 500 the component's,
+/// 502 the service's, 503 capacity with `Retry-After`, 504 time).
+pub fn rescue(failure: Failure<'_>) -> Response<ResponseBody> {
+    let retry = |mut response: Response<ResponseBody>, seconds: u64| {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+        response
+    };
+    match failure {
+        Failure::Limit(rejection) => {
+            tracing::debug!("refused: {rejection:?}");
+            rejection.response()
         }
-        HandleError::Guest(GuestError::Timeout(limit)) => {
+        Failure::Component(component, error @ HandleError::Overloaded(_)) => {
+            tracing::warn!(component, "{error}");
+            let response =
+                plain(StatusCode::SERVICE_UNAVAILABLE, "overloaded: all instances are busy, retry shortly\n");
+            retry(response, 1)
+        }
+        Failure::Component(component, error @ HandleError::Guest(GuestError::Timeout(limit))) => {
             tracing::warn!(component, "{error}");
             plain(StatusCode::GATEWAY_TIMEOUT, &format!("component `{component}` did not answer within {limit:?}\n"))
         }
-        _ => {
+        Failure::Component(component, error) => {
             tracing::error!(component, "{error}");
             plain(StatusCode::INTERNAL_SERVER_ERROR, &format!("component `{component}` failed\n"))
+        }
+        Failure::Wake(error) => {
+            tracing::warn!("{error}");
+            let text = format!("{error}\n");
+            match error {
+                WakeError::Timeout { .. } => plain(StatusCode::GATEWAY_TIMEOUT, &text),
+                WakeError::Failing { retry_after, .. } => {
+                    retry(plain(StatusCode::SERVICE_UNAVAILABLE, &text), retry_after.as_secs())
+                }
+                WakeError::Overloaded { .. } => retry(plain(StatusCode::SERVICE_UNAVAILABLE, &text), 1),
+            }
+        }
+        Failure::Hop { service, error } => {
+            // The instance broke the connection (it crashed, or is stopping):
+            // this request fails, the next one wakes a fresh instance.
+            tracing::warn!(service, "proxy hop failed: {error}");
+            plain(StatusCode::BAD_GATEWAY, &format!("service `{service}` failed to answer\n"))
+        }
+        Failure::ServiceTimeout { service, limit } => {
+            tracing::warn!(service, "no answer within {limit:?}");
+            plain(StatusCode::GATEWAY_TIMEOUT, &format!("service `{service}` did not answer within {limit:?}\n"))
         }
     }
 }

@@ -1,8 +1,10 @@
-//! Request limits: URL length, header section size and body size.
+//! Request limits: URL length, header section size and body size, and the
+//! requests RFC 9112 says a server must refuse. They hold for components and
+//! services alike: a service never sees a request a component would not.
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -14,12 +16,14 @@ use http_body_util::BodyExt;
 
 use crate::{GatewayConfig, ResponseBody, plain};
 
-/// A request refused before it reaches a component.
+/// A request refused before it reaches a component or service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rejection {
     UrlTooLong(usize),
     HeadersTooLarge(usize),
     BodyTooLarge(u64),
+    /// Malformed framing or a body that broke off: the client's fault, 400.
+    BadRequest(&'static str),
 }
 
 impl Rejection {
@@ -35,12 +39,25 @@ impl Rejection {
             Rejection::BodyTooLarge(limit) => {
                 plain(StatusCode::PAYLOAD_TOO_LARGE, &format!("the request body is larger than {limit} bytes\n"))
             }
+            Rejection::BadRequest(why) => plain(StatusCode::BAD_REQUEST, &format!("bad request: {why}\n")),
         }
     }
 }
 
-/// Checks what can be checked before the body: URL, headers, declared length.
+/// Checks what can be checked before the body: URL, headers, declared
+/// length, and the rule of RFC 9112 that hyper leaves to the server (§3.2:
+/// exactly one `Host` in HTTP/1.1). hyper itself refuses malformed framing
+/// and, for a request with both `Transfer-Encoding` and `Content-Length`,
+/// reads the body by the former and drops the latter (§6.1), so a service
+/// never sees the two disagree.
 pub fn check_head<B>(request: &Request<B>, config: &GatewayConfig) -> Result<(), Rejection> {
+    let hosts = request.headers().get_all(header::HOST).iter().count();
+    if hosts > 1 {
+        return Err(Rejection::BadRequest("more than one Host header"));
+    }
+    if hosts == 0 && request.version() == http::Version::HTTP_11 {
+        return Err(Rejection::BadRequest("an HTTP/1.1 request must have a Host header"));
+    }
     let url_len = request.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
     if url_len > config.max_url_bytes {
         return Err(Rejection::UrlTooLong(config.max_url_bytes));
@@ -57,14 +74,35 @@ pub fn check_head<B>(request: &Request<B>, config: &GatewayConfig) -> Result<(),
     Ok(())
 }
 
-/// Set once a body went past its limit, so the gateway can answer 413 for
-/// whatever the guest made of the cut-off body.
+/// What went wrong with a request body, if anything, as the body saw it:
+/// the gateway answers 413 for a body past its limit and 400 for one that
+/// broke off or was malformed, whatever the component or service made of it.
 #[derive(Debug, Clone, Default)]
-pub struct LimitTripped(Arc<AtomicBool>);
+pub struct BodyFault(Arc<AtomicU8>);
 
-impl LimitTripped {
-    pub fn tripped(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+const TOO_LARGE: u8 = 1;
+const MALFORMED: u8 = 2;
+
+impl BodyFault {
+    pub fn too_large(&self) -> bool {
+        self.0.load(Ordering::Acquire) == TOO_LARGE
+    }
+
+    pub fn malformed(&self) -> bool {
+        self.0.load(Ordering::Acquire) == MALFORMED
+    }
+
+    /// The rejection the client gets for this fault, if there is one.
+    pub fn rejection(&self, limit: u64) -> Option<Rejection> {
+        match self.0.load(Ordering::Acquire) {
+            TOO_LARGE => Some(Rejection::BodyTooLarge(limit)),
+            MALFORMED => Some(Rejection::BadRequest("the request body was malformed or cut off")),
+            _ => None,
+        }
+    }
+
+    fn set(&self, fault: u8) {
+        let _ = self.0.compare_exchange(0, fault, Ordering::AcqRel, Ordering::Acquire);
     }
 }
 
@@ -75,13 +113,13 @@ const DRAIN_BYTES: u64 = 1 << 20;
 const DRAIN_TIME: Duration = Duration::from_secs(1);
 
 /// Wraps the request body so that it fails once more than `limit` bytes came.
-pub fn limit_body<B>(request: Request<B>, limit: u64) -> (Request<LimitedBody<B>>, LimitTripped)
+pub fn limit_body<B>(request: Request<B>, limit: u64) -> (Request<LimitedBody<B>>, BodyFault)
 where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
 {
-    let tripped = LimitTripped::default();
-    let flag = tripped.clone();
-    (request.map(|inner| LimitedBody { inner: Some(inner), remaining: limit, limit, tripped: flag }), tripped)
+    let fault = BodyFault::default();
+    let flag = fault.clone();
+    (request.map(|inner| LimitedBody { inner: Some(inner), remaining: limit, limit, fault: flag }), fault)
 }
 
 pub struct LimitedBody<B: Body<Data = Bytes> + Send + Unpin + 'static> {
@@ -89,12 +127,12 @@ pub struct LimitedBody<B: Body<Data = Bytes> + Send + Unpin + 'static> {
     inner: Option<B>,
     remaining: u64,
     limit: u64,
-    tripped: LimitTripped,
+    fault: BodyFault,
 }
 
 impl<B: Body<Data = Bytes> + Send + Unpin + 'static> Drop for LimitedBody<B> {
     fn drop(&mut self) {
-        let Some(mut rest) = self.inner.take().filter(|body| self.tripped.tripped() && !body.is_end_stream()) else {
+        let Some(mut rest) = self.inner.take().filter(|body| self.fault.too_large() && !body.is_end_stream()) else {
             return;
         };
         tokio::spawn(async move {
@@ -125,13 +163,16 @@ where
         let inner = this.inner.as_mut().expect("present until dropped");
         let frame = match ready!(Pin::new(inner).poll_frame(cx)) {
             Some(Ok(frame)) => frame,
-            Some(Err(error)) => return Poll::Ready(Some(Err(error.into()))),
+            Some(Err(error)) => {
+                this.fault.set(MALFORMED);
+                return Poll::Ready(Some(Err(error.into())));
+            }
             None => return Poll::Ready(None),
         };
         if let Some(data) = frame.data_ref() {
             let len = data.len() as u64;
             if len > this.remaining {
-                this.tripped.0.store(true, Ordering::Release);
+                this.fault.set(TOO_LARGE);
                 return Poll::Ready(Some(Err(WasiHttpError::HttpRequestBodySize(Some(this.limit)))));
             }
             this.remaining -= len;
@@ -153,11 +194,11 @@ where
 /// sent was made from a truncated request, and must not look complete.
 pub struct CheckedResponse<B> {
     inner: B,
-    request_limit: LimitTripped,
+    request_limit: BodyFault,
 }
 
 impl<B> CheckedResponse<B> {
-    pub fn new(inner: B, request_limit: LimitTripped) -> Self {
+    pub fn new(inner: B, request_limit: BodyFault) -> Self {
         CheckedResponse { inner, request_limit }
     }
 }
@@ -173,7 +214,7 @@ where
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match ready!(Pin::new(&mut self.inner).poll_frame(cx)) {
             Some(frame) => Poll::Ready(Some(frame.map_err(Into::into))),
-            None if self.request_limit.tripped() => {
+            None if self.request_limit.too_large() => {
                 Poll::Ready(Some(Err("the request body went over its size limit after the response began".into())))
             }
             None => Poll::Ready(None),
@@ -181,10 +222,68 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream() && !self.request_limit.tripped()
+        self.inner.is_end_stream() && !self.request_limit.too_large()
     }
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn config(max_url_bytes: usize, max_header_bytes: usize, max_body_bytes: u64) -> GatewayConfig {
+        GatewayConfig { max_url_bytes, max_header_bytes, max_body_bytes, ..GatewayConfig::default() }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        /// The first limit passed, in the order URL, headers, declared body,
+        /// and nothing within all three.
+        #[test]
+        fn check_head_refuses_exactly_past_each_limit(
+            url_len in 1usize..300,
+            headers in prop::collection::vec(("x-[a-z]{1,10}", "[a-z]{0,40}"), 0..20),
+            declared in prop::option::of(0u64..400),
+            max_url in 1usize..300,
+            max_headers in 1usize..800,
+            max_body in 0u64..400,
+        ) {
+            let mut request = Request::get(format!("/{}", "a".repeat(url_len - 1))).header(header::HOST, "h");
+            for (name, value) in &headers {
+                request = request.header(name.as_str(), value.as_str());
+            }
+            if let Some(length) = declared {
+                request = request.header(header::CONTENT_LENGTH, length);
+            }
+            let request = request.body(()).unwrap();
+            let header_bytes: usize = request.headers().iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+            let expected = if url_len > max_url {
+                Err(Rejection::UrlTooLong(max_url))
+            } else if header_bytes > max_headers {
+                Err(Rejection::HeadersTooLarge(max_headers))
+            } else if declared.is_some_and(|length| length > max_body) {
+                Err(Rejection::BodyTooLarge(max_body))
+            } else {
+                Ok(())
+            };
+            prop_assert_eq!(check_head(&request, &config(max_url, max_headers, max_body)), expected);
+        }
+    }
+
+    #[test]
+    fn framing_that_rfc_9112_refuses_is_refused() {
+        let limits = GatewayConfig::default();
+        let no_host = Request::get("/").body(()).unwrap();
+        assert!(matches!(check_head(&no_host, &limits), Err(Rejection::BadRequest(_))));
+        let mut http10 = Request::get("/").body(()).unwrap();
+        *http10.version_mut() = http::Version::HTTP_10;
+        assert_eq!(check_head(&http10, &limits), Ok(()));
+        let twice = Request::get("/").header(header::HOST, "a").header(header::HOST, "b").body(()).unwrap();
+        assert!(matches!(check_head(&twice, &limits), Err(Rejection::BadRequest(_))));
     }
 }

@@ -1,6 +1,8 @@
 //! Picks the component for a request path, with Spin's precedence: an exact
 //! route beats a wildcard, otherwise the most specific (longest) prefix wins.
 
+use std::borrow::Cow;
+
 use dormouse_manifest::model::{App, Route, Target};
 use dormouse_manifest::{RouteMatch, RoutePattern};
 
@@ -16,6 +18,38 @@ pub struct RouteEntry {
     pub matched_route: String,
     /// `spin-component-route`: the route as written, without a trailing `/...`.
     pub component_route: String,
+}
+
+/// The path with its dot segments resolved (RFC 3986 §5.2.4), `%2e` counted
+/// as `.`, as the router and the app must both see it; `None` when it has
+/// none (the common case, which costs one scan). A `..` above the root stays
+/// at the root. Slashes are kept as they are: `//` is a distinct path.
+pub fn normalize_path(path: &str) -> Option<Cow<'_, str>> {
+    let is_dot = |segment: &str| segment == "." || segment.eq_ignore_ascii_case("%2e");
+    let is_dot_dot =
+        |segment: &str| matches!(segment.len(), 2 | 4 | 6) && segment.to_ascii_lowercase().replace("%2e", ".") == "..";
+    if !path.split('/').any(|segment| is_dot(segment) || is_dot_dot(segment)) {
+        return None;
+    }
+    let mut output: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = path.strip_prefix('/').unwrap_or(path).split('/').collect();
+    let last = segments.len() - 1;
+    for (index, segment) in segments.into_iter().enumerate() {
+        if is_dot(segment) {
+            // `/a/.` is the directory `/a/`.
+            if index == last {
+                output.push("");
+            }
+        } else if is_dot_dot(segment) {
+            output.pop();
+            if index == last {
+                output.push("");
+            }
+        } else {
+            output.push(segment);
+        }
+    }
+    Some(Cow::Owned(format!("/{}", output.join("/"))))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,5 +158,60 @@ mod tests {
         assert_eq!(entry.component_route, "/foo/:userid");
         assert_eq!(matched.path_info, "/bar");
         assert_eq!(matched.captures, vec![("userid", "42")]);
+    }
+
+    #[test]
+    fn dot_segments_are_resolved_before_routing() {
+        let cases = [
+            ("/a/b", None),
+            ("/a/../b", Some("/b")),
+            ("/a/./b", Some("/a/b")),
+            ("/a/%2e%2E/admin", Some("/admin")),
+            ("/a/.%2e/admin", Some("/admin")),
+            ("/../../etc/passwd", Some("/etc/passwd")),
+            ("/a/b/..", Some("/a/")),
+            ("/a/.", Some("/a/")),
+            ("/a/..b/c", None),
+            ("//a/../b", Some("//b")),
+        ];
+        for (path, expected) in cases {
+            assert_eq!(normalize_path(path).as_deref(), expected, "{path}");
+        }
+        let router = router(&[("/public/...", "public"), ("/admin/...", "admin")]);
+        let normalized = normalize_path("/public/../admin/x").unwrap();
+        assert_eq!(target(&router, &normalized), Some("admin"), "routed as the app will see it");
+    }
+
+    mod properties {
+        use super::super::normalize_path;
+        use proptest::prelude::*;
+
+        fn segment() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just(".".to_owned()),
+                Just("..".to_owned()),
+                Just("%2e".to_owned()),
+                Just("%2E%2e".to_owned()),
+                Just(String::new()),
+                "[a-z0-9%.]{1,6}",
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+            #[test]
+            fn a_normalized_path_has_no_dot_segments_and_stays_rooted(segments in prop::collection::vec(segment(), 0..12)) {
+                let path = format!("/{}", segments.join("/"));
+                let normalized = normalize_path(&path).map_or(path.clone(), |p| p.into_owned());
+                prop_assert!(normalized.starts_with('/'));
+                // Normalising twice changes nothing more.
+                prop_assert_eq!(normalize_path(&normalized), None);
+                for segment in normalized.split('/') {
+                    let lower = segment.to_ascii_lowercase().replace("%2e", ".");
+                    prop_assert!(lower != "." && lower != "..", "{} left in {}", segment, normalized);
+                }
+            }
+        }
     }
 }

@@ -25,6 +25,14 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 type Pool = r2d2::Pool<SqliteConnectionManager>;
 
+/// Opens `path` once and reads its schema, which fails for a file that is not
+/// an SQLite database (or is encrypted, or truncated in its header).
+fn check_database(path: &Path) -> rusqlite::Result<()> {
+    let connection = rusqlite::Connection::open(path)?;
+    connection.query_row("PRAGMA schema_version", [], |row| row.get::<_, i64>(0))?;
+    Ok(())
+}
+
 pub struct SqliteStore {
     pool: Pool,
     label: Arc<str>,
@@ -49,6 +57,12 @@ impl SqliteStore {
             // connection, kept for the life of the store, is the store.
             None => (SqliteConnectionManager::memory(), 1, "SQLite in memory".to_owned()),
         };
+        if let Some(path) = path {
+            // A file that is not a database is a permanent error: say so once,
+            // naming the file, instead of letting the pool retry until its
+            // connection timeout and log each failure.
+            check_database(path).map_err(|error| Error::Sqlite(format!("cannot open {location}: {error}")))?;
+        }
         let manager = manager.with_init(|connection| {
             connection.busy_timeout(BUSY_TIMEOUT)?;
             connection.pragma_update(None, "synchronous", "FULL")

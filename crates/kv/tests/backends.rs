@@ -135,3 +135,15 @@ async fn an_unreachable_redis_fails_the_call_with_a_reason() {
     assert!(error.to_string().starts_with("redis: "), "{error}");
     assert!(Store::redis("not a url").is_err());
 }
+
+#[test]
+fn a_file_that_is_not_a_database_fails_at_once_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sqlite_key_value.db");
+    std::fs::write(&path, vec![0x5a; 8192]).unwrap();
+    let started = std::time::Instant::now();
+    let Err(error) = Store::sqlite(Some(&path), "default") else { panic!("a corrupt file must not open") };
+    let error = error.to_string();
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "took {:?}", started.elapsed());
+    assert!(error.contains(&path.display().to_string()) && error.contains("not a database"), "{error}");
+}

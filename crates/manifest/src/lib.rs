@@ -494,6 +494,17 @@ impl Resolver<'_> {
                     model::FileMount::Pattern(glob)
                 }
                 raw::FileMount::Placement(placement) => {
+                    // Staged from the app directory only: a source outside it
+                    // would hand the guest host files nobody listed in the app.
+                    if Path::new(&placement.source).is_absolute() || has_parent_segment(&placement.source) {
+                        return Err(fail(
+                            span,
+                            format!(
+                                "file source `{}` (component `{id}`) must stay inside the app directory: no leading `/`, no `..`",
+                                placement.source
+                            ),
+                        ));
+                    }
                     if !placement.destination.starts_with('/') {
                         return Err(fail(
                             span,

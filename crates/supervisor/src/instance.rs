@@ -1,16 +1,17 @@
 //! One instance of a service: its process group, port and counters.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::process::Stdio;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use dormouse_manifest::model::{Service, Standby};
+use dormouse_manifest::model::Service;
 use rustix::process::{Pid, Signal, kill_process_group};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
 
-use crate::freezer::Freezer;
+use crate::cgroup::Cgroup;
+use crate::spawn::{Process, Spawn};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Phase {
@@ -23,6 +24,7 @@ pub(crate) enum Phase {
 pub(crate) struct Instance {
     pub number: u64,
     pub port: u16,
+    /// The leader's pid; 0 until it is spawned.
     pub pid: u32,
     pub phase: Phase,
     pub in_flight: u32,
@@ -37,41 +39,38 @@ pub(crate) struct Instance {
     /// Wakes the task that owns the process, to stop it.
     pub stop_signal: Arc<Notify>,
     pub stop_reason: Option<String>,
-    pub freezer: Freezer,
+    /// The instance's cgroup; `None` where the host has none to give.
+    pub cgroup: Option<Cgroup>,
 }
 
 impl Instance {
-    /// Spawns the service's command in a process group of its own.
-    pub fn spawn(config: &Service, number: u64) -> std::io::Result<(Instance, tokio::process::Child)> {
+    /// A new instance in `Starting`, and the request that spawns its process
+    /// (which the instance's task sends). A fixed port already held by
+    /// another process is an error: requests must never reach a process
+    /// dormouse did not start.
+    pub fn new(config: &Service, number: u64, cgroup: Option<Cgroup>) -> std::io::Result<(Instance, Spawn)> {
         let port = match config.port {
-            Some(port) => port,
+            Some(port) => {
+                check_port_free(port)?;
+                port
+            }
             None => free_port()?,
         };
-        let mut command = tokio::process::Command::new(&config.command[0]);
-        command
-            .args(&config.command[1..])
-            .envs(&config.environment)
-            .env("PORT", port.to_string())
-            .current_dir(&config.workdir)
-            .stdin(Stdio::null())
-            // Its own group, so that stop, freeze and thaw reach every process
-            // the app forks (nginx workers, a shell's children).
-            .process_group(0)
-            .kill_on_drop(true);
-        let child = command.spawn()?;
-        let pid = child.id().expect("a child that was just spawned has a pid");
-        // Only a service that pauses needs a cgroup; making one costs
-        // milliseconds (the kernel waits out RCU), which a stop-mode wake
-        // would pay. Joined right after spawn: what the app forks later is
-        // born inside.
-        let freezer = match config.standby {
-            Standby::Pause => Freezer::for_process(&format!("{}-{number}-{pid}", config.id), pid),
-            Standby::Stop => Freezer::Signals(pid),
+        let mut env: Vec<(String, String)> =
+            config.environment.iter().map(|(key, value)| (key.clone(), value.clone())).collect();
+        env.push(("PORT".to_owned(), port.to_string()));
+        let request = Spawn {
+            id: 0,
+            program: config.command[0].clone(),
+            args: config.command[1..].to_vec(),
+            env,
+            cwd: config.workdir.clone(),
+            cgroup: cgroup.as_ref().map(|cgroup| cgroup.path().to_owned()),
         };
         let instance = Instance {
             number,
             port,
-            pid,
+            pid: 0,
             phase: Phase::Starting,
             in_flight: 0,
             served: 0,
@@ -81,9 +80,9 @@ impl Instance {
             activity: Arc::new(Notify::new()),
             stop_signal: Arc::new(Notify::new()),
             stop_reason: None,
-            freezer,
+            cgroup,
         };
-        Ok((instance, child))
+        Ok((instance, request))
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -97,7 +96,7 @@ impl Instance {
         }
         if self.phase == Phase::Paused {
             // A frozen process cannot act on SIGTERM.
-            self.freezer.thaw();
+            self.set_frozen(false);
         }
         self.phase = Phase::Stopping;
         self.stop_reason = Some(reason.to_owned());
@@ -105,20 +104,49 @@ impl Instance {
     }
 
     pub fn freeze(&mut self) {
-        self.freezer.freeze();
+        self.set_frozen(true);
         self.phase = Phase::Paused;
-        tracing::info!(instance = self.number, pid = self.pid, freezer = self.freezer.name(), "paused");
+        tracing::info!(instance = self.number, pid = self.pid, freezer = self.freezer_name(), "paused");
     }
 
     pub fn thaw(&mut self) {
-        self.freezer.thaw();
+        self.set_frozen(false);
         self.phase = Phase::Ready;
+    }
+
+    /// How a pause freezes the instance: `cgroup-v2` (`cgroup.freeze`: the
+    /// app sees nothing, every process in the cgroup stops), or `sigstop` to
+    /// the process group where there is no cgroup.
+    pub fn freezer_name(&self) -> &'static str {
+        if self.cgroup.is_some() { "cgroup-v2" } else { "sigstop" }
+    }
+
+    fn set_frozen(&self, frozen: bool) {
+        let result = match &self.cgroup {
+            Some(cgroup) => cgroup.freeze(frozen),
+            None => {
+                let signal = if frozen { Signal::STOP } else { Signal::CONT };
+                match Pid::from_raw(self.pid as i32) {
+                    Some(group) => kill_process_group(group, signal).map_err(Into::into),
+                    None => Ok(()),
+                }
+            }
+        };
+        if let Err(error) = result {
+            tracing::warn!(
+                instance = self.number,
+                "cannot {} instance: {error}",
+                if frozen { "freeze" } else { "thaw" }
+            );
+        }
     }
 }
 
-/// SIGTERM to the process group, SIGKILL after `timeout`; reaps the child.
-pub async fn terminate(child: &mut tokio::process::Child, timeout: Duration) {
-    let group = child.id().and_then(|pid| Pid::from_raw(pid as i32));
+/// SIGTERM to the process group, SIGKILL after `timeout`; then whatever is
+/// left of the instance (processes that left the group included) is killed
+/// through its cgroup, and the leader is reaped.
+pub async fn terminate(child: &mut Process, cgroup: Option<&Cgroup>, timeout: Duration) {
+    let group = Pid::from_raw(child.id() as i32);
     if let Some(group) = group {
         let _ = kill_process_group(group, Signal::TERM);
     }
@@ -127,32 +155,92 @@ pub async fn terminate(child: &mut tokio::process::Child, timeout: Duration) {
         if let Some(group) = group {
             let _ = kill_process_group(group, Signal::KILL);
         }
-        let _ = child.wait().await;
-    } else if let Some(group) = group {
-        // The leader is gone; make sure no member of its group outlives it.
-        let _ = kill_process_group(group, Signal::KILL);
+    }
+    kill_rest(group, cgroup);
+    child.wait().await;
+}
+
+/// Kills every process of an instance whose leader is gone or going: all
+/// of its cgroup, or, without one, its process group.
+pub fn kill_rest(group: Option<Pid>, cgroup: Option<&Cgroup>) {
+    match cgroup {
+        Some(cgroup) => cgroup.kill(),
+        None => {
+            if let Some(group) = group {
+                let _ = kill_process_group(group, Signal::KILL);
+            }
+        }
     }
 }
+
+/// How often the readiness probe tries to connect while an app starts. A
+/// refused loopback connect costs some 10-20 µs of CPU, so 2,000 a second is
+/// ~3 % of a core during a wake, and an app is seen listening 0.25 ms late
+/// on average (bench/run.py --only services measures both).
+pub const PROBE_INTERVAL: Duration = Duration::from_micros(500);
 
 /// Resolves once the app accepts a connection on `port` (and, with a path,
-/// answers `GET path` with a status below 500). Tries again after 1 ms,
-/// doubling to 50 ms: a fast app is seen within a millisecond of listening.
+/// answers `GET path` with a status below 500). Connects are tried every
+/// [`PROBE_INTERVAL`] on a blocking thread of their own (tokio's timers tick
+/// in whole milliseconds), which stops when this future is dropped.
 pub async fn wait_ready(port: u16, path: Option<&str>) {
-    let mut delay = Duration::from_millis(1);
-    loop {
-        if probe(port, path).await {
-            return;
+    let stop = Arc::new(AtomicBool::new(false));
+    // Dropping the future (stopped, timed out, exited) ends the thread too.
+    struct StopOnDrop(Arc<AtomicBool>);
+    impl Drop for StopOnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Release);
         }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_millis(50));
+    }
+    let _guard = StopOnDrop(stop.clone());
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let listening = tokio::task::spawn_blocking(move || {
+        while !stop.load(Ordering::Acquire) {
+            if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+                return true;
+            }
+            std::thread::sleep(PROBE_INTERVAL);
+        }
+        false
+    });
+    if !matches!(listening.await, Ok(true)) {
+        return std::future::pending().await;
+    }
+    let Some(path) = path else { return };
+    while !probe(port, path).await {
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 
-async fn probe(port: u16, path: Option<&str>) -> bool {
+/// Whether a process in `pids` holds a listening socket on `port`: each
+/// socket among its open files is borrowed (`pidfd_getfd`, Linux 5.6+) and
+/// asked whether it listens, and where. This costs a few system calls per
+/// open socket of the instance, whatever else the host has open (reading
+/// `/proc/net/tcp` grows with every connection on the machine).
+pub fn owns_listener(port: u16, pids: &[u32]) -> bool {
+    use rustix::process::{PidfdFlags, PidfdGetfdFlags, pidfd_getfd, pidfd_open};
+    pids.iter().any(|&pid| {
+        let Some(process) = Pid::from_raw(pid as i32) else { return false };
+        let Ok(pidfd) = pidfd_open(process, PidfdFlags::empty()) else { return false };
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
+        fds.flatten().any(|fd| {
+            let is_socket =
+                std::fs::read_link(fd.path()).is_ok_and(|target| target.to_string_lossy().starts_with("socket:"));
+            let Some(number) = fd.file_name().to_str().and_then(|name| name.parse().ok()).filter(|_| is_socket) else {
+                return false;
+            };
+            let Ok(socket) = pidfd_getfd(&pidfd, number, PidfdGetfdFlags::empty()) else { return false };
+            let listening = rustix::net::sockopt::socket_acceptconn(&socket).unwrap_or(false);
+            let local = rustix::net::getsockname(&socket).ok().and_then(|addr| SocketAddr::try_from(addr).ok());
+            listening && local.is_some_and(|local| local.port() == port)
+        })
+    })
+}
+
+async fn probe(port: u16, path: &str) -> bool {
     let Ok(mut stream) = tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).await else {
         return false;
     };
-    let Some(path) = path else { return true };
     let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
     if stream.write_all(request.as_bytes()).await.is_err() {
         return false;
@@ -163,6 +251,19 @@ async fn probe(port: u16, path: Option<&str>) -> bool {
     }
     // "HTTP/1.1 200"
     std::str::from_utf8(&head[9..12]).ok().and_then(|code| code.parse::<u16>().ok()).is_some_and(|code| code < 500)
+}
+
+/// Fails when another process listens on `port` already (on loopback or on
+/// every address).
+fn check_port_free(port: u16) -> std::io::Result<()> {
+    match std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port)) {
+        Ok(_) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            format!("port {port} is already in use by another process"),
+        )),
+        Err(error) => Err(error),
+    }
 }
 
 /// A port free right now on loopback, for an app that reads `PORT`.

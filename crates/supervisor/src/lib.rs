@@ -8,15 +8,20 @@
 //! Instance states: starting → ready ⇄ (idle) → paused | stopping → gone;
 //! a start that fails puts the service in back-off (1 s doubling to 5 min).
 //!
-//! Invariants: every instance is its own process group and every child is
-//! reaped; no two waiting requests start two processes for one slot; a held
-//! request is answered or refused (see [`WakeError`]) by the wake deadline;
-//! this crate runs no wasm and knows nothing of HTTP routing.
+//! Invariants: every instance is its own process group and, where the host
+//! has cgroup v2, its own cgroup, and nothing it started outlives it, or
+//! dormouse (a reaper process kills what is left if dormouse is killed
+//! outright); every child is reaped; no two waiting requests start two
+//! processes for one slot, and a fixed port never has two instances; a
+//! held request is answered or refused (see [`WakeError`]) by the wake
+//! deadline, and one whose client left gives its place back; this crate runs
+//! no wasm and knows nothing of HTTP routing.
 
 mod backoff;
-mod freezer;
+pub mod cgroup;
 mod idle;
 mod instance;
+pub mod spawn;
 pub mod status;
 
 use std::sync::{Arc, Mutex};
@@ -28,7 +33,9 @@ use dormouse_manifest::model::{Service, Standby};
 use tokio::sync::Notify;
 
 pub use backoff::Backoff;
+use cgroup::Cgroups;
 use instance::{Instance, Phase};
+use spawn::{HelperClient, Spawn, Spawner};
 
 /// Requests a service may hold while it wakes, per instance it may start
 /// (`max`); past it 503. Bounds what one cold service can take from the
@@ -49,11 +56,41 @@ pub enum WakeError {
 /// All services of an app.
 pub struct Supervisor {
     services: Vec<Arc<ServiceHandle>>,
+    cgroups: Arc<Cgroups>,
 }
 
 impl Supervisor {
-    pub fn new(services: impl IntoIterator<Item = Service>) -> Supervisor {
-        Supervisor { services: services.into_iter().map(ServiceHandle::new).collect() }
+    /// `helper`, if given, is a command that runs [`spawn::helper_main`]
+    /// with the run's cgroup directory (if any) appended as its last argument
+    /// (the `dormouse` binary running itself): every service process is then
+    /// its child, and nothing outlives dormouse, even one killed outright.
+    /// Without it dormouse spawns services itself.
+    /// Call within a tokio runtime.
+    pub fn new(services: impl IntoIterator<Item = Service>, helper: Option<std::process::Command>) -> Supervisor {
+        let services: Vec<Service> = services.into_iter().collect();
+        // Spare cgroups for the first wakes: one per instance that may start
+        // at once, up to the cap.
+        let spares: usize = services.iter().map(|s| s.max.min(2) as usize).sum();
+        let cgroups = if services.is_empty() { Cgroups::none() } else { Cgroups::new(spares.max(1)) };
+        let spawner = match helper {
+            Some(command) if !services.is_empty() => match HelperClient::start(command, cgroups.run_dir()) {
+                Ok(helper) => Spawner::Helper(helper),
+                Err(error) => {
+                    tracing::warn!(
+                        "cannot start the process helper: services would outlive a dormouse killed outright: {error}"
+                    );
+                    Spawner::Direct
+                }
+            },
+            _ => Spawner::Direct,
+        };
+        Supervisor {
+            services: services
+                .into_iter()
+                .map(|config| ServiceHandle::new(config, cgroups.clone(), spawner.clone()))
+                .collect(),
+            cgroups,
+        }
     }
 
     pub fn service(&self, id: &str) -> Option<&Arc<ServiceHandle>> {
@@ -68,8 +105,10 @@ impl Supervisor {
     pub fn start(&self) {
         for service in &self.services {
             let mut state = service.state.lock().expect("not poisoned");
-            while state.live() < service.config.min as usize {
-                service.start_instance(&mut state);
+            while state.live() < service.config.min as usize && service.may_start(&state) {
+                if !service.start_instance(&mut state) {
+                    break;
+                }
             }
         }
     }
@@ -93,12 +132,28 @@ impl Supervisor {
                 notified.await;
             }
         }
+        let cgroups = self.cgroups.clone();
+        let _ = tokio::task::spawn_blocking(move || cgroups.remove()).await;
+    }
+
+    /// Kills every process of every instance now, without waiting: for a
+    /// second interrupt, when the user will not wait for the drain.
+    pub fn kill_now(&self) {
+        self.cgroups.kill_all();
+        for service in &self.services {
+            let state = service.state.lock().expect("not poisoned");
+            for instance in &state.instances {
+                instance::kill_rest(rustix::process::Pid::from_raw(instance.pid as i32), instance.cgroup.as_ref());
+            }
+        }
     }
 }
 
 /// One service: its instances and the requests waiting for them.
 pub struct ServiceHandle {
     config: Service,
+    cgroups: Arc<Cgroups>,
+    spawner: Spawner,
     state: Mutex<State>,
     /// Notified on every state change that could let a waiting request go.
     changed: Notify,
@@ -116,6 +171,37 @@ struct State {
     /// Set while a start failed and the back-off has not passed.
     failing: Option<(String, Instant)>,
     stops: std::collections::VecDeque<status::StopRecord>,
+}
+
+/// A request's place among those waiting for a service to wake, given back
+/// when the request gets a lease, gives up, or is dropped (its client left):
+/// a count that only went up would wedge the service at [`WAKE_BUFFER`].
+struct WaitingPlace {
+    /// `None` once given back.
+    service: Option<Arc<ServiceHandle>>,
+}
+
+impl WaitingPlace {
+    fn take(service: &Arc<ServiceHandle>, state: &mut State) -> WaitingPlace {
+        state.waiting += 1;
+        WaitingPlace { service: Some(service.clone()) }
+    }
+
+    /// Gives the place back under a lock the caller already holds.
+    fn leave(mut self, state: &mut State) {
+        state.waiting -= 1;
+        self.service = None;
+    }
+}
+
+impl Drop for WaitingPlace {
+    fn drop(&mut self) {
+        if let Some(service) = self.service.take() {
+            service.state.lock().expect("not poisoned").waiting -= 1;
+            // A waiter that left may have been the demand an instance was
+            // starting for; nothing else changes for the others.
+        }
+    }
 }
 
 impl State {
@@ -156,9 +242,11 @@ impl Drop for Lease {
 }
 
 impl ServiceHandle {
-    fn new(config: Service) -> Arc<ServiceHandle> {
+    fn new(config: Service, cgroups: Arc<Cgroups>, spawner: Spawner) -> Arc<ServiceHandle> {
         Arc::new(ServiceHandle {
             config,
+            cgroups,
+            spawner,
             state: Mutex::default(),
             changed: Notify::new(),
             shutting_down: Default::default(),
@@ -170,13 +258,15 @@ impl ServiceHandle {
     }
 
     /// A lease on a ready instance, starting or thawing instances as needed.
+    /// Cancel-safe: a caller that stops waiting (its client hung up) gives
+    /// its place among the waiting requests back.
     pub async fn acquire(self: &Arc<Self>) -> Result<Lease, WakeError> {
         // The common case, a ready instance with room, needs no waiting list.
         if let Some(lease) = self.try_lease(&mut self.state.lock().expect("not poisoned")) {
             return Ok(lease);
         }
         let deadline = tokio::time::Instant::now() + self.config.ready_timeout;
-        let mut counted = false;
+        let mut place: Option<WaitingPlace> = None;
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
@@ -185,8 +275,8 @@ impl ServiceHandle {
             {
                 let mut state = self.state.lock().expect("not poisoned");
                 if let Some(lease) = self.try_lease(&mut state) {
-                    if counted {
-                        state.waiting -= 1;
+                    if let Some(place) = place.take() {
+                        place.leave(&mut state);
                     }
                     return Ok(lease);
                 }
@@ -201,20 +291,19 @@ impl ServiceHandle {
                             reason: reason.clone(),
                             retry_after: *until - now,
                         };
-                        if counted {
-                            state.waiting -= 1;
+                        if let Some(place) = place.take() {
+                            place.leave(&mut state);
                         }
                         return Err(error);
                     }
                     state.failing = None;
                 }
-                if !counted {
+                if place.is_none() {
                     let limit = WAKE_BUFFER * self.config.max as usize;
                     if state.waiting >= limit {
                         return Err(WakeError::Overloaded { service: self.config.id.clone(), held: limit });
                     }
-                    state.waiting += 1;
-                    counted = true;
+                    place = Some(WaitingPlace::take(self, &mut state));
                 }
                 // Start what the demand needs and no more: one instance holds
                 // `target_concurrency` requests, starting ones included.
@@ -222,7 +311,7 @@ impl ServiceHandle {
                 let demand = in_flight + state.waiting;
                 while demand > state.live() * self.config.target_concurrency as usize
                     && state.live() < self.config.max as usize
-                    && !self.shutting_down.load(std::sync::atomic::Ordering::Acquire)
+                    && self.may_start(&state)
                 {
                     if !self.start_instance(&mut state) {
                         break;
@@ -231,13 +320,23 @@ impl ServiceHandle {
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 let mut state = self.state.lock().expect("not poisoned");
-                state.waiting -= 1;
+                if let Some(place) = place.take() {
+                    place.leave(&mut state);
+                }
                 if let Some(lease) = self.try_lease(&mut state) {
                     return Ok(lease);
                 }
                 return Err(WakeError::Timeout { service: self.config.id.clone(), limit: self.config.ready_timeout });
             }
         }
+    }
+
+    /// Whether a new instance may start now: not while shutting down, and,
+    /// for a fixed port, not until the previous instance is reaped (two
+    /// processes must never share the port).
+    fn may_start(&self, state: &State) -> bool {
+        !self.shutting_down.load(std::sync::atomic::Ordering::Acquire)
+            && (self.config.port.is_none() || state.instances.is_empty())
     }
 
     /// The least loaded ready instance with room, or a paused one thawed.
@@ -261,19 +360,20 @@ impl ServiceHandle {
         Some(Lease { service: self.clone(), number: instance.number, addr: instance.addr() })
     }
 
-    /// Spawns one more instance; false (and the service failing) if it could
-    /// not even be spawned.
+    /// Adds one more instance, whose task spawns its process; false (and
+    /// the service failing) if it cannot even be set up (its fixed port is
+    /// taken, no port is free).
     fn start_instance(self: &Arc<Self>, state: &mut State) -> bool {
         state.next_number += 1;
         state.starts += 1;
-        match Instance::spawn(&self.config, state.next_number) {
-            Ok((instance, child)) => {
-                tracing::info!(service = %self.config.id, instance = instance.number, pid = instance.pid, "starting");
+        match Instance::new(&self.config, state.next_number, self.cgroups.take()) {
+            Ok((instance, request)) => {
                 let number = instance.number;
                 let stop = instance.stop_signal.clone();
                 let port = instance.port;
+                let procs = instance.cgroup.as_ref().map(cgroup::Cgroup::join_fd);
                 state.instances.push(instance);
-                tokio::spawn(self.clone().run_instance(number, port, child, stop));
+                tokio::spawn(self.clone().run_instance(number, port, request, procs, stop));
                 true
             }
             Err(error) => {
@@ -291,23 +391,56 @@ impl ServiceHandle {
         self.changed.notify_waiters();
     }
 
-    /// Owns one instance's process from start to reaping.
+    /// Owns one instance's process from spawn to reaping.
     async fn run_instance(
         self: Arc<Self>,
         number: u64,
         port: u16,
-        mut child: tokio::process::Child,
+        request: Spawn,
+        procs: Option<std::os::fd::RawFd>,
         stop: Arc<Notify>,
     ) {
         let started = Instant::now();
+        let program = request.program.clone();
+        let mut child = match self.spawner.spawn(request, procs).await {
+            Ok(child) => child,
+            Err(error) => {
+                if let Some(cgroup) = self.take_cgroup(number) {
+                    self.give_back(cgroup).await;
+                }
+                let mut state = self.state.lock().expect("not poisoned");
+                state.instances.retain(|i| i.number != number);
+                if !self.shutting_down.load(std::sync::atomic::Ordering::Acquire) {
+                    self.fail(&mut state, format!("cannot start `{program}`: {error}"));
+                }
+                drop(state);
+                self.changed.notify_waiters();
+                return;
+            }
+        };
+        let pid = child.id();
+        if let Some(instance) =
+            self.state.lock().expect("not poisoned").instances.iter_mut().find(|i| i.number == number)
+        {
+            instance.pid = pid;
+        }
+        tracing::info!(service = %self.config.id, instance = number, pid, "starting");
         let ready = instance::wait_ready(port, self.config.ready_path.as_deref());
-        let outcome = tokio::select! {
-            status = child.wait() => Err(format!("exited before it was ready ({})", describe(status))),
+        let mut outcome = tokio::select! {
+            status = child.wait() => Err(format!("exited before it was ready ({status})")),
             ready = tokio::time::timeout(self.config.ready_timeout, ready) => {
                 ready.map_err(|_| format!("not ready within {:?}", self.config.ready_timeout))
             }
             () = stop.notified() => Err("stopped while starting".to_owned()),
         };
+        // A fixed port is the one place another process could be answering:
+        // the listener must be this instance's own.
+        if outcome.is_ok() && self.config.port.is_some() {
+            let pids = self.instance_pids(number, Some(pid));
+            if !instance::owns_listener(port, &pids) {
+                outcome = Err(format!("port {port} is held by a process this instance did not start"));
+            }
+        }
         match outcome {
             Ok(()) => {
                 let boot = started.elapsed();
@@ -331,6 +464,9 @@ impl ServiceHandle {
                 if let Some(instance) = state.instances.iter_mut().find(|i| i.number == number) {
                     instance.stop(&reason);
                 }
+                // The loop below terminates it: a stop that came while it was
+                // starting was consumed above, so signal again.
+                stop.notify_one();
                 if !self.shutting_down.load(std::sync::atomic::Ordering::Acquire) {
                     self.fail(&mut state, reason);
                 }
@@ -340,23 +476,34 @@ impl ServiceHandle {
         // Serve until stopped or the process exits on its own, putting the
         // instance on standby whenever it stays idle for the cooldown.
         let activity = self.activity_signal(number);
+        let group = rustix::process::Pid::from_raw(pid as i32);
         let reason = loop {
             let idle_wait = self.idle_check(number);
             tokio::select! {
-                status = child.wait() => break format!("exited on its own ({})", describe(status)),
+                status = child.wait() => {
+                    // What the leader started goes with it.
+                    self.with_cgroup(number, |cgroup| instance::kill_rest(group, cgroup));
+                    break format!("exited on its own ({status})");
+                }
                 () = stop.notified() => {
                     let reason = self.stop_reason(number);
-                    instance::terminate(&mut child, self.config.stop_timeout).await;
+                    let cgroup = self.take_cgroup(number);
+                    instance::terminate(&mut child, cgroup.as_ref(), self.config.stop_timeout).await;
+                    if let Some(cgroup) = cgroup {
+                        self.give_back(cgroup).await;
+                    }
                     break reason;
                 }
                 () = activity.notified() => {}
                 () = tokio::time::sleep(idle_wait.unwrap_or(Duration::from_secs(86_400))) => {}
             }
         };
+        if let Some(cgroup) = self.take_cgroup(number) {
+            self.give_back(cgroup).await;
+        }
         let mut state = self.state.lock().expect("not poisoned");
         if let Some(position) = state.instances.iter().position(|i| i.number == number) {
             let instance = state.instances.remove(position);
-            instance.freezer.remove();
             tracing::info!(service = %self.config.id, instance = number, "stopped: {reason}");
             if state.stops.len() == status::STOPS_KEPT {
                 state.stops.pop_front();
@@ -370,6 +517,34 @@ impl ServiceHandle {
         }
         drop(state);
         self.changed.notify_waiters();
+    }
+
+    /// The processes of an instance: its cgroup's, or its leader alone.
+    fn instance_pids(&self, number: u64, leader: Option<u32>) -> Vec<u32> {
+        let state = self.state.lock().expect("not poisoned");
+        match state.instances.iter().find(|i| i.number == number).and_then(|i| i.cgroup.as_ref()) {
+            Some(cgroup) => cgroup.pids(),
+            None => leader.into_iter().collect(),
+        }
+    }
+
+    fn with_cgroup(&self, number: u64, act: impl FnOnce(Option<&cgroup::Cgroup>)) {
+        let state = self.state.lock().expect("not poisoned");
+        act(state.instances.iter().find(|i| i.number == number).and_then(|i| i.cgroup.as_ref()));
+    }
+
+    /// Takes an instance's cgroup out of its state once it is stopping, so
+    /// that its clean-up can wait without the service's lock.
+    fn take_cgroup(&self, number: u64) -> Option<cgroup::Cgroup> {
+        let mut state = self.state.lock().expect("not poisoned");
+        state.instances.iter_mut().find(|i| i.number == number).and_then(|i| i.cgroup.take())
+    }
+
+    /// Empties the cgroup (off the async threads: it may wait for the
+    /// kernel) and keeps it for a later instance.
+    async fn give_back(&self, cgroup: cgroup::Cgroup) {
+        let cgroups = self.cgroups.clone();
+        let _ = tokio::task::spawn_blocking(move || cgroups.give_back(cgroup)).await;
     }
 
     fn stop_reason(&self, number: u64) -> String {
@@ -411,12 +586,5 @@ impl ServiceHandle {
             Standby::Stop => instance.stop("idle"),
         }
         None
-    }
-}
-
-fn describe(status: std::io::Result<std::process::ExitStatus>) -> String {
-    match status {
-        Ok(status) => status.to_string(),
-        Err(error) => format!("wait failed: {error}"),
     }
 }

@@ -32,8 +32,15 @@ pub struct InstanceStatus {
     pub served: u64,
     pub boot_time_ms: Option<f64>,
     pub uptime_ms: f64,
-    /// How a pause freezes it: `cgroup-v2`, `cgroup-v1` or `sigstop`.
+    /// How a pause freezes it: `cgroup-v2`, or `sigstop` where the host
+    /// gives dormouse no cgroup.
     pub freezer: &'static str,
+    /// Memory charged to the instance's cgroup, in bytes (see
+    /// `Cgroup::memory_bytes`); absent without a cgroup.
+    pub memory_bytes: Option<u64>,
+    /// CPU time its processes used so far, in milliseconds; absent without
+    /// a cgroup.
+    pub cpu_ms: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -88,7 +95,9 @@ impl ServiceHandle {
                     served: i.served,
                     boot_time_ms: i.boot_time.map(|d| d.as_secs_f64() * 1000.0),
                     uptime_ms: i.started_at.elapsed().as_secs_f64() * 1000.0,
-                    freezer: i.freezer.name(),
+                    freezer: i.freezer_name(),
+                    memory_bytes: i.cgroup.as_ref().and_then(|c| c.memory_bytes()),
+                    cpu_ms: i.cgroup.as_ref().and_then(|c| c.cpu_usec()).map(|usec| usec as f64 / 1000.0),
                 })
                 .collect(),
             stops: state.stops.iter().cloned().collect(),

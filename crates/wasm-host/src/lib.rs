@@ -280,6 +280,7 @@ impl Host {
     pub fn load(&self, spec: &ComponentSpec, on_event: &dyn Fn(LoadEvent<'_>)) -> anyhow::Result<ComponentPre> {
         let started = Instant::now();
         let cannot_read = || format!("component `{}`: cannot read `{}`", spec.id, spec.source.display());
+        check_source(&spec.source).with_context(|| format!("component `{}`", spec.id))?;
         // Hashed through a mapping: the bytes themselves are read only if the
         // component has to be compiled.
         let mut hasher = blake3::Hasher::new();
@@ -338,6 +339,50 @@ impl Host {
         };
         Ok(ComponentPre { pre, caps: Arc::new(caps), shared: self.shared.clone() })
     }
+}
+
+/// The first bytes of a WebAssembly binary (`\0asm`), and the version and
+/// layer words that follow: a component says layer 1, a core module layer 0
+/// (the Component Model's binary format, `Binary.md`).
+const WASM_MAGIC: &[u8; 4] = b"\0asm";
+
+/// Refuses, before anything reads it whole, a source that cannot be a
+/// component: not a regular file (a FIFO would block start-up forever, a
+/// directory fails obscurely), empty, not WebAssembly, or a core module.
+fn check_source(source: &Path) -> anyhow::Result<()> {
+    use std::io::Read as _;
+    let shown = source.display();
+    let metadata = std::fs::metadata(source).with_context(|| format!("cannot read `{shown}`"))?;
+    let kind = metadata.file_type();
+    if !kind.is_file() {
+        use std::os::unix::fs::FileTypeExt as _;
+        let what = if kind.is_dir() {
+            "a directory"
+        } else if kind.is_fifo() {
+            "a named pipe (FIFO)"
+        } else if kind.is_socket() {
+            "a socket"
+        } else if kind.is_char_device() || kind.is_block_device() {
+            "a device"
+        } else {
+            "not a regular file"
+        };
+        anyhow::bail!("`{shown}` is {what}, not a regular file");
+    }
+    anyhow::ensure!(metadata.len() > 0, "`{shown}` is empty, not a WebAssembly component");
+    let mut head = [0u8; 8];
+    let read = std::fs::File::open(source)
+        .and_then(|mut file| file.read(&mut head))
+        .with_context(|| format!("cannot read `{shown}`"))?;
+    anyhow::ensure!(
+        read == head.len() && &head[..4] == WASM_MAGIC,
+        "`{shown}` is not a WebAssembly binary (it does not start with `\\0asm`)"
+    );
+    anyhow::ensure!(
+        head[6..8] == [1, 0],
+        "`{shown}` is a core WebAssembly module, not a component: wrap it with `wasm-tools component new`"
+    );
+    Ok(())
 }
 
 /// A WASI 0.2 component, linked and checked for the `wasi:http/proxy` export.
@@ -588,9 +633,18 @@ impl ComponentPre {
                 _ => Err(outcome.err().map_or(HandleError::NoResponse, HandleError::Guest)),
             },
             Head::Set(Ok(Ok(response))) => {
-                let (outcome_tx, outcome_rx) = oneshot::channel();
+                let (mut outcome_tx, outcome_rx) = oneshot::channel();
                 self.shared.tasks.spawn(async move {
-                    let _ = outcome_tx.send(guest.await);
+                    // The body holds the receiver: once it is dropped (the
+                    // client hung up, or a HEAD response needed no body),
+                    // nobody can read what the guest writes, so the guest is
+                    // dropped, its instance torn down and its slot freed.
+                    tokio::select! {
+                        outcome = &mut guest => {
+                            let _ = outcome_tx.send(outcome);
+                        }
+                        () = outcome_tx.closed() => {}
+                    }
                 });
                 Ok(response.map(|body| GuardedBody::new(body, Outcome::Pending(outcome_rx))))
             }
@@ -608,12 +662,20 @@ impl ComponentPre {
             return Ok(permit);
         }
         let overloaded = || HandleError::Overloaded(shared.config.max_instances);
+        // A place in the queue, given back however the wait ends: also when
+        // the request is dropped mid-wait because its client hung up.
+        struct QueuePlace<'a>(&'a AtomicUsize);
+        impl Drop for QueuePlace<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        let place = QueuePlace(&shared.waiting);
         if shared.waiting.fetch_add(1, Ordering::AcqRel) >= shared.config.queue_limit {
-            shared.waiting.fetch_sub(1, Ordering::AcqRel);
             return Err(overloaded());
         }
         let permit = tokio::time::timeout_at(deadline, shared.instances.clone().acquire_owned()).await;
-        shared.waiting.fetch_sub(1, Ordering::AcqRel);
+        drop(place);
         match permit {
             Ok(Ok(permit)) => Ok(permit),
             _ => Err(overloaded()),

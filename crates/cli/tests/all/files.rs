@@ -65,7 +65,9 @@ async fn mounted_files_are_served_and_nothing_outside_them() {
             reply.status,
             reply.body
         );
-        assert!(reply.body.starts_with("error: "), "{path}: {}", reply.body);
+        // The guest refused it, or the path left the route once its dot
+        // segments were resolved and the router found nothing.
+        assert!(reply.body.starts_with("error: ") || reply.body.is_empty(), "{path}: {}", reply.body);
         assert!(!reply.body.contains("secret") && !reply.body.contains("root:"), "{path}: {}", reply.body);
     }
     server.wait_for_log("is a link to");

@@ -1,11 +1,15 @@
 //! End-to-end tests: the real `dormouse` binary, real guest components from
 //! `guests/wasm`, real HTTP over loopback. One test binary keeps link time down.
 
+mod connections;
+mod containment;
 mod files;
+mod hop;
 mod js;
 mod kv;
 mod outbound;
 mod services;
+mod startup;
 mod support;
 mod up;
 mod variables;

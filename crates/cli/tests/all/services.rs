@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use hyper::StatusCode;
 use serde_json::Value;
 
-use crate::support::{App, PATIENCE, Server, get};
+use crate::support::{App, PATIENCE, Server, get, process_state};
 
-fn python_app(mode: &str, service_extra: &str) -> App {
+pub fn python_app(mode: &str, service_extra: &str) -> App {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/services/app.py").canonicalize().unwrap();
     App::from_manifest(&format!(
         "spin_manifest_version = 2\n[application]\nname = \"svc\"\n\
@@ -20,14 +20,14 @@ fn python_app(mode: &str, service_extra: &str) -> App {
     ))
 }
 
-async fn status(server: &Server) -> Value {
+pub async fn status(server: &Server) -> Value {
     let reply = get(&server.url("/.well-known/dormouse/services")).await;
     assert_eq!(reply.status, StatusCode::OK);
     serde_json::from_str::<Value>(&reply.body).unwrap()[0].clone()
 }
 
 /// Polls the services JSON until `check` holds, or fails after `PATIENCE`.
-async fn wait_for(server: &Server, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+pub async fn wait_for(server: &Server, what: &str, check: impl Fn(&Value) -> bool) -> Value {
     let started = Instant::now();
     loop {
         let current = status(server).await;
@@ -39,13 +39,8 @@ async fn wait_for(server: &Server, what: &str, check: impl Fn(&Value) -> bool) -
     }
 }
 
-fn pid_of(body: &str) -> u32 {
+pub fn pid_of(body: &str) -> u32 {
     body.trim().strip_prefix("pid ").unwrap().parse().unwrap()
-}
-
-fn process_state(pid: u32) -> Option<char> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|l| l.strip_prefix("State:")).and_then(|s| s.trim().chars().next())
 }
 
 #[tokio::test]
@@ -102,10 +97,6 @@ fn is_frozen(pid: u32, freezer: &str) -> bool {
     let path_in = |prefix: &str| cgroups.lines().find_map(|l| l.split_once(prefix).map(|(_, p)| p.to_owned()));
     match freezer {
         "sigstop" => process_state(pid) == Some('T'),
-        "cgroup-v1" => {
-            let group = path_in(":freezer:").unwrap();
-            std::fs::read_to_string(format!("/sys/fs/cgroup/freezer{group}/freezer.state")).unwrap().trim() == "FROZEN"
-        }
         "cgroup-v2" => {
             let group = path_in("0::").unwrap();
             ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"].iter().any(|root| {

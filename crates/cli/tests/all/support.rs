@@ -187,6 +187,12 @@ impl Server {
         assert!(status.success());
     }
 
+    /// Kills dormouse outright (SIGKILL), as the OOM killer would.
+    pub fn kill_outright(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
     /// Waits for the process to exit.
     pub fn wait(mut self) -> ExitStatus {
         let started = Instant::now();
@@ -237,6 +243,34 @@ fn collect(stream: impl std::io::Read + Send + 'static) -> Arc<Mutex<String>> {
         }
     });
     text
+}
+
+/// Sends `request` as raw bytes on a new connection and returns everything
+/// the server sent until it closed the connection (or 10 s passed).
+pub fn raw(addr: SocketAddr, request: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream.write_all(request).unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// The state letter of a process (`R`, `S`, `Z` …), `None` once it is gone.
+pub fn process_state(pid: u32) -> Option<char> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("State:")).and_then(|s| s.trim().chars().next())
+}
+
+/// Waits until process `pid` is gone (or a zombie, dead but not yet reaped),
+/// failing after `PATIENCE`.
+pub fn wait_gone(pid: u32, what: &str) {
+    let started = Instant::now();
+    while process_state(pid).is_some_and(|state| state != 'Z') {
+        assert!(started.elapsed() < PATIENCE, "{what} (pid {pid}) is still running");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 pub struct Reply {

@@ -323,18 +323,6 @@ fn a_bad_manifest_fails_with_file_line_and_column() {
     assert!(stderr.contains("spin.toml:5:9: invalid route `/a/.../b`"), "{stderr}");
 }
 
-#[test]
-fn a_component_that_is_not_an_http_handler_is_refused_at_start() {
-    let app = App::from_manifest(
-        "spin_manifest_version = 2\n[application]\nname = \"x\"\n[[trigger.http]]\nroute = \"/\"\ncomponent = \"a\"\n[component.a]\nsource = \"a.wasm\"\n",
-    );
-    std::fs::write(app.path().join("a.wasm"), b"not wasm").unwrap();
-    let output = dormouse().args(["up", "--listen", "127.0.0.1:0", "--from"]).arg(app.path()).output().unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("component `a`: cannot compile"), "{stderr}");
-}
-
 #[tokio::test]
 async fn components_see_their_environment_and_cli_values_win() {
     let manifest = format!(

@@ -2,10 +2,18 @@
 `pid <pid>`; its first argument picks a behaviour:
 
     serve        (default) answer every request; `/crash` exits mid-request,
-                 `/slow` takes 300 ms, `Upgrade: echo` switches to an echo
-                 of raw bytes
+                 `/slow` takes 300 ms, `/hang` 60 s, `/headers` answers the
+                 request line and headers it got, a POST answers
+                 `received <n>` for its body, `Upgrade: echo` switches to an
+                 echo of raw bytes
     never-ready  never listen
     ignore-term  like serve, but ignore SIGTERM
+    escapee      like serve, after starting `sleep 300` in a session of its
+                 own (setsid), whose pid it writes to $ESCAPEE_PIDFILE
+    one-per-connection
+                 like serve, but a second request on a connection is met by
+                 closing it unanswered (a keep-alive connection closed by the
+                 app just as the proxy reuses it)
 """
 import http.server
 import os
@@ -19,12 +27,48 @@ if mode == "never-ready":
     time.sleep(3600)
 if mode == "ignore-term":
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+if mode == "escapee":
+    import subprocess
+    escapee = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    with open(os.environ["ESCAPEE_PIDFILE"], "w") as pidfile:
+        pidfile.write(str(escapee.pid))
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
+    def do_POST(self):
+        received = 0
+        if self.headers.get("transfer-encoding", "").lower() == "chunked":
+            while True:
+                size = int(self.rfile.readline().split(b";")[0], 16)
+                if size == 0:
+                    self.rfile.readline()
+                    break
+                received += len(self.rfile.read(size))
+                self.rfile.readline()
+        else:
+            received = len(self.rfile.read(int(self.headers.get("content-length", "0"))))
+        self.answer(f"received {received}\n".encode())
+
+    def answer(self, body):
+        self.send_response(200)
+        self.send_header("content-type", "text/plain")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
     def do_GET(self):
+        if mode == "one-per-connection":
+            if getattr(self, "answered", False):
+                self.close_connection = True
+                return
+            self.answered = True
+        if self.path.startswith("/headers"):
+            lines = [self.requestline] + [f"{name.lower()}: {value}" for name, value in self.headers.items()]
+            return self.answer(("\n".join(lines) + "\n").encode())
+        if self.path.startswith("/hang"):
+            time.sleep(60)
         if self.headers.get("Upgrade") == "echo":
             # A raw upgraded connection: echo bytes until the client closes.
             self.send_response(101)

@@ -1,0 +1,159 @@
+//! Connection protections, HTTP/1.1 and HTTP/2 alike, the header limits as
+//! documented, and the requests RFC 9112 says to refuse.
+
+use std::io::{Read as _, Write as _};
+use std::time::{Duration, Instant};
+
+use hyper::StatusCode;
+
+use crate::support::{App, PATIENCE, get, get_with, raw};
+
+/// Seconds until the server closes `stream`, which sends `first` and then
+/// nothing; `None` if it stays open for 10 s.
+fn closed_after(addr: std::net::SocketAddr, first: &[u8]) -> Option<f64> {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let started = Instant::now();
+    stream.write_all(first).unwrap();
+    let mut sink = [0u8; 4096];
+    loop {
+        match stream.read(&mut sink) {
+            Ok(0) => return Some(started.elapsed().as_secs_f64()),
+            Ok(_) => continue,
+            Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => {
+                return Some(started.elapsed().as_secs_f64());
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
+#[test]
+fn silent_and_idle_connections_are_closed() {
+    let app = App::new(&[("/hello", "hello")]);
+    let server = app.start(&["--header-timeout", "1s", "--idle-timeout", "2s"]);
+    // Not a byte, over HTTP/1.1 or HTTP/2 (the h2c preface, then nothing).
+    let silent = closed_after(server.addr, b"").expect("a silent connection stayed open");
+    assert!((0.9..5.0).contains(&silent), "closed after {silent} s");
+    let preface =
+        closed_after(server.addr, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").expect("an idle h2 connection stayed open");
+    assert!((0.9..5.0).contains(&preface), "closed after {preface} s");
+    // An HTTP/1.1 keep-alive connection has the header timeout to start its
+    // next request.
+    let idle =
+        closed_after(server.addr, b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n").expect("an idle connection stayed open");
+    assert!((0.9..5.0).contains(&idle), "closed after {idle} s");
+}
+
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed_after_the_idle_timeout() {
+    use bytes::Bytes;
+    use http_body_util::Empty;
+    let app = App::new(&[("/hello", "hello")]);
+    let server = app.start(&["--header-timeout", "1s", "--idle-timeout", "2s"]);
+    let stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    let connection = tokio::spawn(connection);
+    let request = hyper::Request::get(server.url("/hello")).body(Empty::<Bytes>::new()).unwrap();
+    assert_eq!(sender.send_request(request).await.unwrap().status(), StatusCode::OK);
+    let idle_from = Instant::now();
+    // Kept open past the header timeout (a request was served), closed at the
+    // idle timeout.
+    tokio::time::timeout(PATIENCE, connection).await.expect("an idle h2 connection stayed open").unwrap().ok();
+    let idle = idle_from.elapsed().as_secs_f64();
+    assert!((1.9..6.0).contains(&idle), "closed after {idle} s");
+}
+
+#[tokio::test]
+async fn past_the_connection_cap_clients_wait_their_turn() {
+    let app = App::new(&[("/hello", "hello")]);
+    let server = app.start(&["--max-connections", "1", "--header-timeout", "1s"]);
+    let _silent = std::net::TcpStream::connect(server.addr).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let started = Instant::now();
+    let reply = get(&server.url("/hello")).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    // Served once the silent connection was closed at its header timeout.
+    assert!(started.elapsed() > Duration::from_millis(500), "served after {:?}", started.elapsed());
+}
+
+#[test]
+fn requests_rfc_9112_refuses_are_refused() {
+    let app = App::new(&[("/hello", "hello")]);
+    let server = app.start(&[]);
+    for (request, why) in [
+        (&b"GET /hello HTTP/1.1\r\nConnection: close\r\n\r\n"[..], "Host header"),
+        (b"GET /hello HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n", "more than one Host"),
+    ] {
+        let answer = raw(server.addr, request);
+        assert!(answer.starts_with("HTTP/1.1 400") && answer.contains(why), "{why}: {answer}");
+    }
+    // HTTP/1.0 needs no Host.
+    let answer = raw(server.addr, b"GET /hello HTTP/1.0\r\n\r\n");
+    assert!(answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+#[tokio::test]
+async fn header_limits_are_the_documented_ones_over_http1_and_http2() {
+    let app = App::new(&[("/hello", "hello")]);
+    let server = app.start(&[]);
+    // Many short lines, far under 32 KiB: hyper's 100-line cap is not ours.
+    let mut request = b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n".to_vec();
+    for i in 0..300 {
+        request.extend_from_slice(format!("x-{i}: v\r\n").as_bytes());
+    }
+    request.extend_from_slice(b"\r\n");
+    let answer = raw(server.addr, &request);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{}", &answer[..answer.len().min(200)]);
+
+    let big = "v".repeat(200);
+    let names: Vec<String> = (0..200).map(|i| format!("x-{i:03}")).collect();
+    let within: Vec<(&str, &str)> = names[..100].iter().map(|name| (name.as_str(), big.as_str())).collect();
+    let beyond: Vec<(&str, &str)> = names.iter().map(|name| (name.as_str(), big.as_str())).collect();
+    let url = server.url("/hello");
+    for http2 in [false, true] {
+        let status = |headers| send_headers(&url, http2, headers);
+        assert_eq!(status(&within).await, StatusCode::OK, "~21 KiB of headers, http2={http2}");
+        assert_eq!(status(&beyond).await, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "~41 KiB, http2={http2}");
+    }
+}
+
+async fn send_headers(url: &str, http2: bool, headers: &[(&str, &str)]) -> StatusCode {
+    if http2 { h2_get(url, headers).await } else { get_with(url, headers).await.status }
+}
+
+async fn h2_get(url: &str, headers: &[(&str, &str)]) -> StatusCode {
+    use bytes::Bytes;
+    use http_body_util::Full;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<Bytes>>();
+    let mut request = hyper::Request::get(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request.body(Full::new(Bytes::new())).unwrap();
+    tokio::time::timeout(PATIENCE, client.request(request)).await.unwrap().unwrap().status()
+}
+
+#[test]
+fn flag_values_that_make_no_sense_are_refused_at_start() {
+    let app = App::new(&[("/hello", "hello")]);
+    for flags in [
+        ["--timeout", "0s"],
+        ["--header-timeout", "0s"],
+        ["--idle-timeout", "0ms"],
+        ["--cpu-limit", "0s"],
+        ["--max-connections", "0"],
+        ["--max-instances", "0"],
+        ["--max-headers", "0B"],
+    ] {
+        let stderr = app.fails_to_start(&flags);
+        assert!(stderr.contains(flags[0]), "{flags:?}: {stderr}");
+    }
+}

@@ -1,0 +1,126 @@
+//! Services are contained: nothing an instance starts outlives it or
+//! dormouse, requests reach only processes dormouse started, held requests
+//! give their place back when their client leaves, and every signal that
+//! ends dormouse drains first.
+
+use std::time::{Duration, Instant};
+
+use hyper::StatusCode;
+
+use crate::services::{pid_of, python_app, status, wait_for};
+use crate::support::{get, process_state, wait_gone};
+
+#[tokio::test]
+async fn services_die_with_a_dormouse_killed_outright() {
+    let app = python_app("serve", "scale_to_zero = { cooldown = \"60s\" }");
+    let mut server = app.start(&[]);
+    let pid = pid_of(&get(&server.url("/")).await.body);
+    server.kill_outright();
+    // Reaped too: the process helper is its parent, not PID 1.
+    let started = Instant::now();
+    while process_state(pid).is_some() {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "service {pid} outlived dormouse: {:?}",
+            process_state(pid)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn processes_that_leave_the_process_group_stop_with_their_instance() {
+    let pidfile = tempfile::NamedTempFile::new().unwrap();
+    let extra = format!(
+        "environment = {{ ESCAPEE_PIDFILE = \"{}\" }}\nscale_to_zero = {{ cooldown = \"200ms\" }}",
+        pidfile.path().display()
+    );
+    let app = python_app("escapee", &extra);
+    let server = app.start(&[]);
+    assert_eq!(get(&server.url("/")).await.status, StatusCode::OK);
+    let escapee: u32 = std::fs::read_to_string(pidfile.path()).unwrap().trim().parse().unwrap();
+    assert!(process_state(escapee).is_some());
+    wait_for(&server, "stopped", |s| s["state"] == "standby").await;
+    wait_gone(escapee, "a process in a session of its own");
+}
+
+#[tokio::test]
+async fn a_leader_that_exits_takes_its_children_along() {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/services/app.py");
+    let app = crate::support::App::from_manifest(&format!(
+        "spin_manifest_version = 2\n[application]\nname = \"svc\"\n[[trigger.http]]\nroute = \"/...\"\nservice = \"sh\"\n\
+         [service.sh]\ncommand = [\"sh\", \"-c\", \"python3 {} & sleep 1; exit 3\"]\nscale_to_zero = {{ cooldown = \"60s\" }}\n",
+        script.display()
+    ));
+    let server = app.start(&[]);
+    let child = pid_of(&get(&server.url("/")).await.body);
+    let stopped =
+        wait_for(&server, "the leader's exit noticed", |s| s["stops"].as_array().is_some_and(|s| !s.is_empty())).await;
+    assert!(stopped["stops"][0]["reason"].as_str().unwrap().contains("exited on its own"), "{stopped:#}");
+    wait_gone(child, "the child of an exited leader");
+}
+
+#[tokio::test]
+async fn a_fixed_port_held_by_another_process_is_never_proxied_to() {
+    let impostor = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = impostor.local_addr().unwrap().port();
+    let app = python_app("serve", &format!("port = {port}"));
+    let server = app.start(&[]);
+    let reply = get(&server.url("/")).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{}", reply.body);
+    assert!(reply.body.contains(&format!("port {port} is already in use by another process")), "{}", reply.body);
+    assert_eq!(status(&server).await["state"], "failing");
+}
+
+#[tokio::test]
+async fn held_requests_whose_clients_leave_give_their_places_back() {
+    let app = python_app("never-ready", "");
+    let server = app.start(&[]);
+    // More clients than the wake buffer (100 a service instance) come and go.
+    for _ in 0..2 {
+        let mut clients = Vec::new();
+        for _ in 0..120 {
+            use std::io::Write as _;
+            let mut stream = std::net::TcpStream::connect(server.addr).unwrap();
+            stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            clients.push(stream);
+        }
+        wait_for(&server, "holding requests", |s| s["waiting"].as_u64() > Some(0)).await;
+        drop(clients);
+        wait_for(&server, "every place given back", |s| s["waiting"] == 0).await;
+    }
+}
+
+#[tokio::test]
+async fn sighup_drains_and_leaves_no_service_behind() {
+    let app = python_app("serve", "scale_to_zero = { cooldown = \"60s\" }");
+    let server = app.start(&[]);
+    let pid = pid_of(&get(&server.url("/")).await.body);
+    server.signal("HUP");
+    let status = server.wait();
+    assert!(status.success(), "{status:?}");
+    wait_gone(pid, "a service after SIGHUP");
+}
+
+#[tokio::test]
+async fn a_second_signal_exits_at_once() {
+    let app = python_app("serve", "scale_to_zero = { cooldown = \"60s\" }");
+    let server = app.start(&["--drain-timeout", "60s"]);
+    let pid = pid_of(&get(&server.url("/")).await.body);
+    // A request that would hold the drain for a minute.
+    let hanging = tokio::spawn(get_owned(server.url("/hang")));
+    wait_for(&server, "the request in flight", |s| s["instances"][0]["in_flight"] == 1).await;
+    server.signal("TERM");
+    server.wait_for_log("again to exit at once");
+    let started = Instant::now();
+    server.signal("INT");
+    let status = server.wait();
+    assert!(!status.success(), "a cut drain is not a clean exit");
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    wait_gone(pid, "a service after a second signal");
+    hanging.abort();
+}
+
+async fn get_owned(url: String) -> crate::support::Reply {
+    get(&url).await
+}

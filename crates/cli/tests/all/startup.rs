@@ -1,0 +1,84 @@
+//! Strict start-up checks: what cannot work is refused before dormouse
+//! serves, at once, with an error that names the file and what is wrong.
+
+use crate::support::{App, guest};
+
+const ONE_COMPONENT: &str = "spin_manifest_version = 2\n[application]\nname = \"x\"\n[[trigger.http]]\nroute = \"/\"\ncomponent = \"a\"\n[component.a]\nsource = \"a.wasm\"\n";
+
+#[test]
+fn a_component_source_that_cannot_be_a_component_is_refused_at_start() {
+    let app = App::from_manifest(ONE_COMPONENT);
+    let source = app.path().join("a.wasm");
+
+    std::fs::write(&source, b"not wasm").unwrap();
+    let stderr = app.fails_to_start(&[]);
+    assert!(stderr.contains("component `a`") && stderr.contains("is not a WebAssembly binary"), "{stderr}");
+
+    std::fs::write(&source, b"").unwrap();
+    let stderr = app.fails_to_start(&[]);
+    assert!(stderr.contains("a.wasm` is empty"), "{stderr}");
+
+    // A core module is WebAssembly, but not a component.
+    std::fs::write(&source, b"\0asm\x01\0\0\0").unwrap();
+    let stderr = app.fails_to_start(&[]);
+    assert!(stderr.contains("is a core WebAssembly module, not a component"), "{stderr}");
+
+    std::fs::remove_file(&source).unwrap();
+    std::fs::create_dir(&source).unwrap();
+    let stderr = app.fails_to_start(&[]);
+    assert!(stderr.contains("a.wasm` is a directory, not a regular file"), "{stderr}");
+
+    // A named pipe would block the first read forever.
+    std::fs::remove_dir(&source).unwrap();
+    let status = std::process::Command::new("mkfifo").arg(&source).status().unwrap();
+    assert!(status.success());
+    let stderr = app.fails_to_start(&[]);
+    assert!(stderr.contains("a.wasm` is a named pipe (FIFO), not a regular file"), "{stderr}");
+}
+
+#[test]
+fn a_component_that_is_not_an_http_handler_is_refused_at_start() {
+    let app = App::from_manifest(ONE_COMPONENT);
+    // A real component, but one that exports no HTTP handler: the files guest
+    // with its export renamed would do; a service-less `wasi:cli` command is
+    // what a user most often tries. The 0.3 trap guest exports a handler, so
+    // use a component that only imports: the empty component.
+    std::fs::write(app.path().join("a.wasm"), b"\0asm\x0d\0\x01\0").unwrap();
+    let stderr = app.fails_to_start(&[]);
+    assert!(stderr.contains("is not a wasi:http/proxy component"), "{stderr}");
+}
+
+#[test]
+fn file_sources_outside_the_app_directory_are_refused_with_their_place() {
+    let files = guest("files");
+    for source in ["../outside", "/etc"] {
+        let manifest = format!(
+            "spin_manifest_version = 2\n[application]\nname = \"x\"\n[[trigger.http]]\nroute = \"/...\"\ncomponent = \"a\"\n\
+             [component.a]\nsource = \"{}\"\nfiles = [{{ source = \"{source}\", destination = \"/o\" }}]\n",
+            files.display()
+        );
+        let app = App::from_manifest(&manifest);
+        let stderr = app.fails_to_start(&[]);
+        let expected =
+            format!("spin.toml:9:10: file source `{source}` (component `a`) must stay inside the app directory");
+        assert!(stderr.contains(&expected), "{stderr}");
+    }
+}
+
+#[test]
+fn a_corrupt_key_value_file_fails_at_once_naming_it() {
+    let manifest = format!(
+        "spin_manifest_version = 2\n[application]\nname = \"x\"\n[[trigger.http]]\nroute = \"/...\"\ncomponent = \"a\"\n\
+         [component.a]\nsource = \"{}\"\nkey_value_stores = [\"default\"]\n",
+        guest("kv").display()
+    );
+    let app = App::from_manifest(&manifest);
+    let store = app.path().join(".dormouse/sqlite_key_value.db");
+    std::fs::create_dir_all(store.parent().unwrap()).unwrap();
+    std::fs::write(&store, vec![0x5a; 8192]).unwrap();
+    let started = std::time::Instant::now();
+    let stderr = app.fails_to_start(&[]);
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "took {:?}", started.elapsed());
+    assert!(stderr.contains("sqlite_key_value.db") && stderr.contains("not a database"), "{stderr}");
+    assert_eq!(stderr.matches("ERROR").count(), 0, "one error, not a retry log: {stderr}");
+}

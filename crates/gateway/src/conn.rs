@@ -1,0 +1,206 @@
+//! Connection protections, for HTTP/1.1 and HTTP/2 alike: a connection must
+//! deliver its first request within the header timeout (a client that
+//! connects and says nothing is closed), and one with no request in flight
+//! that moves no bytes for the idle timeout is closed too. Both are measured
+//! here, below hyper, because hyper's own header timeout starts only once it
+//! has read enough bytes to tell HTTP/1.1 from HTTP/2, and HTTP/2 has none.
+
+use std::io::IoSlice;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
+
+/// What a connection's watchdog looks at: requests in flight and when bytes
+/// last moved, in milliseconds since the connection was accepted.
+#[derive(Debug)]
+pub struct Activity {
+    accepted: Instant,
+    last_ms: AtomicU64,
+    in_flight: AtomicUsize,
+    requests: AtomicU64,
+}
+
+/// A request in flight on a connection; dropped when its handler returns
+/// (whether it finished or its client went away).
+pub struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Activity {
+    pub fn new() -> Arc<Activity> {
+        Arc::new(Activity {
+            accepted: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+            requests: AtomicU64::new(0),
+        })
+    }
+
+    pub fn request(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.requests.fetch_add(1, Ordering::AcqRel);
+        self.touch();
+        InFlight(self.clone())
+    }
+
+    fn touch(&self) {
+        let now = self.accepted.elapsed().as_millis() as u64;
+        // Only ever forward; a relaxed max is enough for a coarse clock.
+        self.last_ms.fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// When the connection should be closed if nothing changes, or `None`
+    /// while a request is in flight. Before its first request a connection
+    /// has `header_timeout` from its accept, whatever bytes it sends; after,
+    /// `idle_timeout` from the last byte or request.
+    pub fn deadline(&self, header_timeout: Duration, idle_timeout: Duration) -> Option<Instant> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        if self.requests.load(Ordering::Acquire) == 0 {
+            return Some(self.accepted + header_timeout);
+        }
+        Some(self.accepted + Duration::from_millis(self.last_ms.load(Ordering::Relaxed)) + idle_timeout)
+    }
+}
+
+/// Waits until the connection has been idle past its limit (see
+/// [`Activity::deadline`]). Wakes only at deadlines, never on a tick.
+pub async fn idle(activity: &Activity, header_timeout: Duration, idle_timeout: Duration) {
+    loop {
+        match activity.deadline(header_timeout, idle_timeout) {
+            Some(deadline) if deadline <= Instant::now() => return,
+            Some(deadline) => tokio::time::sleep_until(deadline).await,
+            // A request is in flight; look again once it could be over.
+            None => tokio::time::sleep(idle_timeout.min(header_timeout)).await,
+        }
+    }
+}
+
+/// A socket that records when bytes move on it.
+pub struct Tracked<T> {
+    inner: T,
+    activity: Arc<Activity>,
+}
+
+impl<T> Tracked<T> {
+    pub fn new(inner: T, activity: Arc<Activity>) -> Self {
+        Tracked { inner, activity }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        result
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        result
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        result
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Logs accept failures (out of file descriptors, mostly) at most once a
+/// second, with how many were not logged: a flood must not become a flood of
+/// log lines too.
+#[derive(Debug, Default)]
+pub struct AcceptErrors {
+    last_logged: Option<Instant>,
+    suppressed: u64,
+}
+
+impl AcceptErrors {
+    pub fn record(&mut self, error: &std::io::Error) {
+        let now = Instant::now();
+        if self.last_logged.is_some_and(|last| now.duration_since(last) < Duration::from_secs(1)) {
+            self.suppressed += 1;
+            return;
+        }
+        if self.suppressed > 0 {
+            tracing::warn!("accept failed: {error} ({} more since the last report)", self.suppressed);
+        } else {
+            tracing::warn!("accept failed: {error}");
+        }
+        self.last_logged = Some(now);
+        self.suppressed = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_connection_has_the_header_timeout_and_no_more() {
+        let activity = Activity::new();
+        let started = Instant::now();
+        // Bytes before the first request do not extend it.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        activity.touch();
+        idle(&activity, Duration::from_secs(2), Duration::from_secs(60)).await;
+        assert_eq!(started.elapsed().as_secs(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_in_flight_holds_the_connection_and_idling_after_it_closes_it() {
+        let activity = Activity::new();
+        let started = Instant::now();
+        let request = activity.request();
+        let watchdog = tokio::spawn({
+            let activity = activity.clone();
+            async move { idle(&activity, Duration::from_secs(2), Duration::from_secs(5)).await }
+        });
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert!(!watchdog.is_finished(), "closed while a request was in flight");
+        drop(request);
+        watchdog.await.unwrap();
+        // The idle timeout runs from the end of the request, to within a
+        // header-timeout check.
+        let elapsed = started.elapsed().as_secs();
+        assert!((35..=37).contains(&elapsed), "closed after {elapsed} s");
+    }
+}
