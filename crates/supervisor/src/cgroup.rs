@@ -4,81 +4,55 @@
 //! including processes that left its process group (`setsid`, double forks).
 //!
 //! Layout: `<v2 mount><dormouse's own cgroup>/dormouse-<pid>/` is this run's
-//! directory, and each instance gets `i-<n>` below it. A run directory whose
-//! dormouse is gone (killed before its reaper could act) is cleaned at the
-//! next start.
+//! directory, and each instance gets a directory below it. A run directory
+//! whose dormouse is gone (killed before its helper could act) is cleaned at
+//! the next start.
 //!
-//! Creating a cgroup costs milliseconds (the kernel waits out an RCU grace
-//! period; ~14 ms was measured here), which a wake must not pay: a few empty
-//! cgroups are made ahead of time by a background thread, and an instance's
-//! cgroup is emptied and kept for the next instance instead of removed.
+//! Measured on this project's VMs (Linux 6.18, cgroup v2 without
+//! `favordynmods`): making a cgroup takes ~0.05 ms, but moving a process into
+//! one takes ~14 ms (the writer side of the kernel's threadgroup lock waits
+//! out an RCU grace period). So a wake never moves a process: the process
+//! helper keeps processes waiting inside fresh cgroups ahead of time
+//! (`spawn.rs`), and the app is exec'd in one of them.
 //!
 //! Where no writable cgroup v2 hierarchy exists, instances run without one:
 //! stop signals the process group, and a pause uses SIGSTOP.
 
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-/// Empty cgroups kept ready, at most. Each is a directory in the cgroup
-/// filesystem and a little kernel memory; more would only help bursts of
-/// cold starts of many services at once.
-pub const MAX_SPARES: usize = 8;
-
 /// How long a cgroup may take to empty after `cgroup.kill` before it is
-/// abandoned (left for the run's final clean-up) instead of reused.
+/// abandoned (left for the run's final clean-up) instead of removed.
 const EMPTY_WAIT: Duration = Duration::from_secs(2);
 
 /// The cgroups of one dormouse process.
 pub struct Cgroups {
     /// This run's directory; `None` where cgroups cannot be used.
     run: Option<PathBuf>,
-    spares: Mutex<Vec<PathBuf>>,
-    /// How many spares to keep.
-    target: usize,
     next: AtomicU64,
-    refilling: AtomicBool,
 }
 
-/// An instance's cgroup, with `cgroup.procs` open so that a child can join
-/// it between fork and exec (see [`Cgroup::join_fd`]).
+/// An instance's cgroup.
 #[derive(Debug)]
 pub struct Cgroup {
     path: PathBuf,
-    procs: OwnedFd,
 }
 
 impl Cgroups {
-    /// Finds the cgroup v2 hierarchy, makes this run's directory, cleans
-    /// directories left by dead runs, and starts making `spares` cgroups in
-    /// the background (at most [`MAX_SPARES`]).
-    pub fn new(spares: usize) -> Arc<Cgroups> {
-        Self::with_run(run_directory(), spares)
-    }
-
-    /// No cgroups at all: for an app without services.
-    pub fn none() -> Arc<Cgroups> {
-        Self::with_run(None, 0)
-    }
-
-    fn with_run(run: Option<PathBuf>, spares: usize) -> Arc<Cgroups> {
-        if run.is_none() && spares > 0 {
+    /// Finds the cgroup v2 hierarchy, cleans directories left by dead runs
+    /// and makes this run's directory; with `enabled` false (an app without
+    /// services), does nothing.
+    pub fn new(enabled: bool) -> Arc<Cgroups> {
+        let run = if enabled { run_directory() } else { None };
+        if enabled && run.is_none() {
             tracing::warn!(
                 "no writable cgroup v2 hierarchy: service instances run without a cgroup \
                  (processes that leave their process group are not stopped with them)"
             );
         }
-        let cgroups = Arc::new(Cgroups {
-            run,
-            spares: Mutex::default(),
-            target: spares.min(MAX_SPARES),
-            next: AtomicU64::new(0),
-            refilling: AtomicBool::new(false),
-        });
-        cgroups.refill();
-        cgroups
+        Arc::new(Cgroups { run, next: AtomicU64::new(0) })
     }
 
     /// This run's directory, if instances get cgroups.
@@ -86,49 +60,12 @@ impl Cgroups {
         self.run.as_deref()
     }
 
-    /// An empty cgroup for a new instance: a spare if there is one (no system
-    /// call beyond opening `cgroup.procs`), else one made now.
-    pub fn take(self: &Arc<Self>) -> Option<Cgroup> {
+    /// A new, empty cgroup (cheap: a directory).
+    pub fn create(&self) -> Option<Cgroup> {
         let run = self.run.as_ref()?;
-        let spare = self.spares.lock().expect("not poisoned").pop();
-        let path = match spare {
-            Some(path) => path,
-            None => self.make(run)?,
-        };
-        self.refill();
-        match open_procs(&path) {
-            Ok(procs) => Some(Cgroup { path, procs }),
-            Err(error) => {
-                tracing::warn!("cannot use cgroup `{}`: {error}", path.display());
-                None
-            }
-        }
-    }
-
-    /// Takes back an instance's cgroup once its processes are gone: kept as a
-    /// spare if it emptied, removed otherwise.
-    pub fn give_back(self: &Arc<Self>, cgroup: Cgroup) {
-        let Cgroup { path, procs } = cgroup;
-        drop(procs);
-        let _ = std::fs::write(path.join("cgroup.freeze"), "0");
-        if !wait_empty(&path, EMPTY_WAIT) {
-            tracing::warn!("cgroup `{}` did not empty; left for clean-up at exit", path.display());
-            return;
-        }
-        let mut spares = self.spares.lock().expect("not poisoned");
-        if spares.len() < self.target {
-            spares.push(path);
-        } else {
-            drop(spares);
-            let _ = std::fs::remove_dir(&path);
-        }
-    }
-
-    fn make(&self, run: &Path) -> Option<PathBuf> {
-        let number = self.next.fetch_add(1, Ordering::Relaxed);
-        let path = run.join(format!("i-{number}"));
+        let path = run.join(format!("i-{}", self.next.fetch_add(1, Ordering::Relaxed)));
         match std::fs::create_dir(&path) {
-            Ok(()) => Some(path),
+            Ok(()) => Some(Cgroup { path }),
             Err(error) => {
                 tracing::warn!("cannot create cgroup `{}`: {error}", path.display());
                 None
@@ -136,36 +73,14 @@ impl Cgroups {
         }
     }
 
-    /// Tops the spares up on a thread of its own, off every request's path.
-    fn refill(self: &Arc<Self>) {
-        let Some(run) = self.run.clone() else { return };
-        if self.spares.lock().expect("not poisoned").len() >= self.target || self.refilling.swap(true, Ordering::AcqRel)
-        {
-            return;
-        }
-        let cgroups = self.clone();
-        let spawned = std::thread::Builder::new().name("dormouse-cgroups".into()).spawn(move || {
-            while cgroups.spares.lock().expect("not poisoned").len() < cgroups.target {
-                let Some(path) = cgroups.make(&run) else { break };
-                cgroups.spares.lock().expect("not poisoned").push(path);
-            }
-            cgroups.refilling.store(false, Ordering::Release);
-        });
-        if spawned.is_err() {
-            self.refilling.store(false, Ordering::Release);
-        }
-    }
-
-    /// Kills every process of every instance at once (the second signal, or
-    /// a failed shutdown). Safe to call from any thread.
+    /// Kills every process of every instance at once (the second signal).
     pub fn kill_all(&self) {
         if let Some(run) = &self.run {
             let _ = std::fs::write(run.join("cgroup.kill"), "1");
         }
     }
 
-    /// Removes this run's directory (after [`Cgroups::kill_all`] or once every
-    /// instance is gone).
+    /// Kills what is left and removes this run's directory. Blocking.
     pub fn remove(&self) {
         if let Some(run) = &self.run {
             remove_tree(run);
@@ -174,14 +89,13 @@ impl Cgroups {
 }
 
 impl Cgroup {
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// The cgroup at `path`, made by someone else (the process helper).
+    pub fn at(path: PathBuf) -> Cgroup {
+        Cgroup { path }
     }
 
-    /// The open `cgroup.procs`: a child writes `0` to it after fork, before
-    /// exec, so that it is inside before it can fork anything.
-    pub fn join_fd(&self) -> std::os::fd::RawFd {
-        self.procs.as_raw_fd()
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Kills every process in the cgroup (SIGKILL, including ones that left
@@ -194,11 +108,6 @@ impl Cgroup {
 
     pub fn freeze(&self, frozen: bool) -> std::io::Result<()> {
         std::fs::write(self.path.join("cgroup.freeze"), if frozen { "1" } else { "0" })
-    }
-
-    /// Whether any process is still in it.
-    pub fn populated(&self) -> bool {
-        populated(&self.path)
     }
 
     /// CPU time used by the instance's processes so far, in microseconds
@@ -215,9 +124,8 @@ impl Cgroup {
         if let Ok(current) = std::fs::read_to_string(self.path.join("memory.current")) {
             return current.trim().parse().ok();
         }
-        let procs = std::fs::read_to_string(self.path.join("cgroup.procs")).ok()?;
         let mut total = 0;
-        for pid in procs.lines() {
+        for pid in self.pids() {
             let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { continue };
             let kib = status
                 .lines()
@@ -233,10 +141,17 @@ impl Cgroup {
             .map(|procs| procs.lines().filter_map(|pid| pid.parse().ok()).collect())
             .unwrap_or_default()
     }
-}
 
-fn open_procs(path: &Path) -> std::io::Result<OwnedFd> {
-    Ok(std::fs::OpenOptions::new().write(true).open(path.join("cgroup.procs"))?.into())
+    /// Once the instance's leader is reaped: kills what is left, waits for
+    /// the cgroup to empty and removes it. Blocking (milliseconds at most).
+    pub fn retire(self) {
+        let _ = std::fs::write(self.path.join("cgroup.freeze"), "0");
+        if wait_empty(&self.path, EMPTY_WAIT) {
+            let _ = std::fs::remove_dir(&self.path);
+        } else {
+            tracing::warn!("cgroup `{}` did not empty; left for clean-up at exit", self.path.display());
+        }
+    }
 }
 
 fn populated(path: &Path) -> bool {
@@ -262,7 +177,7 @@ fn wait_empty(path: &Path, limit: Duration) -> bool {
 }
 
 /// Kills what is left in `dir` and its children, then removes them all.
-fn remove_tree(dir: &Path) {
+pub(crate) fn remove_tree(dir: &Path) {
     let _ = std::fs::write(dir.join("cgroup.kill"), "1");
     if let Ok(entries) = std::fs::read_dir(dir) {
         for entry in entries.flatten() {
@@ -297,7 +212,6 @@ fn run_directory() -> Option<PathBuf> {
     let mount = v2_mount()?;
     let own = own_cgroup()?;
     let parent = mount.join(own.trim_start_matches('/'));
-    // cgroup.kill is Linux 5.14+; without it nothing here can be promised.
     if !parent.join("cgroup.procs").exists() {
         return None;
     }
@@ -307,6 +221,7 @@ fn run_directory() -> Option<PathBuf> {
         remove_tree(&run);
     }
     std::fs::create_dir(&run).ok()?;
+    // cgroup.kill is Linux 5.14+; without it nothing here can be promised.
     if !run.join("cgroup.kill").exists() || !run.join("cgroup.freeze").exists() {
         let _ = std::fs::remove_dir(&run);
         return None;
@@ -326,10 +241,4 @@ fn clean_dead_runs(parent: &Path) {
             remove_tree(&entry.path());
         }
     }
-}
-
-/// Kills every process left in a run directory and removes it: what the
-/// process helper does once dormouse is gone.
-pub(crate) fn remove_run(run: &Path) {
-    remove_tree(run);
 }

@@ -39,7 +39,8 @@ pub(crate) struct Instance {
     /// Wakes the task that owns the process, to stop it.
     pub stop_signal: Arc<Notify>,
     pub stop_reason: Option<String>,
-    /// The instance's cgroup; `None` where the host has none to give.
+    /// The instance's cgroup, once spawned; `None` where the host has none
+    /// to give.
     pub cgroup: Option<Cgroup>,
 }
 
@@ -48,7 +49,7 @@ impl Instance {
     /// (which the instance's task sends). A fixed port already held by
     /// another process is an error: requests must never reach a process
     /// dormouse did not start.
-    pub fn new(config: &Service, number: u64, cgroup: Option<Cgroup>) -> std::io::Result<(Instance, Spawn)> {
+    pub fn new(config: &Service, number: u64) -> std::io::Result<(Instance, Spawn)> {
         let port = match config.port {
             Some(port) => {
                 check_port_free(port)?;
@@ -56,17 +57,7 @@ impl Instance {
             }
             None => free_port()?,
         };
-        let mut env: Vec<(String, String)> =
-            config.environment.iter().map(|(key, value)| (key.clone(), value.clone())).collect();
-        env.push(("PORT".to_owned(), port.to_string()));
-        let request = Spawn {
-            id: 0,
-            program: config.command[0].clone(),
-            args: config.command[1..].to_vec(),
-            env,
-            cwd: config.workdir.clone(),
-            cgroup: cgroup.as_ref().map(|cgroup| cgroup.path().to_owned()),
-        };
+        let request = Instance::spawn_request(config, port)?;
         let instance = Instance {
             number,
             port,
@@ -80,9 +71,24 @@ impl Instance {
             activity: Arc::new(Notify::new()),
             stop_signal: Arc::new(Notify::new()),
             stop_reason: None,
-            cgroup,
+            cgroup: None,
         };
         Ok((instance, request))
+    }
+
+    /// What starts an instance of `config` listening on `port`.
+    pub fn spawn_request(config: &Service, port: u16) -> std::io::Result<Spawn> {
+        let mut env: Vec<(String, String)> =
+            config.environment.iter().map(|(key, value)| (key.clone(), value.clone())).collect();
+        env.push(("PORT".to_owned(), port.to_string()));
+        Ok(Spawn {
+            id: 0,
+            service: config.id.clone(),
+            program: config.command[0].clone(),
+            args: config.command[1..].to_vec(),
+            env,
+            cwd: config.workdir.clone(),
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -212,29 +218,65 @@ pub async fn wait_ready(port: u16, path: Option<&str>) {
     }
 }
 
-/// Whether a process in `pids` holds a listening socket on `port`: each
+/// Whether a process in `pids` holds a listening socket on `port`. Each
 /// socket among its open files is borrowed (`pidfd_getfd`, Linux 5.6+) and
-/// asked whether it listens, and where. This costs a few system calls per
-/// open socket of the instance, whatever else the host has open (reading
-/// `/proc/net/tcp` grows with every connection on the machine).
+/// asked whether it listens, and where: a few system calls per open socket of
+/// the instance, whatever else the host has open. Where borrowing is not
+/// allowed (a seccomp filter, a ptrace policy), the listening sockets on the
+/// port are looked up in `/proc/net/tcp{,6}` instead, which grows with every
+/// socket on the machine.
 pub fn owns_listener(port: u16, pids: &[u32]) -> bool {
     use rustix::process::{PidfdFlags, PidfdGetfdFlags, pidfd_getfd, pidfd_open};
-    pids.iter().any(|&pid| {
-        let Some(process) = Pid::from_raw(pid as i32) else { return false };
-        let Ok(pidfd) = pidfd_open(process, PidfdFlags::empty()) else { return false };
-        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
-        fds.flatten().any(|fd| {
-            let is_socket =
-                std::fs::read_link(fd.path()).is_ok_and(|target| target.to_string_lossy().starts_with("socket:"));
-            let Some(number) = fd.file_name().to_str().and_then(|name| name.parse().ok()).filter(|_| is_socket) else {
-                return false;
+    let mut sockets = Vec::new();
+    let mut unasked = false;
+    for &pid in pids {
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
+        let pidfd = Pid::from_raw(pid as i32).map(|process| pidfd_open(process, PidfdFlags::empty()));
+        for fd in fds.flatten() {
+            let Ok(target) = std::fs::read_link(fd.path()) else { continue };
+            let target = target.to_string_lossy().into_owned();
+            if !target.starts_with("socket:") {
+                continue;
+            }
+            let borrowed = match (&pidfd, fd.file_name().to_str().and_then(|name| name.parse().ok())) {
+                (Some(Ok(pidfd)), Some(number)) => pidfd_getfd(pidfd, number, PidfdGetfdFlags::empty()).ok(),
+                _ => None,
             };
-            let Ok(socket) = pidfd_getfd(&pidfd, number, PidfdGetfdFlags::empty()) else { return false };
-            let listening = rustix::net::sockopt::socket_acceptconn(&socket).unwrap_or(false);
-            let local = rustix::net::getsockname(&socket).ok().and_then(|addr| SocketAddr::try_from(addr).ok());
-            listening && local.is_some_and(|local| local.port() == port)
-        })
-    })
+            match borrowed {
+                Some(socket) => {
+                    let listening = rustix::net::sockopt::socket_acceptconn(&socket).unwrap_or(false);
+                    let local = rustix::net::getsockname(&socket).ok().and_then(|addr| SocketAddr::try_from(addr).ok());
+                    if listening && local.is_some_and(|local| local.port() == port) {
+                        return true;
+                    }
+                }
+                None => unasked = true,
+            }
+            sockets.push(target);
+        }
+    }
+    unasked && listening_inodes(port).iter().any(|inode| sockets.contains(inode))
+}
+
+/// The sockets (as `/proc/PID/fd` names them, `socket:[inode]`) listening on
+/// `port`, from `/proc/net/tcp` and `/proc/net/tcp6`.
+fn listening_inodes(port: u16) -> Vec<String> {
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else { continue };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // local_address is HEX_IP:HEX_PORT, st 0A is LISTEN, inode is field 9.
+            let local_port = fields.get(1).and_then(|local| local.rsplit(':').next());
+            if local_port.and_then(|p| u16::from_str_radix(p, 16).ok()) == Some(port)
+                && fields.get(3) == Some(&"0A")
+                && let Some(inode) = fields.get(9)
+            {
+                inodes.push(format!("socket:[{inode}]"));
+            }
+        }
+    }
+    inodes
 }
 
 async fn probe(port: u16, path: &str) -> bool {
@@ -269,4 +311,28 @@ fn check_port_free(port: u16) -> std::io::Result<()> {
 /// A port free right now on loopback, for an app that reads `PORT`.
 fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listener_is_owned_only_by_the_process_that_holds_it() {
+        let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        assert!(owns_listener(port, &[std::process::id()]));
+        let mut other = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+        assert!(!owns_listener(port, &[other.id()]), "a process without the socket does not own it");
+        other.kill().unwrap();
+        other.wait().unwrap();
+        drop(listener);
+        assert!(!owns_listener(port, &[std::process::id()]), "nothing listens any more");
+        // A connected socket on the port is not a listener.
+        let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let client_port = client.local_addr().unwrap().port();
+        assert!(!owns_listener(client_port, &[std::process::id()]));
+        assert_eq!(listening_inodes(listener.local_addr().unwrap().port()).len(), 1);
+    }
 }

@@ -42,6 +42,13 @@ use spawn::{HelperClient, Spawn, Spawner};
 /// gateway while letting a burst fill every instance a scale-out brings.
 pub const WAKE_BUFFER: usize = 100;
 
+/// Processes the helper keeps waiting in fresh cgroups for each service, so
+/// that a wake never waits for a cgroup migration: two, so that one is ready
+/// while a used one is replaced, and a scale-out by one finds one too. Each
+/// is an idle shell, ~1 MiB; a burst of more starts than this at once pays
+/// the migration (~14 ms) for the rest.
+pub const STUBS_PER_SERVICE: usize = 2;
+
 /// Why a request for a service got no instance.
 #[derive(Debug, thiserror::Error)]
 pub enum WakeError {
@@ -68,27 +75,33 @@ impl Supervisor {
     /// Call within a tokio runtime.
     pub fn new(services: impl IntoIterator<Item = Service>, helper: Option<std::process::Command>) -> Supervisor {
         let services: Vec<Service> = services.into_iter().collect();
-        // Spare cgroups for the first wakes: one per instance that may start
-        // at once, up to the cap.
-        let spares: usize = services.iter().map(|s| s.max.min(2) as usize).sum();
-        let cgroups = if services.is_empty() { Cgroups::none() } else { Cgroups::new(spares.max(1)) };
+        let cgroups = Cgroups::new(!services.is_empty());
         let spawner = match helper {
             Some(command) if !services.is_empty() => match HelperClient::start(command, cgroups.run_dir()) {
-                Ok(helper) => Spawner::Helper(helper),
+                Ok(helper) => {
+                    for service in &services {
+                        // Processes waiting in cgroups for its wakes: two,
+                        // so that one is ready while the other is replaced.
+                        let stubs = STUBS_PER_SERVICE;
+                        let prepared =
+                            Instance::spawn_request(service, 0).and_then(|template| helper.prepare(template, stubs));
+                        if let Err(error) = prepared {
+                            tracing::warn!(service = %service.id, "cannot prepare its processes: {error}");
+                        }
+                    }
+                    Spawner::Helper(helper)
+                }
                 Err(error) => {
                     tracing::warn!(
                         "cannot start the process helper: services would outlive a dormouse killed outright: {error}"
                     );
-                    Spawner::Direct
+                    Spawner::Direct(cgroups.clone())
                 }
             },
-            _ => Spawner::Direct,
+            _ => Spawner::Direct(cgroups.clone()),
         };
         Supervisor {
-            services: services
-                .into_iter()
-                .map(|config| ServiceHandle::new(config, cgroups.clone(), spawner.clone()))
-                .collect(),
+            services: services.into_iter().map(|config| ServiceHandle::new(config, spawner.clone())).collect(),
             cgroups,
         }
     }
@@ -152,7 +165,6 @@ impl Supervisor {
 /// One service: its instances and the requests waiting for them.
 pub struct ServiceHandle {
     config: Service,
-    cgroups: Arc<Cgroups>,
     spawner: Spawner,
     state: Mutex<State>,
     /// Notified on every state change that could let a waiting request go.
@@ -242,10 +254,9 @@ impl Drop for Lease {
 }
 
 impl ServiceHandle {
-    fn new(config: Service, cgroups: Arc<Cgroups>, spawner: Spawner) -> Arc<ServiceHandle> {
+    fn new(config: Service, spawner: Spawner) -> Arc<ServiceHandle> {
         Arc::new(ServiceHandle {
             config,
-            cgroups,
             spawner,
             state: Mutex::default(),
             changed: Notify::new(),
@@ -366,14 +377,13 @@ impl ServiceHandle {
     fn start_instance(self: &Arc<Self>, state: &mut State) -> bool {
         state.next_number += 1;
         state.starts += 1;
-        match Instance::new(&self.config, state.next_number, self.cgroups.take()) {
+        match Instance::new(&self.config, state.next_number) {
             Ok((instance, request)) => {
                 let number = instance.number;
                 let stop = instance.stop_signal.clone();
                 let port = instance.port;
-                let procs = instance.cgroup.as_ref().map(cgroup::Cgroup::join_fd);
                 state.instances.push(instance);
-                tokio::spawn(self.clone().run_instance(number, port, request, procs, stop));
+                tokio::spawn(self.clone().run_instance(number, port, request, stop));
                 true
             }
             Err(error) => {
@@ -392,22 +402,12 @@ impl ServiceHandle {
     }
 
     /// Owns one instance's process from spawn to reaping.
-    async fn run_instance(
-        self: Arc<Self>,
-        number: u64,
-        port: u16,
-        request: Spawn,
-        procs: Option<std::os::fd::RawFd>,
-        stop: Arc<Notify>,
-    ) {
+    async fn run_instance(self: Arc<Self>, number: u64, port: u16, request: Spawn, stop: Arc<Notify>) {
         let started = Instant::now();
         let program = request.program.clone();
-        let mut child = match self.spawner.spawn(request, procs).await {
-            Ok(child) => child,
+        let (mut child, cgroup) = match self.spawner.spawn(request).await {
+            Ok(spawned) => spawned,
             Err(error) => {
-                if let Some(cgroup) = self.take_cgroup(number) {
-                    self.give_back(cgroup).await;
-                }
                 let mut state = self.state.lock().expect("not poisoned");
                 state.instances.retain(|i| i.number != number);
                 if !self.shutting_down.load(std::sync::atomic::Ordering::Acquire) {
@@ -423,6 +423,7 @@ impl ServiceHandle {
             self.state.lock().expect("not poisoned").instances.iter_mut().find(|i| i.number == number)
         {
             instance.pid = pid;
+            instance.cgroup = cgroup;
         }
         tracing::info!(service = %self.config.id, instance = number, pid, "starting");
         let ready = instance::wait_ready(port, self.config.ready_path.as_deref());
@@ -490,7 +491,7 @@ impl ServiceHandle {
                     let cgroup = self.take_cgroup(number);
                     instance::terminate(&mut child, cgroup.as_ref(), self.config.stop_timeout).await;
                     if let Some(cgroup) = cgroup {
-                        self.give_back(cgroup).await;
+                        retire(cgroup).await;
                     }
                     break reason;
                 }
@@ -499,7 +500,7 @@ impl ServiceHandle {
             }
         };
         if let Some(cgroup) = self.take_cgroup(number) {
-            self.give_back(cgroup).await;
+            retire(cgroup).await;
         }
         let mut state = self.state.lock().expect("not poisoned");
         if let Some(position) = state.instances.iter().position(|i| i.number == number) {
@@ -538,13 +539,6 @@ impl ServiceHandle {
     fn take_cgroup(&self, number: u64) -> Option<cgroup::Cgroup> {
         let mut state = self.state.lock().expect("not poisoned");
         state.instances.iter_mut().find(|i| i.number == number).and_then(|i| i.cgroup.take())
-    }
-
-    /// Empties the cgroup (off the async threads: it may wait for the
-    /// kernel) and keeps it for a later instance.
-    async fn give_back(&self, cgroup: cgroup::Cgroup) {
-        let cgroups = self.cgroups.clone();
-        let _ = tokio::task::spawn_blocking(move || cgroups.give_back(cgroup)).await;
     }
 
     fn stop_reason(&self, number: u64) -> String {
@@ -587,4 +581,10 @@ impl ServiceHandle {
         }
         None
     }
+}
+
+/// Empties and removes an instance's cgroup, off the async threads (it may
+/// wait a moment for the kernel).
+async fn retire(cgroup: cgroup::Cgroup) {
+    let _ = tokio::task::spawn_blocking(move || cgroup.retire()).await;
 }

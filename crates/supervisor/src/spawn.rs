@@ -1,46 +1,86 @@
 //! Where service processes are born. With a helper (the normal case), every
 //! service process is a child of one small helper process that dormouse
-//! starts at launch (the `dormouse` binary again): it forks the services on
+//! starts at launch (the `dormouse` binary again): it starts the services on
 //! dormouse's request and reaps them, and when dormouse is gone, however it
-//! went (SIGKILL, the OOM killer), it kills every process of every instance
-//! through the run's cgroup, reaps them at once and exits. A service's parent
-//! must outlive dormouse for that: orphans go to PID 1, which on some hosts
-//! reaps only every second or two. Without a helper (embedders, tests of the
-//! crate) dormouse spawns the processes itself.
+//! went (SIGKILL, the OOM killer), it kills every process of every instance,
+//! reaps them at once and exits. A service's parent must outlive dormouse for
+//! that: orphans go to PID 1, which on some hosts reaps only every second or
+//! two. Without a helper (embedders, tests of the crate) dormouse spawns the
+//! processes itself.
+//!
+//! Moving a process into a cgroup costs ~14 ms (see `cgroup.rs`), so the
+//! helper keeps *stubs* ready for each service: a POSIX shell already moved
+//! into a fresh cgroup of its own, in the service's directory and
+//! environment, blocked reading the instance's port from a pipe, after which
+//! it `exec`s the service's command in place. The app starts in its cgroup
+//! with no migration on the wake's path, and the stub's pid is the app's. A
+//! shell costs about a millisecond of CPU to start (the `dormouse` binary
+//! would cost ten, which a concurrently starting app would feel). Stubs are
+//! made again in the background; when none is left (a burst of starts), a
+//! process is spawned and moved the slow way.
 //!
 //! The helper speaks JSON lines over a socket pair on its standard input:
-//! [`Spawn`] in, [`Reply`] out; an exit is reported only after the spawn's
-//! reply, so dormouse never hears of a process it does not know.
+//! `Order`s in (prepare stubs for a service, spawn), `Reply`s out; an exit
+//! is reported only after the spawn's reply, so dormouse never hears of a
+//! process it does not know.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Write as _;
 use std::os::fd::{AsRawFd as _, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::sync::oneshot;
 
-/// A request to start one process.
-#[derive(Debug, Serialize, Deserialize)]
+use crate::cgroup::{Cgroup, Cgroups};
+
+/// A request to start one process of a service: argv, the environment added
+/// to the inherited one (the same for every instance of the service but for
+/// `PORT`), and the working directory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Spawn {
     pub id: u64,
+    /// The service it is for: stubs are kept per service.
+    pub service: String,
     pub program: String,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
     pub cwd: PathBuf,
-    /// The cgroup the process joins before exec.
-    pub cgroup: Option<PathBuf>,
+}
+
+impl Spawn {
+    /// The same command with `PORT` left out: what a service's stubs share.
+    fn template(&self) -> Spawn {
+        Spawn { id: 0, env: self.env.iter().filter(|(key, _)| key != "PORT").cloned().collect(), ..self.clone() }
+    }
+
+    fn port(&self) -> Option<&str> {
+        self.env.iter().find(|(key, _)| key == "PORT").map(|(_, value)| value.as_str())
+    }
+}
+
+/// What dormouse asks of the helper.
+#[derive(Debug, Serialize, Deserialize)]
+enum Order {
+    /// Keep `stubs` processes ready for the service `template` is for.
+    Prepare {
+        template: Spawn,
+        stubs: usize,
+    },
+    Spawn(Spawn),
 }
 
 /// What the helper says back.
 #[derive(Debug, Serialize, Deserialize)]
 enum Reply {
-    Spawned { id: u64, pid: u32 },
+    Spawned { id: u64, pid: u32, cgroup: Option<PathBuf> },
     Failed { id: u64, error: String },
     Exited { pid: u32, status: String },
 }
@@ -69,7 +109,7 @@ impl Process {
             },
             Process::Helper { exit, status, .. } => {
                 if status.is_none() {
-                    *status = Some(exit.await.unwrap_or_else(|_| "the helper went away".to_owned()));
+                    *status = Some(exit.await.unwrap_or_else(|_| "the process helper went away".to_owned()));
                 }
                 status.clone().expect("set above")
             }
@@ -80,53 +120,98 @@ impl Process {
 /// How processes are spawned: by dormouse or by its helper.
 #[derive(Clone)]
 pub(crate) enum Spawner {
-    Direct,
+    Direct(Arc<Cgroups>),
     Helper(Arc<HelperClient>),
 }
 
 impl Spawner {
-    /// Starts `request`'s command in a process group of its own, inside its
-    /// cgroup from before its first instruction.
-    pub async fn spawn(&self, request: Spawn, cgroup_procs: Option<std::os::fd::RawFd>) -> std::io::Result<Process> {
+    /// Starts `request`'s command in a process group and, where the host has
+    /// cgroups, a cgroup of its own, which it is in from its first
+    /// instruction.
+    pub async fn spawn(&self, request: Spawn) -> std::io::Result<(Process, Option<Cgroup>)> {
         match self {
-            Spawner::Direct => {
-                let mut command = tokio::process::Command::new(&request.program);
-                command
-                    .args(&request.args)
-                    .envs(request.env)
-                    .current_dir(&request.cwd)
-                    .stdin(Stdio::null())
-                    .process_group(0)
-                    .kill_on_drop(true);
-                if let Some(procs) = cgroup_procs {
-                    // SAFETY: see `join_before_exec`.
-                    unsafe {
-                        command.pre_exec(move || join_before_exec(procs));
-                    }
-                }
-                command.spawn().map(Process::Direct)
+            Spawner::Direct(cgroups) => {
+                let cgroup = cgroups.create();
+                let mut command = command_for(&request);
+                let child = spawn_into(&mut command, cgroup.as_ref().map(Cgroup::path), |command| {
+                    command.kill_on_drop(true);
+                    command.spawn()
+                })?;
+                Ok((Process::Direct(child), cgroup))
             }
             Spawner::Helper(helper) => helper.spawn(request).await,
         }
     }
 }
 
-/// Moves the calling process into the cgroup whose `cgroup.procs` is open as
-/// `procs`: writing `0` there moves the writer.
-///
-/// # Safety
-///
-/// Meant for `pre_exec`, between fork and exec: it makes one write(2) on a
-/// descriptor the parent opened and keeps open until the spawn returned,
-/// allocating nothing and taking no lock, which is what is allowed there.
-unsafe fn join_before_exec(procs: std::os::fd::RawFd) -> std::io::Result<()> {
-    // SAFETY: the parent keeps the descriptor open across the spawn.
-    let procs = unsafe { BorrowedFd::borrow_raw(procs) };
-    rustix::io::write(procs, b"0").map(drop).map_err(std::io::Error::from)
+fn command_for(request: &Spawn) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(&request.program);
+    command
+        .args(&request.args)
+        .envs(request.env.iter().map(|(k, v)| (k, v)))
+        .current_dir(&request.cwd)
+        .stdin(Stdio::null())
+        .process_group(0);
+    command
 }
 
-/// A spawn's answer: the pid and where its exit will be reported, or why not.
-type SpawnReply = oneshot::Sender<Result<(u32, oneshot::Receiver<String>), String>>;
+/// Runs `spawn` on `command` so that the child joins `cgroup` between fork
+/// and exec (the slow way: a migration).
+fn spawn_into<C: PreExec, T>(
+    command: &mut C,
+    cgroup: Option<&Path>,
+    spawn: impl FnOnce(&mut C) -> std::io::Result<T>,
+) -> std::io::Result<T> {
+    let procs = match cgroup {
+        Some(cgroup) => Some(std::fs::OpenOptions::new().write(true).open(cgroup.join("cgroup.procs"))?),
+        None => None,
+    };
+    if let Some(procs) = &procs {
+        let procs = procs.as_raw_fd();
+        // SAFETY: the closure runs in the child between fork and exec. It
+        // makes one write(2) on a descriptor the parent keeps open until the
+        // spawn returned (`procs` lives to the end of this function),
+        // allocating nothing and taking no lock, which is what is allowed
+        // there. Writing `0` to `cgroup.procs` moves the writing process.
+        unsafe {
+            command.before_exec(Box::new(move || {
+                let procs = BorrowedFd::borrow_raw(procs);
+                rustix::io::write(procs, b"0").map(drop).map_err(std::io::Error::from)
+            }));
+        }
+    }
+    spawn(command)
+}
+
+/// `pre_exec` on both std's and tokio's `Command`.
+trait PreExec {
+    /// # Safety
+    ///
+    /// As `std::os::unix::process::CommandExt::pre_exec`.
+    unsafe fn before_exec(&mut self, hook: Box<dyn FnMut() -> std::io::Result<()> + Send + Sync>);
+}
+
+impl PreExec for tokio::process::Command {
+    unsafe fn before_exec(&mut self, hook: Box<dyn FnMut() -> std::io::Result<()> + Send + Sync>) {
+        // SAFETY: passed on from the caller.
+        unsafe {
+            self.pre_exec(hook);
+        }
+    }
+}
+
+impl PreExec for std::process::Command {
+    unsafe fn before_exec(&mut self, hook: Box<dyn FnMut() -> std::io::Result<()> + Send + Sync>) {
+        // SAFETY: passed on from the caller.
+        unsafe {
+            self.pre_exec(hook);
+        }
+    }
+}
+
+/// A spawn's answer: the pid, its cgroup and where its exit will be
+/// reported, or why not.
+type SpawnReply = oneshot::Sender<Result<(u32, Option<PathBuf>, oneshot::Receiver<String>), String>>;
 /// Spawn requests sent and not yet answered, by id.
 type Pending = Arc<Mutex<HashMap<u64, SpawnReply>>>;
 
@@ -139,8 +224,8 @@ pub(crate) struct HelperClient {
 }
 
 impl HelperClient {
-    /// Starts `command` (with the run's cgroup directory appended, if there
-    /// is one) as the helper, in a process group of its own so that a
+    /// Starts `command` as the helper (with the run's cgroup directory, if
+    /// there is one, appended), in a process group of its own so that a
     /// terminal's Ctrl-C reaches dormouse, which drains, and not the helper.
     /// Call from within a tokio runtime.
     pub fn start(mut command: std::process::Command, run: Option<&Path>) -> std::io::Result<Arc<HelperClient>> {
@@ -158,21 +243,23 @@ impl HelperClient {
         Ok(Arc::new(HelperClient { writer: Mutex::new((0, ours)), pending, _child: child }))
     }
 
-    async fn spawn(&self, mut request: Spawn) -> std::io::Result<Process> {
+    /// Asks for `stubs` processes to be kept ready for `template`'s service.
+    pub fn prepare(&self, template: Spawn, stubs: usize) -> std::io::Result<()> {
+        let mut writer = self.writer.lock().expect("not poisoned");
+        send_order(&mut writer.1, &Order::Prepare { template, stubs })
+    }
+
+    async fn spawn(&self, mut request: Spawn) -> std::io::Result<(Process, Option<Cgroup>)> {
         let (reply_tx, reply_rx) = oneshot::channel();
         {
             let mut writer = self.writer.lock().expect("not poisoned");
             writer.0 += 1;
             request.id = writer.0;
             self.pending.lock().expect("not poisoned").insert(request.id, reply_tx);
-            let mut line = serde_json::to_vec(&request).map_err(std::io::Error::other)?;
-            line.push(b'\n');
-            // A line is a few hundred bytes: the socket buffer takes it
-            // whole, so this write does not block.
-            writer.1.write_all(&line)?;
+            send_order(&mut writer.1, &Order::Spawn(request))?;
         }
         match reply_rx.await {
-            Ok(Ok((pid, exit))) => Ok(Process::Helper { pid, exit, status: None }),
+            Ok(Ok((pid, cgroup, exit))) => Ok((Process::Helper { pid, exit, status: None }, cgroup.map(Cgroup::at))),
             Ok(Err(error)) => Err(std::io::Error::other(error)),
             Err(_) => Err(std::io::Error::other("the process helper is gone")),
         }
@@ -186,11 +273,11 @@ impl HelperClient {
         let mut lines = BufReader::new(reader).lines();
         while let Ok(Some(line)) = lines.next_line().await {
             match serde_json::from_str::<Reply>(&line) {
-                Ok(Reply::Spawned { id, pid }) => {
+                Ok(Reply::Spawned { id, pid, cgroup }) => {
                     let (exit_tx, exit_rx) = oneshot::channel();
                     exits.lock().expect("not poisoned").insert(pid, exit_tx);
                     if let Some(reply) = pending.lock().expect("not poisoned").remove(&id) {
-                        let _ = reply.send(Ok((pid, exit_rx)));
+                        let _ = reply.send(Ok((pid, cgroup, exit_rx)));
                     }
                 }
                 Ok(Reply::Failed { id, error }) => {
@@ -212,33 +299,176 @@ impl HelperClient {
     }
 }
 
-/// The helper's whole life: spawn what dormouse asks for, report exits, and
+fn send_order(writer: &mut UnixStream, order: &Order) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(order).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    // A line is a few hundred bytes: the socket buffer takes it whole, so
+    // this write does not block.
+    writer.write_all(&line)
+}
+
+/// How long after a start its stub is replaced: long enough for a fast app
+/// to be up (nginx listens in ~5 ms, a small Python app in ~40 ms; measured,
+/// the readiness overhead of the Python app fell from ~2 ms to ~1 ms once
+/// stubs were no longer made during its start), short enough that the next
+/// wake finds the service's second stub, or this one, ready.
+const REFILL_DELAY: Duration = Duration::from_millis(250);
+
+/// What a stub runs: wait for the port, then become the service's command
+/// (`$0 "$@"`) with it in `PORT` and nothing on standard input. A closed
+/// pipe means it is not needed.
+const STUB_SCRIPT: &str = r#"IFS= read -r PORT || exit 0; export PORT; exec "$0" "$@" </dev/null"#;
+
+/// A shell waiting in a cgroup of its own to become a service's process.
+struct Stub {
+    pid: u32,
+    port_pipe: std::process::ChildStdin,
+    cgroup: PathBuf,
+}
+
+/// One service's stubs: the command they become, those ready, how many to
+/// keep.
+struct ServiceStubs {
+    template: Spawn,
+    ready: Vec<Stub>,
+    target: usize,
+}
+
+/// The helper's stubs, by service.
+struct Stubs {
+    run: PathBuf,
+    services: Mutex<HashMap<String, ServiceStubs>>,
+    next: AtomicU64,
+    refilling: AtomicBool,
+}
+
+impl Stubs {
+    /// Makes stubs until every service has its target ready, on a thread of
+    /// its own: each costs a cgroup migration (~14 ms), which no request
+    /// should wait for. After `delay`: a stub's own start (a millisecond or
+    /// so of CPU) would otherwise compete with the app that just started.
+    fn refill(self: &Arc<Self>, delay: Duration) {
+        if self.refilling.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let stubs = self.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(delay);
+            loop {
+                let wanted = stubs
+                    .services
+                    .lock()
+                    .expect("not poisoned")
+                    .values()
+                    .find_map(|service| (service.ready.len() < service.target).then(|| service.template.clone()));
+                let Some(template) = wanted else { break };
+                match stubs.make(&template) {
+                    Ok(stub) => {
+                        if let Some(service) = stubs.services.lock().expect("not poisoned").get_mut(&template.service) {
+                            service.ready.push(stub);
+                        }
+                    }
+                    Err(error) => {
+                        eprintln!("dormouse process helper: cannot prepare `{}`: {error}", template.program);
+                        break;
+                    }
+                }
+            }
+            stubs.refilling.store(false, Ordering::Release);
+        });
+    }
+
+    fn make(&self, template: &Spawn) -> std::io::Result<Stub> {
+        let cgroup = self.run.join(format!("w-{}", self.next.fetch_add(1, Ordering::Relaxed)));
+        std::fs::create_dir(&cgroup)?;
+        let mut child = std::process::Command::new("/bin/sh")
+            .args(["-c", STUB_SCRIPT, &template.program])
+            .args(&template.args)
+            .envs(template.env.iter().map(|(k, v)| (k, v)))
+            .current_dir(&template.cwd)
+            .stdin(Stdio::piped())
+            .process_group(0)
+            .spawn()?;
+        let port_pipe = child.stdin.take().expect("piped");
+        if let Err(error) = std::fs::write(cgroup.join("cgroup.procs"), child.id().to_string()) {
+            let _ = std::fs::remove_dir(&cgroup);
+            return Err(error);
+        }
+        Ok(Stub { pid: child.id(), port_pipe, cgroup })
+    }
+
+    fn prepare(self: &Arc<Self>, template: Spawn, target: usize) {
+        let template = template.template();
+        let mut services = self.services.lock().expect("not poisoned");
+        let service = services.entry(template.service.clone()).or_insert_with(|| ServiceStubs {
+            template: template.clone(),
+            ready: Vec::new(),
+            target,
+        });
+        if service.template != template {
+            // Another command for the service (not something dormouse does):
+            // the old stubs are of no use.
+            service.template = template;
+            service.ready.clear();
+        }
+        service.target = target;
+        drop(services);
+        self.refill(Duration::ZERO);
+    }
+
+    /// A ready stub that becomes `request`, if there is one.
+    fn take(&self, request: &Spawn) -> Option<Stub> {
+        let mut services = self.services.lock().expect("not poisoned");
+        let service = services.get_mut(&request.service)?;
+        if service.template != request.template() {
+            return None;
+        }
+        service.ready.pop()
+    }
+}
+
+/// The helper's whole life: start what dormouse asks for, report exits, and
 /// when dormouse is gone (its end of the socket on standard input closes),
 /// kill every process left in `run` (or, without cgroups, the process group
-/// of every service it spawned), reap them and exit. A subreaper, so that
+/// of every service it started), reap them and exit. A subreaper, so that
 /// what the services fork and orphan is reaped here too, at once.
 pub fn helper_main(run: Option<&Path>) -> std::io::Result<()> {
     rustix::process::set_child_subreaper(Some(rustix::process::getpid()))?;
+    let stubs = run.map(|run| {
+        Arc::new(Stubs {
+            run: run.to_owned(),
+            services: Mutex::default(),
+            next: AtomicU64::new(0),
+            refilling: AtomicBool::new(false),
+        })
+    });
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
-        let socket = UnixStream::from(std::io::stdin().as_fd_owned()?);
+        use std::os::fd::AsFd as _;
+        let socket = UnixStream::from(std::io::stdin().as_fd().try_clone_to_owned()?);
         socket.set_nonblocking(true)?;
         let socket = tokio::net::UnixStream::from_std(socket)?;
         let (reader, mut writer) = socket.into_split();
         let mut lines = BufReader::new(reader).lines();
         let mut children = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())?;
-        let mut leaders = std::collections::HashSet::new();
+        let mut leaders = HashSet::new();
         loop {
             tokio::select! {
                 line = lines.next_line() => {
                     let Ok(Some(line)) = line else { break };
-                    let reply = match serde_json::from_str::<Spawn>(&line) {
-                        Ok(request) => {
+                    let reply = match serde_json::from_str::<Order>(&line) {
+                        Ok(Order::Prepare { template, stubs: count }) => {
+                            if let Some(stubs) = &stubs {
+                                stubs.prepare(template, count);
+                            }
+                            continue;
+                        }
+                        Ok(Order::Spawn(request)) => {
                             let id = request.id;
-                            match spawn_here(request) {
-                                Ok(pid) => {
+                            match start(request, run, stubs.as_ref()) {
+                                Ok((pid, cgroup)) => {
                                     leaders.insert(pid);
-                                    Reply::Spawned { id, pid }
+                                    Reply::Spawned { id, pid, cgroup }
                                 }
                                 Err(error) => Reply::Failed { id, error: error.to_string() },
                             }
@@ -259,7 +489,7 @@ pub fn helper_main(run: Option<&Path>) -> std::io::Result<()> {
             }
         }
         if let Some(run) = run.map(Path::to_owned) {
-            let _ = tokio::task::spawn_blocking(move || crate::cgroup::remove_run(&run)).await;
+            let _ = tokio::task::spawn_blocking(move || crate::cgroup::remove_tree(&run)).await;
         }
         // Reap what was killed, for a moment: the helper's own exit hands
         // anything slower to PID 1, dead already.
@@ -272,6 +502,69 @@ pub fn helper_main(run: Option<&Path>) -> std::io::Result<()> {
     })
 }
 
+/// Starts one service process: in a ready stub if there is one, else spawned
+/// (and, with cgroups, moved into a new one the slow way). Returns its pid and
+/// cgroup.
+fn start(request: Spawn, run: Option<&Path>, stubs: Option<&Arc<Stubs>>) -> std::io::Result<(u32, Option<PathBuf>)> {
+    check_runnable(&request)?;
+    if let Some(stubs) = stubs
+        && let Some(port) = request.port()
+    {
+        while let Some(mut stub) = stubs.take(&request) {
+            stubs.refill(REFILL_DELAY);
+            // A stub that died meanwhile (killed from outside) takes no
+            // orders: try the next.
+            if writeln!(stub.port_pipe, "{port}").is_ok() {
+                return Ok((stub.pid, Some(stub.cgroup)));
+            }
+            let _ = std::fs::remove_dir(&stub.cgroup);
+        }
+    }
+    let cgroup = match run {
+        Some(run) => {
+            let path = run.join(format!("s-{}-{}", request.id, std::process::id()));
+            std::fs::create_dir(&path)?;
+            Some(path)
+        }
+        None => None,
+    };
+    let mut command = std::process::Command::new(&request.program);
+    command
+        .args(&request.args)
+        .envs(request.env.iter().map(|(k, v)| (k, v)))
+        .current_dir(&request.cwd)
+        .stdin(Stdio::null())
+        .process_group(0);
+    // The child is reaped by `reap`, not through this handle.
+    let child = spawn_into(&mut command, cgroup.as_deref(), std::process::Command::spawn)?;
+    Ok((child.id(), cgroup))
+}
+
+/// What `execvp` would refuse, found before a stub commits to the command:
+/// a program not on `PATH` (or not executable), a missing directory.
+fn check_runnable(request: &Spawn) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let not_found = |what: String| std::io::Error::new(std::io::ErrorKind::NotFound, what);
+    if !request.cwd.is_dir() {
+        return Err(not_found(format!("working directory `{}` does not exist", request.cwd.display())));
+    }
+    let executable = |path: &Path| path.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    let program = Path::new(&request.program);
+    let found = if request.program.contains('/') {
+        executable(&request.cwd.join(program))
+    } else {
+        let path = request
+            .env
+            .iter()
+            .find(|(key, _)| key == "PATH")
+            .map(|(_, value)| value.clone())
+            .or_else(|| std::env::var("PATH").ok())
+            .unwrap_or_default();
+        std::env::split_paths(&path).any(|dir| executable(&dir.join(program)))
+    };
+    if found { Ok(()) } else { Err(not_found(format!("`{}` is not an executable on PATH", request.program))) }
+}
+
 async fn send(writer: &mut tokio::net::unix::OwnedWriteHalf, reply: &Reply) {
     use tokio::io::AsyncWriteExt as _;
     let mut line = serde_json::to_vec(reply).expect("replies serialize");
@@ -281,7 +574,7 @@ async fn send(writer: &mut tokio::net::unix::OwnedWriteHalf, reply: &Reply) {
 }
 
 /// Reaps every child that has exited, reporting each.
-async fn reap(writer: &mut tokio::net::unix::OwnedWriteHalf, leaders: &mut std::collections::HashSet<u32>) {
+async fn reap(writer: &mut tokio::net::unix::OwnedWriteHalf, leaders: &mut HashSet<u32>) {
     use rustix::process::{WaitOptions, wait};
     while let Ok(Some((pid, status))) = wait(WaitOptions::NOHANG) {
         let status = match (status.exit_status(), status.terminating_signal()) {
@@ -292,37 +585,5 @@ async fn reap(writer: &mut tokio::net::unix::OwnedWriteHalf, leaders: &mut std::
         let pid = pid.as_raw_nonzero().get() as u32;
         leaders.remove(&pid);
         send(writer, &Reply::Exited { pid, status }).await;
-    }
-}
-
-fn spawn_here(request: Spawn) -> std::io::Result<u32> {
-    let mut command = std::process::Command::new(&request.program);
-    command.args(&request.args).envs(request.env).current_dir(&request.cwd).stdin(Stdio::null()).process_group(0);
-    let procs = match &request.cgroup {
-        Some(cgroup) => Some(std::fs::OpenOptions::new().write(true).open(cgroup.join("cgroup.procs"))?),
-        None => None,
-    };
-    if let Some(procs) = &procs {
-        let procs = procs.as_raw_fd();
-        // SAFETY: see `join_before_exec`; `procs` stays open until after spawn.
-        unsafe {
-            command.pre_exec(move || join_before_exec(procs));
-        }
-    }
-    // The child is reaped by `reap`, not through this handle.
-    let child = command.spawn()?;
-    Ok(child.id())
-}
-
-/// Standard input as an owned descriptor (a duplicate: the original stays
-/// fd 0).
-trait StdinFd {
-    fn as_fd_owned(&self) -> std::io::Result<OwnedFd>;
-}
-
-impl StdinFd for std::io::Stdin {
-    fn as_fd_owned(&self) -> std::io::Result<OwnedFd> {
-        use std::os::fd::AsFd as _;
-        self.as_fd().try_clone_to_owned()
     }
 }
