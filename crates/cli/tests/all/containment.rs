@@ -124,3 +124,32 @@ async fn a_second_signal_exits_at_once() {
 async fn get_owned(url: String) -> crate::support::Reply {
     get(&url).await
 }
+
+#[tokio::test]
+async fn the_drain_waits_for_upgraded_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = python_app("serve", "");
+    let server = app.start(&["--drain-timeout", "60s"]);
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    stream.write_all(b"GET /chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n").await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        stream.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+
+    server.signal("TERM");
+    server.wait_for_log("shutting down");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(process_state(server.pid()).is_some_and(|state| state != 'Z'), "exited with an upgraded connection open");
+    // The connection still works while the drain waits for it.
+    stream.write_all(b"ping").await.unwrap();
+    let mut echo = [0u8; 4];
+    stream.read_exact(&mut echo).await.unwrap();
+    assert_eq!(&echo, b"ping");
+    drop(stream);
+    let status = server.wait();
+    assert!(status.success(), "the drain ended when the connection did: {status:?}");
+}

@@ -55,6 +55,11 @@ async fn a_request_wakes_a_stopped_service_and_idle_stops_it_again() {
     let ready = status(&server).await;
     assert_eq!(ready["instances"][0]["pid"], first);
     assert!(ready["instances"][0]["boot_time_ms"].as_f64().unwrap() > 0.0);
+    // Measured from its cgroup, where the host gives one.
+    if ready["instances"][0]["freezer"] == "cgroup-v2" {
+        assert!(ready["instances"][0]["memory_bytes"].as_u64().unwrap() > 1 << 20, "{ready:#}");
+        assert!(ready["instances"][0]["cpu_ms"].as_f64().unwrap() > 0.0, "{ready:#}");
+    }
 
     let stopped = wait_for(&server, "stopped", |s| s["state"] == "standby").await;
     assert_eq!(stopped["stops"][0]["reason"], "idle");
