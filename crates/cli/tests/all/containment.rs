@@ -153,3 +153,24 @@ async fn the_drain_waits_for_upgraded_connections() {
     let status = server.wait();
     assert!(status.success(), "the drain ended when the connection did: {status:?}");
 }
+
+#[tokio::test]
+async fn a_fixed_port_instance_waits_for_its_predecessor_to_be_reaped() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // The app ignores SIGTERM: each stop takes the whole stop timeout.
+    let app = python_app(
+        "ignore-term",
+        &format!("port = {port}\nstop_timeout = \"1s\"\nscale_to_zero = {{ cooldown = \"100ms\" }}"),
+    );
+    let server = app.start(&[]);
+    let first = pid_of(&get(&server.url("/")).await.body);
+    wait_for(&server, "stopping", |s| s["state"] == "stopping").await;
+    // A request now must not start a second process on the port (it would
+    // fail to bind): it waits until the first is reaped, then wakes a new one.
+    let reply = get(&server.url("/")).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let second = pid_of(&reply.body);
+    assert_ne!(second, first);
+    assert!(process_state(first).is_none_or(|state| state == 'Z'), "two processes on one port");
+    assert_eq!(status(&server).await["failing"], serde_json::Value::Null);
+}
