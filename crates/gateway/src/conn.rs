@@ -1,22 +1,24 @@
 //! Connection protections, for HTTP/1.1 and HTTP/2 alike: a connection must
 //! deliver its first request within the header timeout (a client that
-//! connects and says nothing is closed), and one with no request in flight
-//! that moves no bytes for the idle timeout is closed too. Both are measured
-//! here, below hyper, because hyper's own header timeout starts only once it
-//! has read enough bytes to tell HTTP/1.1 from HTTP/2, and HTTP/2 has none.
+//! connects and says nothing, or only pings, is closed), and one with no
+//! request in flight (from its head to the end of its response body) for the
+//! idle timeout is closed too, whatever bytes it sends meanwhile (HTTP/2
+//! PINGs do not keep a connection). Both are measured here, above the
+//! protocols, because hyper's own header timeout starts only once it has read
+//! enough bytes to tell HTTP/1.1 from HTTP/2, and HTTP/2 has none.
 
-use std::io::IoSlice;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
 use tokio::time::Instant;
 
-/// What a connection's watchdog looks at: requests in flight and when bytes
-/// last moved, in milliseconds since the connection was accepted.
+/// What a connection's watchdog looks at: requests in flight and when the
+/// last one ended, in milliseconds since the connection was accepted.
 #[derive(Debug)]
 pub struct Activity {
     accepted: Instant,
@@ -25,8 +27,8 @@ pub struct Activity {
     requests: AtomicU64,
 }
 
-/// A request in flight on a connection; dropped when its handler returns
-/// (whether it finished or its client went away).
+/// A request in flight on a connection, from its head until its response
+/// body ended or was dropped (the client went away, a HEAD response).
 pub struct InFlight(Arc<Activity>);
 
 impl Drop for InFlight {
@@ -61,8 +63,8 @@ impl Activity {
 
     /// When the connection should be closed if nothing changes, or `None`
     /// while a request is in flight. Before its first request a connection
-    /// has `header_timeout` from its accept, whatever bytes it sends; after,
-    /// `idle_timeout` from the last byte or request.
+    /// has `header_timeout` from its accept; after, `idle_timeout` from the
+    /// end of its last request.
     pub fn deadline(&self, header_timeout: Duration, idle_timeout: Duration) -> Option<Instant> {
         if self.in_flight.load(Ordering::Acquire) > 0 {
             return None;
@@ -87,60 +89,37 @@ pub async fn idle(activity: &Activity, header_timeout: Duration, idle_timeout: D
     }
 }
 
-/// A socket that records when bytes move on it.
-pub struct Tracked<T> {
-    inner: T,
-    activity: Arc<Activity>,
+/// A response body that keeps its request counted as in flight until it
+/// ends or is dropped.
+pub struct TrackedBody<B> {
+    inner: B,
+    in_flight: Option<InFlight>,
 }
 
-impl<T> Tracked<T> {
-    pub fn new(inner: T, activity: Arc<Activity>) -> Self {
-        Tracked { inner, activity }
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.activity.touch();
-        }
-        result
+impl<B> TrackedBody<B> {
+    pub fn new(inner: B, in_flight: InFlight) -> Self {
+        TrackedBody { inner, in_flight: Some(in_flight) }
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
+impl<B: Body<Data = Bytes> + Unpin> Body for TrackedBody<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let frame = std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        if frame.is_none() {
+            self.in_flight = None;
         }
-        result
+        Poll::Ready(frame)
     }
 
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        result
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
     }
 
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 

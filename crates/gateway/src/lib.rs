@@ -219,11 +219,10 @@ impl Gateway {
                 let gateway = gateway.clone();
                 async move {
                     let response = gateway.handle(request, client, local_addr).await;
-                    drop(in_flight);
-                    Ok::<_, Infallible>(response)
+                    Ok::<_, Infallible>(response.map(|body| conn::TrackedBody::new(body, in_flight)))
                 }
             });
-            let io = TokioIo::new(conn::Tracked::new(stream, activity.clone()));
+            let io = TokioIo::new(stream);
             let connection = builder.serve_connection_with_upgrades(io, service).into_owned();
             let connection = graceful.watch(connection);
             tokio::spawn(async move {

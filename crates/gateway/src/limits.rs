@@ -24,6 +24,8 @@ pub enum Rejection {
     BodyTooLarge(u64),
     /// Malformed framing or a body that broke off: the client's fault, 400.
     BadRequest(&'static str),
+    /// A transfer coding other than `chunked` (RFC 9112 §6.1): 501.
+    TransferCodingNotImplemented,
 }
 
 impl Rejection {
@@ -40,6 +42,9 @@ impl Rejection {
                 plain(StatusCode::PAYLOAD_TOO_LARGE, &format!("the request body is larger than {limit} bytes\n"))
             }
             Rejection::BadRequest(why) => plain(StatusCode::BAD_REQUEST, &format!("bad request: {why}\n")),
+            Rejection::TransferCodingNotImplemented => {
+                plain(StatusCode::NOT_IMPLEMENTED, "the only transfer coding supported is `chunked`\n")
+            }
         }
     }
 }
@@ -51,12 +56,27 @@ impl Rejection {
 /// reads the body by the former and drops the latter (§6.1), so a service
 /// never sees the two disagree.
 pub fn check_head<B>(request: &Request<B>, config: &GatewayConfig) -> Result<(), Rejection> {
-    let hosts = request.headers().get_all(header::HOST).iter().count();
-    if hosts > 1 {
-        return Err(Rejection::BadRequest("more than one Host header"));
+    let mut hosts = request.headers().get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => return Err(Rejection::BadRequest("more than one Host header")),
+        (None, _) if request.version() == http::Version::HTTP_11 => {
+            return Err(Rejection::BadRequest("an HTTP/1.1 request must have a Host header"));
+        }
+        // Empty (a target without an authority) or `host[:port]`.
+        (Some(host), None) if !host.is_empty() && !is_authority(host.as_bytes()) => {
+            return Err(Rejection::BadRequest("the Host header is not a valid host[:port]"));
+        }
+        _ => {}
     }
-    if hosts == 0 && request.version() == http::Version::HTTP_11 {
-        return Err(Rejection::BadRequest("an HTTP/1.1 request must have a Host header"));
+    // hyper reads `chunked` itself; any other coding would reach the app
+    // still encoded, with nothing left to say so.
+    if request
+        .headers()
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .any(|coding| !coding.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"))
+    {
+        return Err(Rejection::TransferCodingNotImplemented);
     }
     let url_len = request.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
     if url_len > config.max_url_bytes {
@@ -72,6 +92,16 @@ pub fn check_head<B>(request: &Request<B>, config: &GatewayConfig) -> Result<(),
         return Err(Rejection::BodyTooLarge(config.max_body_bytes));
     }
     Ok(())
+}
+
+/// Whether `value` is `host[:port]` as RFC 9110 §7.2 has it: no user info,
+/// no path, no spaces.
+fn is_authority(value: &[u8]) -> bool {
+    !value.contains(&b'@')
+        && std::str::from_utf8(value)
+            .ok()
+            .and_then(|text| text.parse::<http::uri::Authority>().ok())
+            .is_some_and(|authority| !authority.host().is_empty())
 }
 
 /// What went wrong with a request body, if anything, as the body saw it:
@@ -285,5 +315,15 @@ mod tests {
         assert_eq!(check_head(&http10, &limits), Ok(()));
         let twice = Request::get("/").header(header::HOST, "a").header(header::HOST, "b").body(()).unwrap();
         assert!(matches!(check_head(&twice, &limits), Err(Rejection::BadRequest(_))));
+        for bad in ["x y", "a\"b;c", "user@host", "host/path", ":80"] {
+            let request = Request::get("/").header(header::HOST, bad).body(()).unwrap();
+            assert!(matches!(check_head(&request, &limits), Err(Rejection::BadRequest(_))), "{bad}");
+        }
+        for good in ["", "example.com", "example.com:8080", "127.0.0.1:3000", "[::1]:3000"] {
+            let request = Request::get("/").header(header::HOST, good).body(()).unwrap();
+            assert_eq!(check_head(&request, &limits), Ok(()), "{good}");
+        }
+        let gzip = Request::post("/").header(header::HOST, "h").header(header::TRANSFER_ENCODING, "gzip, chunked");
+        assert_eq!(check_head(&gzip.body(()).unwrap(), &limits), Err(Rejection::TransferCodingNotImplemented));
     }
 }

@@ -59,6 +59,15 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
+/// Forwarding headers other proxies set, which a client could send to claim
+/// an address, port or path it does not have: removed, not forwarded.
+const UNTRUSTED_FORWARDING: [HeaderName; 4] = [
+    HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-forwarded-prefix"),
+    HeaderName::from_static("x-forwarded-server"),
+];
+
 /// Forwards `request` to an instance of `service` and returns its response,
 /// or the one error response that says why there is none.
 pub(crate) async fn forward<B>(
@@ -89,15 +98,17 @@ where
     let max_body = gateway.config.max_body_bytes;
     let (body, fault) = limits::limit_body(Request::new(body), max_body);
     let body = body.into_body();
-    // A request with no body can be sent again, if it is idempotent, when a
-    // pooled connection turns out to have been closed by the app just as it
-    // was reused (RFC 9110 §9.2.2): that race must not reach the client.
+    // A request with no body can be sent again if it is idempotent (RFC 9110
+    // §9.2.2): when the hop fails (most often a pooled connection the app
+    // closed just as it was reused, which surfaces as a reset, a broken pipe
+    // or an incomplete message), it is sent once more on a fresh connection,
+    // so that race never reaches the client.
     let replay = (is_idempotent(&head.method) && body.is_end_stream()).then(|| Replay::of(&head));
     let body = body.map_err(|error| BoxError::from(format!("{error:?}"))).boxed_unsync();
     let sent = async {
         match gateway.backends.request(Request::from_parts(head, body)).await {
-            Err(error) if replay.is_some() && is_stale_connection(&error) => {
-                tracing::debug!(service = id, "pooled connection was closed by the app: sending again ({error})");
+            Err(error) if replay.is_some() => {
+                tracing::debug!(service = id, "hop failed, sending again: {error}");
                 gateway.backends.request(replay.expect("checked in the guard").request()).await
             }
             result => result,
@@ -121,6 +132,9 @@ where
     }
     let (mut parts, body) = response.into_parts();
     remove_hop_by_hop(&mut parts.headers);
+    // Only a 101 switches protocols; an `Upgrade` elsewhere is the app's
+    // offer for its own hop.
+    parts.headers.remove(header::UPGRADE);
     let body = LeasedBody { body, deadline: Box::pin(tokio::time::sleep_until(deadline)), limit, _lease: lease };
     Response::from_parts(parts, ResponseBody::Left(http_body_util::Either::Right(CheckedResponse::new(body, fault))))
 }
@@ -181,6 +195,9 @@ fn prepare_head(head: &mut http::request::Parts, instance: SocketAddr, client: S
         headers.insert(header::UPGRADE, upgrade);
     }
 
+    for name in &UNTRUSTED_FORWARDING {
+        headers.remove(name);
+    }
     let host = headers.get(header::HOST).and_then(|host| host.to_str().ok()).map(str::to_owned);
     let ip = client.ip().to_string();
     headers.insert(X_FORWARDED_FOR, HeaderValue::from_str(&ip).expect("an IP address is a valid header value"));
@@ -201,7 +218,8 @@ fn prepare_head(head: &mut http::request::Parts, instance: SocketAddr, client: S
     }
 }
 
-/// Removes the hop-by-hop headers and every header `Connection` names.
+/// Removes the hop-by-hop headers and every header `Connection` names, but
+/// `Host`, which no hop may drop (a client naming it must not strip it).
 pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
@@ -209,6 +227,7 @@ pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .filter(|name| name != header::HOST)
         .collect();
     for name in named.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
@@ -217,14 +236,6 @@ pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
 
 fn is_idempotent(method: &Method) -> bool {
     matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
-}
-
-/// Whether the hop failed because a pooled connection was already closed by
-/// the app (it closed an idle keep-alive connection as it was reused): the
-/// request went nowhere, or got no byte of answer.
-fn is_stale_connection(error: &hyper_util::client::legacy::Error) -> bool {
-    let hyper_error = std::error::Error::source(error).and_then(|source| source.downcast_ref::<hyper::Error>());
-    hyper_error.is_some_and(|error| error.is_incomplete_message() || error.is_canceled() || error.is_closed())
 }
 
 /// What it takes to send a body-less request a second time.

@@ -21,12 +21,23 @@ use walkdir::WalkDir;
 pub fn stage(app_dir: &Path, mounts: &[FileMount], exclude: &[String], target: &Path) -> anyhow::Result<usize> {
     let exclude = glob_set(exclude)?;
     let app_root = app_dir.canonicalize().with_context(|| format!("cannot read `{}`", app_dir.display()))?;
+    // Never walked: the staged tree itself (a mount of an ancestor would
+    // copy it into itself without end) and dormouse's state.
+    let skip = [target.canonicalize().unwrap_or_else(|_| target.to_owned()), app_root.join(".dormouse")];
+    let walk = |root: &Path| {
+        let skip = skip.clone();
+        WalkDir::new(root)
+            .follow_links(true)
+            .min_depth(1)
+            .into_iter()
+            .filter_entry(move |entry| !skip.iter().any(|skipped| entry.path().starts_with(skipped)))
+    };
     let mut staged = 0;
     for mount in mounts {
         staged += match mount {
-            FileMount::Pattern(pattern) => stage_pattern(&app_root, pattern, &exclude, target)?,
+            FileMount::Pattern(pattern) => stage_pattern(&app_root, pattern, &exclude, target, &walk)?,
             FileMount::Placement { source, destination } => {
-                stage_placement(&app_root, source, destination, &exclude, target)?
+                stage_placement(&app_root, source, destination, &exclude, target, &walk)?
             }
         };
     }
@@ -51,10 +62,16 @@ fn glob_set(patterns: &[String]) -> anyhow::Result<GlobSet> {
 
 /// Files of the app directory whose relative path matches `pattern`, each at
 /// the same relative path under `/`.
-fn stage_pattern(app_root: &Path, pattern: &str, exclude: &GlobSet, target: &Path) -> anyhow::Result<usize> {
+fn stage_pattern<W: Iterator<Item = walkdir::Result<walkdir::DirEntry>>>(
+    app_root: &Path,
+    pattern: &str,
+    exclude: &GlobSet,
+    target: &Path,
+    walk: &dyn Fn(&Path) -> W,
+) -> anyhow::Result<usize> {
     let matcher = glob(pattern)?.compile_matcher();
     let mut staged = 0;
-    for entry in WalkDir::new(app_root).follow_links(true).min_depth(1) {
+    for entry in walk(app_root) {
         let entry = match entry {
             Ok(entry) => entry,
             // An unreadable corner or a link loop: skip it, say so.
@@ -64,7 +81,7 @@ fn stage_pattern(app_root: &Path, pattern: &str, exclude: &GlobSet, target: &Pat
             }
         };
         let relative = entry.path().strip_prefix(app_root).expect("walked beneath the root");
-        if relative.starts_with(".dormouse") || !entry.file_type().is_file() || !matcher.is_match(relative) {
+        if !entry.file_type().is_file() || !matcher.is_match(relative) {
             continue;
         }
         if exclude.is_match(relative) {
@@ -81,14 +98,23 @@ fn stage_pattern(app_root: &Path, pattern: &str, exclude: &GlobSet, target: &Pat
 }
 
 /// A file or directory (recursively) placed at `destination`.
-fn stage_placement(
+fn stage_placement<W: Iterator<Item = walkdir::Result<walkdir::DirEntry>>>(
     app_root: &Path,
     source: &Path,
     destination: &str,
     exclude: &GlobSet,
     target: &Path,
+    walk: &dyn Fn(&Path) -> W,
 ) -> anyhow::Result<usize> {
     let root = source.canonicalize().with_context(|| format!("cannot read file source `{}`", source.display()))?;
+    // The manifest refuses a source that leads out through a link; this
+    // holds even if the link changed since.
+    anyhow::ensure!(
+        root.starts_with(app_root),
+        "file source `{}` leads outside the app directory, to `{}`",
+        source.display(),
+        root.display()
+    );
     let destination = guest_relative(destination)?;
     let excluded = |path: &Path| path.strip_prefix(app_root).is_ok_and(|relative| exclude.is_match(relative));
     if root.is_file() {
@@ -98,7 +124,7 @@ fn stage_placement(
         return Ok(usize::from(copy_contained(&root, &root, &target.join(destination))?));
     }
     let mut staged = 0;
-    for entry in WalkDir::new(&root).follow_links(true).min_depth(1) {
+    for entry in walk(&root) {
         let entry = match entry {
             Ok(entry) => entry,
             Err(error) => {

@@ -27,6 +27,10 @@ pub use route::{RouteError, RouteMatch, RoutePattern};
 pub use runtime_config::RuntimeConfig;
 pub use variables::{VariableError, Variables};
 
+/// The most instances a service may have (`autoscale.max`): each may hold
+/// 100 waiting requests while it wakes, and a port and a process.
+pub const MAX_SERVICE_INSTANCES: u32 = 1000;
+
 /// The shortest idle cooldown a service may set.
 pub const MIN_COOLDOWN: Duration = Duration::from_millis(100);
 
@@ -344,16 +348,26 @@ impl Resolver<'_> {
         let (min, max) = (value(&autoscale.min, 0), value(&autoscale.max, 1));
         let target_concurrency = value(&autoscale.target_concurrency, 10);
         let span_of = |field: &Option<Spanned<u32>>| field.as_ref().map(Spanned::span).unwrap_or(0..0);
-        if max == 0 || min > max {
+        if max == 0 || min > max || max > MAX_SERVICE_INSTANCES {
             return Err(fail(
                 span_of(&autoscale.max),
-                format!("service `{id}`: autoscale needs 1 ≤ max and min ≤ max (min {min}, max {max})"),
+                format!(
+                    "service `{id}`: autoscale needs 1 ≤ max ≤ {MAX_SERVICE_INSTANCES} and min ≤ max (min {min}, max {max})"
+                ),
             ));
         }
         if target_concurrency == 0 {
             return Err(fail(
                 span_of(&autoscale.target_concurrency),
                 format!("service `{id}`: target_concurrency must be at least 1"),
+            ));
+        }
+        if let Some(port) = &service.port
+            && *port.get_ref() == 0
+        {
+            return Err(fail(
+                port.span(),
+                format!("service `{id}` has `port = 0`: omit `port` to have one picked, and read `PORT`"),
             ));
         }
         if let Some(port) = &service.port
@@ -371,6 +385,16 @@ impl Resolver<'_> {
         {
             return Err(fail(path.span(), format!("ready_path `{}` must start with `/`", path.get_ref())));
         }
+        let ready_timeout = duration(&service.ready_timeout, Duration::from_secs(30), "ready_timeout")?;
+        let stop_timeout = duration(&service.stop_timeout, Duration::from_secs(10), "stop_timeout")?;
+        for (value, field, name) in
+            [(ready_timeout, &service.ready_timeout, "ready_timeout"), (stop_timeout, &service.stop_timeout, "stop_timeout")]
+        {
+            if value.is_zero() {
+                let span = field.as_ref().map(Spanned::span).unwrap_or(0..0);
+                return Err(fail(span, format!("{name} of service `{id}` must be more than 0")));
+            }
+        }
         Ok(model::Service {
             id: id.to_owned(),
             command,
@@ -383,8 +407,8 @@ impl Resolver<'_> {
             min,
             max,
             target_concurrency,
-            ready_timeout: duration(&service.ready_timeout, Duration::from_secs(30), "ready_timeout")?,
-            stop_timeout: duration(&service.stop_timeout, Duration::from_secs(10), "stop_timeout")?,
+            ready_timeout,
+            stop_timeout,
         })
     }
 
@@ -502,6 +526,21 @@ impl Resolver<'_> {
                             format!(
                                 "file source `{}` (component `{id}`) must stay inside the app directory: no leading `/`, no `..`",
                                 placement.source
+                            ),
+                        ));
+                    }
+                    // A link inside the app directory must not lead out of it
+                    // either (checked where the source exists already).
+                    let source = self.base_dir.join(&placement.source);
+                    if let (Ok(real), Ok(base)) = (source.canonicalize(), self.base_dir.canonicalize())
+                        && !real.starts_with(&base)
+                    {
+                        return Err(fail(
+                            span,
+                            format!(
+                                "file source `{}` (component `{id}`) is a link that leads outside the app directory, to `{}`",
+                                placement.source,
+                                real.display()
                             ),
                         ));
                     }

@@ -52,12 +52,14 @@ async fn an_idle_http2_connection_is_closed_after_the_idle_timeout() {
     let app = App::new(&[("/hello", "hello")]);
     let server = app.start(&["--header-timeout", "1s", "--idle-timeout", "2s"]);
     let stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
+    // A client that PINGs twice a second does not keep an idle connection.
+    let (mut sender, connection) = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(Duration::from_millis(500))
+        .keep_alive_while_idle(true)
+        .handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .unwrap();
     let connection = tokio::spawn(connection);
     let request = hyper::Request::get(server.url("/hello")).body(Empty::<Bytes>::new()).unwrap();
     assert_eq!(sender.send_request(request).await.unwrap().status(), StatusCode::OK);
@@ -93,6 +95,14 @@ fn requests_rfc_9112_refuses_are_refused() {
         let answer = raw(server.addr, request);
         assert!(answer.starts_with("HTTP/1.1 400") && answer.contains(why), "{why}: {answer}");
     }
+    let answer = raw(server.addr, b"GET /hello HTTP/1.1\r\nHost: a b\r\nConnection: close\r\n\r\n");
+    assert!(answer.starts_with("HTTP/1.1 400") && answer.contains("not a valid host"), "{answer}");
+    // A coding hyper does not decode would reach the app still encoded.
+    let answer = raw(
+        server.addr,
+        b"POST /hello HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n0\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 501"), "{answer}");
     // HTTP/1.0 needs no Host.
     let answer = raw(server.addr, b"GET /hello HTTP/1.0\r\n\r\n");
     assert!(answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200"), "{answer}");

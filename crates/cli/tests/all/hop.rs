@@ -33,15 +33,17 @@ async fn hop_by_hop_headers_are_removed_and_forwarding_headers_set() {
     let server = app.start(&[]);
     let answer = raw(
         server.addr,
-        b"GET /headers HTTP/1.1\r\nHost: shop.example\r\nConnection: keep-alive, x-internal\r\nX-Internal: 1\r\n\
+        b"GET /headers HTTP/1.1\r\nHost: shop.example\r\nConnection: keep-alive, x-internal, host\r\nX-Internal: 1\r\n\
+          X-Real-IP: 6.6.6.6\r\nX-Forwarded-Port: 6666\r\n\
           Keep-Alive: timeout=5\r\nProxy-Authorization: Basic Zm9vOmJhcg==\r\nTE: trailers\r\n\
           X-Forwarded-For: 6.6.6.6\r\nForwarded: for=6.6.6.6\r\nX-Kept: yes\r\n\r\n",
     );
     let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
-    for gone in ["connection:", "x-internal:", "keep-alive:", "proxy-authorization:", "te:", "6.6.6.6"] {
+    for gone in ["connection:", "x-internal:", "keep-alive:", "proxy-authorization:", "te:", "6.6.6.6", "6666"] {
         assert!(!body.contains(gone), "`{gone}` reached the service: {body}");
     }
     for set in [
+        "host: shop.example",
         "x-kept: yes",
         "x-forwarded-for: 127.0.0.1",
         "x-forwarded-proto: http",
@@ -83,6 +85,18 @@ async fn a_keep_alive_connection_closed_by_the_app_is_sent_again() {
     // but it must never be sent twice.
     let reply = call("POST", &server.url("/post"), "x").await;
     assert!(reply.status == StatusCode::OK || reply.status == StatusCode::BAD_GATEWAY, "{}", reply.body);
+}
+
+#[tokio::test]
+async fn connections_the_app_closes_after_each_answer_never_surface_as_502() {
+    // The close races with the proxy reusing the connection: without a
+    // resend, about one request in a hundred met a closed connection.
+    let app = python_app("close-after-answer", "");
+    let server = app.start(&[]);
+    for i in 0..1000 {
+        let reply = get(&server.url(&format!("/n/{i}"))).await;
+        assert_eq!(reply.status, StatusCode::OK, "request {i}: {}", reply.body);
+    }
 }
 
 #[tokio::test]

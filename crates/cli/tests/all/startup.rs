@@ -82,3 +82,39 @@ fn a_corrupt_key_value_file_fails_at_once_naming_it() {
     assert!(stderr.contains("sqlite_key_value.db") && stderr.contains("not a database"), "{stderr}");
     assert_eq!(stderr.matches("ERROR").count(), 0, "one error, not a retry log: {stderr}");
 }
+
+#[test]
+fn a_file_source_that_links_out_of_the_app_directory_is_refused() {
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("secret.txt"), "TOP-SECRET").unwrap();
+    let manifest = format!(
+        "spin_manifest_version = 2\n[application]\nname = \"x\"\n[[trigger.http]]\nroute = \"/...\"\ncomponent = \"a\"\n\
+         [component.a]\nsource = \"{}\"\nfiles = [{{ source = \"link\", destination = \"/o\" }}]\n",
+        guest("files").display()
+    );
+    let app = App::from_manifest(&manifest);
+    std::os::unix::fs::symlink(outside.path(), app.path().join("link")).unwrap();
+    let stderr = app.fails_to_start(&[]);
+    assert!(
+        stderr.contains("spin.toml:9:10: file source `link` (component `a`) is a link that leads outside the app directory"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn mounting_the_app_directory_itself_stages_it_once() {
+    let manifest = format!(
+        "spin_manifest_version = 2\n[application]\nname = \"x\"\n[[trigger.http]]\nroute = \"/files/...\"\ncomponent = \"a\"\n\
+         [component.a]\nsource = \"{}\"\nfiles = [{{ source = \".\", destination = \"/\" }}]\n",
+        guest("files").display()
+    );
+    let app = App::from_manifest(&manifest);
+    app.write("www/index.html", "home");
+    app.write(".dormouse/marker", "state");
+    let server = app.start(&[]);
+    let reply = crate::support::get(&server.url("/files/www/index.html")).await;
+    assert_eq!(reply.body, "home");
+    // dormouse's own state (staged files, compile cache) is not mounted.
+    let reply = crate::support::get(&server.url("/files/.dormouse/marker")).await;
+    assert_eq!(reply.status, hyper::StatusCode::NOT_FOUND, "{}", reply.body);
+}

@@ -14,6 +14,9 @@
                  like serve, but a second request on a connection is met by
                  closing it unanswered (a keep-alive connection closed by the
                  app just as the proxy reuses it)
+    close-after-answer
+                 like serve, but every connection is closed right after its
+                 first answer, which does not say `Connection: close`
 """
 import http.server
 import os
@@ -64,6 +67,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 self.close_connection = True
                 return
             self.answered = True
+        if mode == "close-after-answer":
+            self.close_connection = True
         if self.path.startswith("/headers"):
             lines = [self.requestline] + [f"{name.lower()}: {value}" for name, value in self.headers.items()]
             return self.answer(("\n".join(lines) + "\n").encode())
