@@ -98,6 +98,17 @@ impl SqliteStore {
                  )",
             )
             .map_err(|error| Error::Sqlite(format!("cannot create the table in {location}: {error}")))?;
+        // A table of that name from something else would fail every call.
+        let columns: Vec<String> = connection
+            .prepare("SELECT name FROM pragma_table_info('spin_key_value') ORDER BY cid")
+            .and_then(|mut statement| statement.query_map([], |row| row.get(0))?.collect())
+            .map_err(|error| Error::Sqlite(format!("cannot read the table of {location}: {error}")))?;
+        if columns != ["store", "key", "value"] {
+            return Err(Error::Sqlite(format!(
+                "{location} has a `spin_key_value` table with the columns ({}), not Spin's (store, key, value)",
+                columns.join(", ")
+            )));
+        }
         drop(connection);
         Ok(SqliteStore { pool, label: label.into(), location })
     }

@@ -147,3 +147,15 @@ fn a_file_that_is_not_a_database_fails_at_once_naming_it() {
     assert!(started.elapsed() < std::time::Duration::from_secs(5), "took {:?}", started.elapsed());
     assert!(error.contains(&path.display().to_string()) && error.contains("not a database"), "{error}");
 }
+
+#[test]
+fn a_database_whose_table_is_not_spins_fails_at_once_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kv.db");
+    let connection = rusqlite::Connection::open(&path).unwrap();
+    connection.execute_batch("CREATE TABLE spin_key_value (k TEXT, v BLOB)").unwrap();
+    drop(connection);
+    let Err(error) = Store::sqlite(Some(&path), "default") else { panic!("a foreign table must not open") };
+    let error = error.to_string();
+    assert!(error.contains("kv.db") && error.contains("columns (k, v)"), "{error}");
+}

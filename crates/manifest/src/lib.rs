@@ -387,9 +387,10 @@ impl Resolver<'_> {
         }
         let ready_timeout = duration(&service.ready_timeout, Duration::from_secs(30), "ready_timeout")?;
         let stop_timeout = duration(&service.stop_timeout, Duration::from_secs(10), "stop_timeout")?;
-        for (value, field, name) in
-            [(ready_timeout, &service.ready_timeout, "ready_timeout"), (stop_timeout, &service.stop_timeout, "stop_timeout")]
-        {
+        for (value, field, name) in [
+            (ready_timeout, &service.ready_timeout, "ready_timeout"),
+            (stop_timeout, &service.stop_timeout, "stop_timeout"),
+        ] {
             if value.is_zero() {
                 let span = field.as_ref().map(Spanned::span).unwrap_or(0..0);
                 return Err(fail(span, format!("{name} of service `{id}` must be more than 0")));

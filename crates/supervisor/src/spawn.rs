@@ -215,12 +215,27 @@ type SpawnReply = oneshot::Sender<Result<(u32, Option<PathBuf>, oneshot::Receive
 /// Spawn requests sent and not yet answered, by id.
 type Pending = Arc<Mutex<HashMap<u64, SpawnReply>>>;
 
-/// dormouse's end of the helper.
+/// dormouse's end of the helper, which starts it again if it died (killed
+/// from outside): its orphaned services are then killed through their
+/// cgroups, and the next wake starts them under the new helper.
 pub(crate) struct HelperClient {
-    writer: Mutex<(u64, UnixStream)>,
+    program: std::ffi::OsString,
+    args: Vec<std::ffi::OsString>,
+    run: Option<PathBuf>,
+    connection: Mutex<Option<Connection>>,
+    /// Every `prepare` so far, sent again to a new helper.
+    prepared: Mutex<Vec<(Spawn, usize)>>,
+}
+
+/// One running helper.
+struct Connection {
+    writer: UnixStream,
+    next_id: u64,
     pending: Pending,
-    /// The helper process itself, never waited for: it outlives dormouse.
-    _child: std::process::Child,
+    alive: Arc<AtomicBool>,
+    /// The helper process itself: it outlives dormouse; waited for only
+    /// once it died and is replaced.
+    child: std::process::Child,
 }
 
 impl HelperClient {
@@ -228,75 +243,107 @@ impl HelperClient {
     /// there is one, appended), in a process group of its own so that a
     /// terminal's Ctrl-C reaches dormouse, which drains, and not the helper.
     /// Call from within a tokio runtime.
-    pub fn start(mut command: std::process::Command, run: Option<&Path>) -> std::io::Result<Arc<HelperClient>> {
+    pub fn start(command: std::process::Command, run: Option<&Path>) -> std::io::Result<Arc<HelperClient>> {
+        let client = HelperClient {
+            program: command.get_program().to_owned(),
+            args: command.get_args().map(ToOwned::to_owned).collect(),
+            run: run.map(Path::to_owned),
+            connection: Mutex::default(),
+            prepared: Mutex::default(),
+        };
+        *client.connection.lock().expect("not poisoned") = Some(client.connect()?);
+        Ok(Arc::new(client))
+    }
+
+    fn connect(&self) -> std::io::Result<Connection> {
         let (ours, theirs) = UnixStream::pair()?;
-        command.args(run).stdin(Stdio::from(OwnedFd::from(theirs))).process_group(0);
-        let child = command.spawn()?;
+        let child = std::process::Command::new(&self.program)
+            .args(&self.args)
+            .args(&self.run)
+            .stdin(Stdio::from(OwnedFd::from(theirs)))
+            .process_group(0)
+            .spawn()?;
         let reader = tokio::net::UnixStream::from_std({
             let reader = ours.try_clone()?;
             reader.set_nonblocking(true)?;
             reader
         })?;
         let pending: Pending = Arc::default();
-        let exits: Arc<Mutex<HashMap<u32, oneshot::Sender<String>>>> = Arc::default();
-        tokio::spawn(Self::read_replies(reader, pending.clone(), exits));
-        Ok(Arc::new(HelperClient { writer: Mutex::new((0, ours)), pending, _child: child }))
+        let alive = Arc::new(AtomicBool::new(true));
+        tokio::spawn(read_replies(reader, pending.clone(), alive.clone()));
+        let mut connection = Connection { writer: ours, next_id: 0, pending, alive, child };
+        for (template, stubs) in self.prepared.lock().expect("not poisoned").iter() {
+            send_order(&mut connection.writer, &Order::Prepare { template: template.clone(), stubs: *stubs })?;
+        }
+        Ok(connection)
+    }
+
+    /// The running helper, started again if it died.
+    fn with_connection<T>(&self, act: impl FnOnce(&mut Connection) -> std::io::Result<T>) -> std::io::Result<T> {
+        let mut connection = self.connection.lock().expect("not poisoned");
+        if !connection.as_ref().is_some_and(|c| c.alive.load(Ordering::Acquire)) {
+            tracing::warn!("the process helper is gone: starting it again");
+            if let Some(mut dead) = connection.take() {
+                // Reaped off the async threads: it may still be exiting.
+                std::thread::spawn(move || dead.child.wait());
+            }
+            *connection = Some(self.connect()?);
+        }
+        act(connection.as_mut().expect("set above"))
     }
 
     /// Asks for `stubs` processes to be kept ready for `template`'s service.
     pub fn prepare(&self, template: Spawn, stubs: usize) -> std::io::Result<()> {
-        let mut writer = self.writer.lock().expect("not poisoned");
-        send_order(&mut writer.1, &Order::Prepare { template, stubs })
+        self.prepared.lock().expect("not poisoned").push((template.clone(), stubs));
+        self.with_connection(|connection| send_order(&mut connection.writer, &Order::Prepare { template, stubs }))
     }
 
     async fn spawn(&self, mut request: Spawn) -> std::io::Result<(Process, Option<Cgroup>)> {
         let (reply_tx, reply_rx) = oneshot::channel();
-        {
-            let mut writer = self.writer.lock().expect("not poisoned");
-            writer.0 += 1;
-            request.id = writer.0;
-            self.pending.lock().expect("not poisoned").insert(request.id, reply_tx);
-            send_order(&mut writer.1, &Order::Spawn(request))?;
-        }
+        self.with_connection(|connection| {
+            connection.next_id += 1;
+            request.id = connection.next_id;
+            connection.pending.lock().expect("not poisoned").insert(request.id, reply_tx);
+            send_order(&mut connection.writer, &Order::Spawn(request))
+        })?;
         match reply_rx.await {
             Ok(Ok((pid, cgroup, exit))) => Ok((Process::Helper { pid, exit, status: None }, cgroup.map(Cgroup::at))),
             Ok(Err(error)) => Err(std::io::Error::other(error)),
-            Err(_) => Err(std::io::Error::other("the process helper is gone")),
+            Err(_) => Err(std::io::Error::other("the process helper went away")),
         }
     }
+}
 
-    async fn read_replies(
-        reader: tokio::net::UnixStream,
-        pending: Pending,
-        exits: Arc<Mutex<HashMap<u32, oneshot::Sender<String>>>>,
-    ) {
-        let mut lines = BufReader::new(reader).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            match serde_json::from_str::<Reply>(&line) {
-                Ok(Reply::Spawned { id, pid, cgroup }) => {
-                    let (exit_tx, exit_rx) = oneshot::channel();
-                    exits.lock().expect("not poisoned").insert(pid, exit_tx);
-                    if let Some(reply) = pending.lock().expect("not poisoned").remove(&id) {
-                        let _ = reply.send(Ok((pid, cgroup, exit_rx)));
-                    }
+/// Hands each reply to whoever waits for it, until the helper is gone; then
+/// every waiter hears so (an instance's exit included: its task then kills
+/// what is left of it through its cgroup).
+async fn read_replies(reader: tokio::net::UnixStream, pending: Pending, alive: Arc<AtomicBool>) {
+    let mut exits: HashMap<u32, oneshot::Sender<String>> = HashMap::new();
+    let mut lines = BufReader::new(reader).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        match serde_json::from_str::<Reply>(&line) {
+            Ok(Reply::Spawned { id, pid, cgroup }) => {
+                let (exit_tx, exit_rx) = oneshot::channel();
+                exits.insert(pid, exit_tx);
+                if let Some(reply) = pending.lock().expect("not poisoned").remove(&id) {
+                    let _ = reply.send(Ok((pid, cgroup, exit_rx)));
                 }
-                Ok(Reply::Failed { id, error }) => {
-                    if let Some(reply) = pending.lock().expect("not poisoned").remove(&id) {
-                        let _ = reply.send(Err(error));
-                    }
-                }
-                Ok(Reply::Exited { pid, status }) => {
-                    if let Some(exit) = exits.lock().expect("not poisoned").remove(&pid) {
-                        let _ = exit.send(status);
-                    }
-                }
-                Err(error) => tracing::warn!("process helper said something unexpected: {error}"),
             }
+            Ok(Reply::Failed { id, error }) => {
+                if let Some(reply) = pending.lock().expect("not poisoned").remove(&id) {
+                    let _ = reply.send(Err(error));
+                }
+            }
+            Ok(Reply::Exited { pid, status }) => {
+                if let Some(exit) = exits.remove(&pid) {
+                    let _ = exit.send(status);
+                }
+            }
+            Err(error) => tracing::warn!("process helper said something unexpected: {error}"),
         }
-        tracing::error!("the process helper is gone: services can no longer start");
-        pending.lock().expect("not poisoned").clear();
-        exits.lock().expect("not poisoned").clear();
     }
+    alive.store(false, Ordering::Release);
+    pending.lock().expect("not poisoned").clear();
 }
 
 fn send_order(writer: &mut UnixStream, order: &Order) -> std::io::Result<()> {
@@ -326,27 +373,67 @@ struct Stub {
     cgroup: PathBuf,
 }
 
-/// One service's stubs: the command they become, those ready, how many to
-/// keep.
-struct ServiceStubs {
-    template: Spawn,
-    ready: Vec<Stub>,
-    target: usize,
+/// The services stubs are kept for, at most: the most recently prepared or
+/// started ones. Beyond them a start pays the migration (~14 ms), and a
+/// host with many idle services keeps no more than 16 idle shells.
+const STUBBED_SERVICES: usize = 8;
+
+/// Which services have stubs, and those ready.
+#[derive(Default)]
+struct StubTable {
+    /// Every service dormouse prepared: the command its stubs become and
+    /// how many to keep.
+    known: HashMap<String, (Spawn, usize)>,
+    /// The ready stubs of the services that have them.
+    ready: HashMap<String, Vec<Stub>>,
+    /// Those services, least recently used first.
+    recent: std::collections::VecDeque<String>,
 }
 
-/// The helper's stubs, by service.
+impl StubTable {
+    /// Marks `service` as just used, giving it stubs and taking them from
+    /// the least recently used service past the limit.
+    fn touch(&mut self, service: &str) {
+        self.recent.retain(|name| name != service);
+        self.recent.push_back(service.to_owned());
+        self.ready.entry(service.to_owned()).or_default();
+        while self.recent.len() > STUBBED_SERVICES {
+            let evicted = self.recent.pop_front().expect("longer than the limit");
+            if let Some(stubs) = self.ready.remove(&evicted) {
+                retire_stubs(stubs);
+            }
+        }
+    }
+}
+
+/// Lets unneeded stubs go: their pipe closes, they exit, and their cgroups
+/// are removed once empty (on a thread: that may take a moment).
+fn retire_stubs(stubs: Vec<Stub>) {
+    if stubs.is_empty() {
+        return;
+    }
+    std::thread::spawn(move || {
+        for stub in stubs {
+            drop(stub.port_pipe);
+            Cgroup::at(stub.cgroup).retire();
+        }
+    });
+}
+
+/// The helper's stubs.
 struct Stubs {
     run: PathBuf,
-    services: Mutex<HashMap<String, ServiceStubs>>,
+    table: Mutex<StubTable>,
     next: AtomicU64,
     refilling: AtomicBool,
 }
 
 impl Stubs {
-    /// Makes stubs until every service has its target ready, on a thread of
-    /// its own: each costs a cgroup migration (~14 ms), which no request
-    /// should wait for. After `delay`: a stub's own start (a millisecond or
-    /// so of CPU) would otherwise compete with the app that just started.
+    /// Makes stubs until every service that has them has its target ready,
+    /// on a thread of its own: each costs a cgroup migration (~14 ms), which
+    /// no request should wait for. After `delay`: a stub's own start (a
+    /// millisecond or so of CPU) would otherwise compete with the app that
+    /// just started.
     fn refill(self: &Arc<Self>, delay: Duration) {
         if self.refilling.swap(true, Ordering::AcqRel) {
             return;
@@ -355,17 +442,21 @@ impl Stubs {
         std::thread::spawn(move || {
             std::thread::sleep(delay);
             loop {
-                let wanted = stubs
-                    .services
-                    .lock()
-                    .expect("not poisoned")
-                    .values()
-                    .find_map(|service| (service.ready.len() < service.target).then(|| service.template.clone()));
+                let wanted = {
+                    let table = stubs.table.lock().expect("not poisoned");
+                    table.ready.iter().find_map(|(service, ready)| {
+                        let (template, target) = table.known.get(service)?;
+                        (ready.len() < *target).then(|| template.clone())
+                    })
+                };
                 let Some(template) = wanted else { break };
                 match stubs.make(&template) {
                     Ok(stub) => {
-                        if let Some(service) = stubs.services.lock().expect("not poisoned").get_mut(&template.service) {
-                            service.ready.push(stub);
+                        let mut table = stubs.table.lock().expect("not poisoned");
+                        match table.ready.get_mut(&template.service) {
+                            Some(ready) => ready.push(stub),
+                            // Evicted meanwhile.
+                            None => retire_stubs(vec![stub]),
                         }
                     }
                     Err(error) => {
@@ -397,33 +488,35 @@ impl Stubs {
         Ok(Stub { pid: child.id(), port_pipe, cgroup })
     }
 
+    /// Keeps `target` stubs ready for `template`'s service (one of the most
+    /// recently used).
     fn prepare(self: &Arc<Self>, template: Spawn, target: usize) {
         let template = template.template();
-        let mut services = self.services.lock().expect("not poisoned");
-        let service = services.entry(template.service.clone()).or_insert_with(|| ServiceStubs {
-            template: template.clone(),
-            ready: Vec::new(),
-            target,
-        });
-        if service.template != template {
-            // Another command for the service (not something dormouse does):
-            // the old stubs are of no use.
-            service.template = template;
-            service.ready.clear();
+        let service = template.service.clone();
+        let mut table = self.table.lock().expect("not poisoned");
+        let changed = table.known.get(&service).is_some_and(|(known, _)| *known != template);
+        table.known.insert(service.clone(), (template, target));
+        if changed && let Some(old) = table.ready.remove(&service) {
+            // Another command for the service: the old stubs are of no use.
+            retire_stubs(old);
         }
-        service.target = target;
-        drop(services);
+        table.touch(&service);
+        drop(table);
         self.refill(Duration::ZERO);
     }
 
-    /// A ready stub that becomes `request`, if there is one.
-    fn take(&self, request: &Spawn) -> Option<Stub> {
-        let mut services = self.services.lock().expect("not poisoned");
-        let service = services.get_mut(&request.service)?;
-        if service.template != request.template() {
+    /// A ready stub that becomes `request`, if there is one; either way the
+    /// service counts as just used (it gets stubs again if it had none).
+    fn take(self: &Arc<Self>, request: &Spawn) -> Option<Stub> {
+        let mut table = self.table.lock().expect("not poisoned");
+        if table.known.get(&request.service).is_none_or(|(template, _)| *template != request.template()) {
             return None;
         }
-        service.ready.pop()
+        table.touch(&request.service);
+        let stub = table.ready.get_mut(&request.service).and_then(Vec::pop);
+        drop(table);
+        self.refill(REFILL_DELAY);
+        stub
     }
 }
 
@@ -437,7 +530,7 @@ pub fn helper_main(run: Option<&Path>) -> std::io::Result<()> {
     let stubs = run.map(|run| {
         Arc::new(Stubs {
             run: run.to_owned(),
-            services: Mutex::default(),
+            table: Mutex::default(),
             next: AtomicU64::new(0),
             refilling: AtomicBool::new(false),
         })
@@ -511,7 +604,6 @@ fn start(request: Spawn, run: Option<&Path>, stubs: Option<&Arc<Stubs>>) -> std:
         && let Some(port) = request.port()
     {
         while let Some(mut stub) = stubs.take(&request) {
-            stubs.refill(REFILL_DELAY);
             // A stub that died meanwhile (killed from outside) takes no
             // orders: try the next.
             if writeln!(stub.port_pipe, "{port}").is_ok() {

@@ -174,3 +174,50 @@ async fn a_fixed_port_instance_waits_for_its_predecessor_to_be_reaped() {
     assert!(process_state(first).is_none_or(|state| state == 'Z'), "two processes on one port");
     assert_eq!(status(&server).await["failing"], serde_json::Value::Null);
 }
+
+#[tokio::test]
+async fn a_killed_process_helper_is_started_again_and_its_orphans_killed() {
+    let app = python_app("serve", "scale_to_zero = { cooldown = \"60s\" }");
+    let server = app.start(&[]);
+    let first = pid_of(&get(&server.url("/")).await.body);
+    let helper = std::process::Command::new("pgrep")
+        .args(["-P", &server.pid().to_string(), "-f", "__process-helper"])
+        .output()
+        .unwrap();
+    let helper: u32 = String::from_utf8_lossy(&helper.stdout).trim().parse().expect("one process helper");
+    assert!(std::process::Command::new("kill").args(["-9", &helper.to_string()]).status().unwrap().success());
+    // Its service, orphaned, is killed through its cgroup ...
+    wait_gone(first, "a service whose helper was killed");
+    wait_for(&server, "the orphan's instance gone", |s| s["instances"].as_array().is_some_and(Vec::is_empty)).await;
+    // ... and the next request starts a new one under a new helper.
+    let reply = get(&server.url("/")).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_ne!(pid_of(&reply.body), first);
+}
+
+#[test]
+fn many_idle_services_keep_a_bounded_number_of_waiting_processes() {
+    // Ten services, none ever woken: stubs are kept for eight of them, two
+    // each, and nothing else runs.
+    let mut manifest = String::from("spin_manifest_version = 2\n[application]\nname = \"many\"\n");
+    for i in 0..10 {
+        manifest.push_str(&format!(
+            "[[trigger.http]]\nroute = \"/s{i}/...\"\nservice = \"s{i}\"\n[service.s{i}]\ncommand = [\"sleep\", \"300\"]\n"
+        ));
+    }
+    let app = crate::support::App::from_manifest(&manifest);
+    let server = app.start(&[]);
+    let children = |pid: u32| -> Vec<u32> {
+        let output = std::process::Command::new("pgrep").args(["-P", &pid.to_string()]).output().unwrap();
+        String::from_utf8_lossy(&output.stdout).lines().filter_map(|line| line.parse().ok()).collect()
+    };
+    let helper = children(server.pid())[0];
+    let started = Instant::now();
+    let mut waiting = children(helper).len();
+    while waiting < 16 && started.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(50));
+        waiting = children(helper).len();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(children(helper).len(), 16, "two waiting shells for each of the 8 most recent services");
+}

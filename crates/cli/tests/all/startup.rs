@@ -96,7 +96,9 @@ fn a_file_source_that_links_out_of_the_app_directory_is_refused() {
     std::os::unix::fs::symlink(outside.path(), app.path().join("link")).unwrap();
     let stderr = app.fails_to_start(&[]);
     assert!(
-        stderr.contains("spin.toml:9:10: file source `link` (component `a`) is a link that leads outside the app directory"),
+        stderr.contains(
+            "spin.toml:9:10: file source `link` (component `a`) is a link that leads outside the app directory"
+        ),
         "{stderr}"
     );
 }
