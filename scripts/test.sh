@@ -8,12 +8,15 @@ cd "$(dirname "$0")/.."
 # Tools the checks use; the Rust toolchain itself comes with the machine.
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 # The service tests run Debian's nginx and a Python app; the key-value tests a
-# Redis server; the JavaScript app is built with npm.
+# Redis server; the JavaScript app is built with npm. Services run in cgroups
+# (v2) where the machine has them, under /bin/sh stubs.
 missing=()
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
 command -v python3 >/dev/null || missing+=(python3)
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v npm >/dev/null || missing+=(nodejs npm)
+# pgrep and kill: the containment tests find and signal processes.
+command -v pgrep >/dev/null || missing+=(procps)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "== installing ${missing[*]}"
   apt-get update -qq
