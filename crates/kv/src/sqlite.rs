@@ -57,6 +57,14 @@ impl SqliteStore {
             // connection, kept for the life of the store, is the store.
             None => (SqliteConnectionManager::memory(), 1, "SQLite in memory".to_owned()),
         };
+        if let Some(path) = path
+            && std::fs::metadata(path).is_ok_and(|metadata| !metadata.is_file())
+        {
+            // A named pipe would block the first read (and start-up) forever.
+            return Err(Error::Sqlite(format!(
+                "cannot open {location}: not a regular file (a directory, named pipe, socket or device)"
+            )));
+        }
         if let Some(path) = path {
             // A file that is not a database is a permanent error: say so once,
             // naming the file, instead of letting the pool retry until its

@@ -159,3 +159,14 @@ fn a_database_whose_table_is_not_spins_fails_at_once_naming_it() {
     let error = error.to_string();
     assert!(error.contains("kv.db") && error.contains("columns (k, v)"), "{error}");
 }
+
+#[test]
+fn a_store_path_that_is_not_a_regular_file_fails_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("kv.db");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let Err(error) = Store::sqlite(Some(&fifo), "default") else { panic!("a named pipe must not open") };
+    assert!(error.to_string().contains("not a regular file"), "{error}");
+    let Err(error) = Store::sqlite(Some(dir.path()), "default") else { panic!("a directory must not open") };
+    assert!(error.to_string().contains("not a regular file"), "{error}");
+}

@@ -45,10 +45,24 @@ pub enum ManifestError {
     Invalid { path: PathBuf, line: usize, column: usize, message: String },
 }
 
+/// Reads a file that must be a regular one: a named pipe would block the
+/// read (and start-up) forever, a device could be endless.
+pub(crate) fn read_regular_file(path: &Path) -> Result<String, ManifestError> {
+    let read_error = |source| ManifestError::Read { path: path.to_owned(), source };
+    let metadata = std::fs::metadata(path).map_err(read_error)?;
+    if !metadata.is_file() {
+        return Err(read_error(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file (a directory, named pipe, socket or device)",
+        )));
+    }
+    std::fs::read_to_string(path).map_err(read_error)
+}
+
 /// Reads the manifest at `path`: a manifest file, or a directory holding `spin.toml`.
 pub fn load(path: &Path) -> Result<App, ManifestError> {
     let file = if path.is_dir() { path.join(DEFAULT_MANIFEST_FILE) } else { path.to_owned() };
-    let text = std::fs::read_to_string(&file).map_err(|source| ManifestError::Read { path: file.clone(), source })?;
+    let text = read_regular_file(&file)?;
     let absolute = std::path::absolute(&file).unwrap_or_else(|_| file.clone());
     let base_dir = absolute.parent().map(Path::to_owned).unwrap_or_default();
     let mut app = parse(&text, &file, &base_dir)?;

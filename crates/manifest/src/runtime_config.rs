@@ -41,8 +41,7 @@ impl RuntimeConfig {
     /// Reads the file at `path`; relative paths in it are resolved against
     /// its directory.
     pub fn load(path: &Path) -> Result<RuntimeConfig, ManifestError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| ManifestError::Read { path: path.to_owned(), source })?;
+        let text = crate::read_regular_file(path)?;
         let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
         let base_dir = absolute.parent().map(Path::to_owned).unwrap_or_default();
         RuntimeConfig::parse(&text, path, &base_dir)

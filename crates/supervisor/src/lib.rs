@@ -434,9 +434,9 @@ impl ServiceHandle {
             }
             () = stop.notified() => Err("stopped while starting".to_owned()),
         };
-        // A fixed port is the one place another process could be answering:
-        // the listener must be this instance's own.
-        if outcome.is_ok() && self.config.port.is_some() {
+        // Whatever answered must be this instance's own listener: another
+        // process may hold a fixed port, or take a picked one first.
+        if outcome.is_ok() {
             let pids = self.instance_pids(number, Some(pid));
             if !instance::owns_listener(port, &pids) {
                 outcome = Err(format!("port {port} is held by a process this instance did not start"));

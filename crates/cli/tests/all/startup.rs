@@ -120,3 +120,31 @@ async fn mounting_the_app_directory_itself_stages_it_once() {
     let reply = crate::support::get(&server.url("/files/.dormouse/marker")).await;
     assert_eq!(reply.status, hyper::StatusCode::NOT_FOUND, "{}", reply.body);
 }
+
+#[test]
+fn a_manifest_or_runtime_config_that_is_a_named_pipe_is_refused_at_once() {
+    let app = App::from_manifest(ONE_COMPONENT);
+    let fifo = app.path().join("pipe.toml");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let started = std::time::Instant::now();
+    let mut child = crate::support::dormouse()
+        .args(["up", "--listen", "127.0.0.1:0", "--from"])
+        .arg(&fifo)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > std::time::Duration::from_secs(10) {
+            child.kill().unwrap();
+            panic!("start-up hangs on a manifest that is a named pipe");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("not a regular file"), "{stderr}");
+    std::fs::write(app.path().join("a.wasm"), std::fs::read(guest("hello")).unwrap()).unwrap();
+    let stderr = app.fails_to_start(&["--runtime-config-file", fifo.to_str().unwrap()]);
+    assert!(stderr.contains("pipe.toml") && stderr.contains("not a regular file"), "{stderr}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "took {:?}", started.elapsed());
+}
