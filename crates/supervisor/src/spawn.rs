@@ -133,19 +133,20 @@ impl Spawner {
             Spawner::Direct(cgroups) => {
                 let cgroup = cgroups.create();
                 let mut command = command_for(&request);
-                let child = spawn_into(&mut command, cgroup.as_ref().map(Cgroup::path), |command| {
-                    command.kill_on_drop(true);
-                    command.spawn()
-                })?;
-                Ok((Process::Direct(child), cgroup))
+                let _procs = join_on_exec(&mut command, cgroup.as_ref().map(Cgroup::path))?;
+                let mut command = tokio::process::Command::from(command);
+                command.kill_on_drop(true);
+                Ok((Process::Direct(command.spawn()?), cgroup))
             }
             Spawner::Helper(helper) => helper.spawn(request).await,
         }
     }
 }
 
-fn command_for(request: &Spawn) -> tokio::process::Command {
-    let mut command = tokio::process::Command::new(&request.program);
+/// The command a spawn request describes, in a process group of its own and
+/// with nothing on standard input.
+fn command_for(request: &Spawn) -> std::process::Command {
+    let mut command = std::process::Command::new(&request.program);
     command
         .args(&request.args)
         .envs(request.env.iter().map(|(k, v)| (k, v)))
@@ -155,58 +156,25 @@ fn command_for(request: &Spawn) -> tokio::process::Command {
     command
 }
 
-/// Runs `spawn` on `command` so that the child joins `cgroup` between fork
-/// and exec (the slow way: a migration).
-fn spawn_into<C: PreExec, T>(
-    command: &mut C,
-    cgroup: Option<&Path>,
-    spawn: impl FnOnce(&mut C) -> std::io::Result<T>,
-) -> std::io::Result<T> {
-    let procs = match cgroup {
-        Some(cgroup) => Some(std::fs::OpenOptions::new().write(true).open(cgroup.join("cgroup.procs"))?),
-        None => None,
-    };
-    if let Some(procs) = &procs {
-        let procs = procs.as_raw_fd();
-        // SAFETY: the closure runs in the child between fork and exec. It
-        // makes one write(2) on a descriptor the parent keeps open until the
-        // spawn returned (`procs` lives to the end of this function),
-        // allocating nothing and taking no lock, which is what is allowed
-        // there. Writing `0` to `cgroup.procs` moves the writing process.
-        unsafe {
-            command.before_exec(Box::new(move || {
-                let procs = BorrowedFd::borrow_raw(procs);
-                rustix::io::write(procs, b"0").map(drop).map_err(std::io::Error::from)
-            }));
-        }
+/// Makes the child of `command` join `cgroup` between fork and exec (the
+/// slow way: a migration). The returned file must stay open until the
+/// command has been spawned.
+fn join_on_exec(command: &mut std::process::Command, cgroup: Option<&Path>) -> std::io::Result<Option<std::fs::File>> {
+    let Some(cgroup) = cgroup else { return Ok(None) };
+    let procs_file = std::fs::OpenOptions::new().write(true).open(cgroup.join("cgroup.procs"))?;
+    let procs = procs_file.as_raw_fd();
+    // SAFETY: the closure runs in the child between fork and exec. It makes
+    // one write(2) on a descriptor the parent keeps open until the spawn
+    // returned (the caller holds the returned file), allocating nothing and
+    // taking no lock, which is what is allowed there. Writing `0` to
+    // `cgroup.procs` moves the writing process.
+    unsafe {
+        command.pre_exec(move || {
+            let procs = BorrowedFd::borrow_raw(procs);
+            rustix::io::write(procs, b"0").map(drop).map_err(std::io::Error::from)
+        });
     }
-    spawn(command)
-}
-
-/// `pre_exec` on both std's and tokio's `Command`.
-trait PreExec {
-    /// # Safety
-    ///
-    /// As `std::os::unix::process::CommandExt::pre_exec`.
-    unsafe fn before_exec(&mut self, hook: Box<dyn FnMut() -> std::io::Result<()> + Send + Sync>);
-}
-
-impl PreExec for tokio::process::Command {
-    unsafe fn before_exec(&mut self, hook: Box<dyn FnMut() -> std::io::Result<()> + Send + Sync>) {
-        // SAFETY: passed on from the caller.
-        unsafe {
-            self.pre_exec(hook);
-        }
-    }
-}
-
-impl PreExec for std::process::Command {
-    unsafe fn before_exec(&mut self, hook: Box<dyn FnMut() -> std::io::Result<()> + Send + Sync>) {
-        // SAFETY: passed on from the caller.
-        unsafe {
-            self.pre_exec(hook);
-        }
-    }
+    Ok(Some(procs_file))
 }
 
 /// A spawn's answer: the pid, its cgroup and where its exit will be
@@ -620,15 +588,10 @@ fn start(request: Spawn, run: Option<&Path>, stubs: Option<&Arc<Stubs>>) -> std:
         }
         None => None,
     };
-    let mut command = std::process::Command::new(&request.program);
-    command
-        .args(&request.args)
-        .envs(request.env.iter().map(|(k, v)| (k, v)))
-        .current_dir(&request.cwd)
-        .stdin(Stdio::null())
-        .process_group(0);
+    let mut command = command_for(&request);
+    let _procs = join_on_exec(&mut command, cgroup.as_deref())?;
     // The child is reaped by `reap`, not through this handle.
-    let child = spawn_into(&mut command, cgroup.as_deref(), std::process::Command::spawn)?;
+    let child = command.spawn()?;
     Ok((child.id(), cgroup))
 }
 
