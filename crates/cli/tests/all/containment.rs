@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use hyper::StatusCode;
 
 use crate::services::{pid_of, python_app, status, wait_for};
-use crate::support::{get, process_state, wait_gone};
+use crate::support::{get, process_state, upgraded_to_echo, wait_gone};
 
 #[tokio::test]
 async fn services_die_with_a_dormouse_killed_outright() {
@@ -130,15 +130,7 @@ async fn the_drain_waits_for_upgraded_connections() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let app = python_app("serve", "");
     let server = app.start(&["--drain-timeout", "60s"]);
-    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    stream.write_all(b"GET /chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n").await.unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8; 1];
-        stream.read_exact(&mut byte).await.unwrap();
-        head.push(byte[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    let mut stream = upgraded_to_echo(server.addr).await;
 
     server.signal("TERM");
     server.wait_for_log("shutting down");

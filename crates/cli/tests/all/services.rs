@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use hyper::StatusCode;
 use serde_json::Value;
 
-use crate::support::{App, PATIENCE, Server, get, process_state};
+use crate::support::{App, PATIENCE, Server, get, process_state, upgraded_to_echo};
 
 pub fn python_app(mode: &str, service_extra: &str) -> App {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/services/app.py").canonicalize().unwrap();
@@ -214,15 +214,7 @@ async fn an_upgraded_connection_keeps_its_instance_awake_while_open() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let app = python_app("serve", "scale_to_zero = { cooldown = \"200ms\" }");
     let server = app.start(&[]);
-    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    stream.write_all(b"GET /chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n").await.unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8; 1];
-        stream.read_exact(&mut byte).await.unwrap();
-        head.push(byte[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    let mut stream = upgraded_to_echo(server.addr).await;
 
     for message in [&b"ping"[..], b"pong"] {
         // Four cooldowns pass with the connection open but quiet.
