@@ -23,9 +23,19 @@ use tokio::time::Instant;
 pub struct Activity {
     accepted: Instant,
     last_ms: AtomicU64,
+    /// When the latest deadline of a request in flight passes (ms since accept).
+    busy_until_ms: AtomicU64,
     in_flight: AtomicUsize,
     requests: AtomicU64,
+    /// Wakes the watchdog when a request starts or ends.
+    changed: tokio::sync::Notify,
 }
+
+/// How long past its wall-clock limit a request may still count as in
+/// flight. By then it was answered or cut off; if its response is still
+/// unsent, the client is not reading it (an HTTP/2 window held at zero),
+/// and the connection is closed.
+const STUCK_GRACE: Duration = Duration::from_secs(1);
 
 /// A request in flight on a connection, from its head until its response
 /// body ended or was dropped (the client went away, a HEAD response).
@@ -35,6 +45,7 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.touch();
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.changed.notify_one();
     }
 }
 
@@ -43,15 +54,21 @@ impl Activity {
         Arc::new(Activity {
             accepted: Instant::now(),
             last_ms: AtomicU64::new(0),
+            busy_until_ms: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
+            changed: tokio::sync::Notify::new(),
         })
     }
 
-    pub fn request(self: &Arc<Self>) -> InFlight {
+    /// A request begins that must be over within `limit` (its wall clock).
+    pub fn request(self: &Arc<Self>, limit: Duration) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.requests.fetch_add(1, Ordering::AcqRel);
         self.touch();
+        let until = self.accepted.elapsed().saturating_add(limit).as_millis() as u64;
+        self.busy_until_ms.fetch_max(until, Ordering::Relaxed);
+        self.changed.notify_one();
         InFlight(self.clone())
     }
 
@@ -61,30 +78,35 @@ impl Activity {
         self.last_ms.fetch_max(now, Ordering::Relaxed);
     }
 
-    /// When the connection should be closed if nothing changes, or `None`
-    /// while a request is in flight. Before its first request a connection
-    /// has `header_timeout` from its accept; after, `idle_timeout` from the
-    /// end of its last request.
-    pub fn deadline(&self, header_timeout: Duration, idle_timeout: Duration) -> Option<Instant> {
+    /// When the connection should be closed if nothing changes. Before its
+    /// first request a connection has `header_timeout` from its accept;
+    /// after, `idle_timeout` from the end of its last request; while
+    /// requests are in flight, until the latest of their deadlines (plus
+    /// [`STUCK_GRACE`]).
+    pub fn deadline(&self, header_timeout: Duration, idle_timeout: Duration) -> Instant {
         if self.in_flight.load(Ordering::Acquire) > 0 {
-            return None;
+            return self.accepted + Duration::from_millis(self.busy_until_ms.load(Ordering::Relaxed)) + STUCK_GRACE;
         }
         if self.requests.load(Ordering::Acquire) == 0 {
-            return Some(self.accepted + header_timeout);
+            return self.accepted + header_timeout;
         }
-        Some(self.accepted + Duration::from_millis(self.last_ms.load(Ordering::Relaxed)) + idle_timeout)
+        self.accepted + Duration::from_millis(self.last_ms.load(Ordering::Relaxed)) + idle_timeout
     }
 }
 
-/// Waits until the connection has been idle past its limit (see
-/// [`Activity::deadline`]). Wakes only at deadlines, never on a tick.
+/// Waits until the connection is past its limit (see
+/// [`Activity::deadline`]). Wakes at deadlines and when requests start or
+/// end, never on a tick.
 pub async fn idle(activity: &Activity, header_timeout: Duration, idle_timeout: Duration) {
     loop {
-        match activity.deadline(header_timeout, idle_timeout) {
-            Some(deadline) if deadline <= Instant::now() => return,
-            Some(deadline) => tokio::time::sleep_until(deadline).await,
-            // A request is in flight; look again once it could be over.
-            None => tokio::time::sleep(idle_timeout.min(header_timeout)).await,
+        let changed = activity.changed.notified();
+        let deadline = activity.deadline(header_timeout, idle_timeout);
+        if deadline <= Instant::now() {
+            return;
+        }
+        tokio::select! {
+            () = tokio::time::sleep_until(deadline) => {}
+            () = changed => {}
         }
     }
 }
@@ -168,7 +190,7 @@ mod tests {
     async fn a_request_in_flight_holds_the_connection_and_idling_after_it_closes_it() {
         let activity = Activity::new();
         let started = Instant::now();
-        let request = activity.request();
+        let request = activity.request(Duration::from_secs(60));
         let watchdog = tokio::spawn({
             let activity = activity.clone();
             async move { idle(&activity, Duration::from_secs(2), Duration::from_secs(5)).await }
@@ -181,5 +203,31 @@ mod tests {
         // header-timeout check.
         let elapsed = started.elapsed().as_secs();
         assert!((35..=37).contains(&elapsed), "closed after {elapsed} s");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_stuck_past_its_limit_does_not_hold_the_connection() {
+        let activity = Activity::new();
+        let started = Instant::now();
+        // The response never drains (a client that keeps its window shut).
+        let _stuck = activity.request(Duration::from_secs(5));
+        idle(&activity, Duration::from_secs(2), Duration::from_secs(60)).await;
+        assert_eq!(started.elapsed().as_secs(), 6, "the limit and the grace");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_idle_timeout_runs_from_the_last_request_even_when_shorter_than_the_header_timeout() {
+        let activity = Activity::new();
+        let watchdog = tokio::spawn({
+            let activity = activity.clone();
+            async move { idle(&activity, Duration::from_secs(20), Duration::from_secs(2)).await }
+        });
+        let started = Instant::now();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let request = activity.request(Duration::from_secs(30));
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        drop(request);
+        watchdog.await.unwrap();
+        assert_eq!(started.elapsed().as_secs(), 6, "4 s of request, then 2 s idle");
     }
 }

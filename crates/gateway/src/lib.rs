@@ -187,6 +187,7 @@ impl Gateway {
         let connections = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
         let mut accept_errors = conn::AcceptErrors::default();
         let (header_timeout, idle_timeout) = (config.header_read_timeout, config.idle_timeout);
+        let wall_limit = self.host.config().wall_limit;
         tokio::pin!(shutdown);
 
         loop {
@@ -215,7 +216,7 @@ impl Gateway {
             let gateway = self.clone();
             let requests = activity.clone();
             let service = hyper::service::service_fn(move |request| {
-                let in_flight = requests.request();
+                let in_flight = requests.request(wall_limit);
                 let gateway = gateway.clone();
                 async move {
                     let response = gateway.handle(request, client, local_addr).await;

@@ -58,6 +58,13 @@ impl SqliteStore {
             None => (SqliteConnectionManager::memory(), 1, "SQLite in memory".to_owned()),
         };
         if let Some(path) = path
+            && std::fs::symlink_metadata(path).is_ok()
+            && std::fs::metadata(path).is_err()
+        {
+            // SQLite would create the file the link names, wherever that is.
+            return Err(Error::Sqlite(format!("cannot open {location}: it is a link to nothing")));
+        }
+        if let Some(path) = path
             && std::fs::metadata(path).is_ok_and(|metadata| !metadata.is_file())
         {
             // A named pipe would block the first read (and start-up) forever.

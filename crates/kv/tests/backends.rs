@@ -169,4 +169,9 @@ fn a_store_path_that_is_not_a_regular_file_fails_at_once() {
     assert!(error.to_string().contains("not a regular file"), "{error}");
     let Err(error) = Store::sqlite(Some(dir.path()), "default") else { panic!("a directory must not open") };
     assert!(error.to_string().contains("not a regular file"), "{error}");
+    let dangling = dir.path().join("dangling.db");
+    std::os::unix::fs::symlink(dir.path().join("nothere"), &dangling).unwrap();
+    let Err(error) = Store::sqlite(Some(&dangling), "default") else { panic!("a dangling link must not open") };
+    assert!(error.to_string().contains("a link to nothing"), "{error}");
+    assert!(!dir.path().join("nothere").exists());
 }

@@ -18,30 +18,55 @@ use walkdir::WalkDir;
 
 /// Stages `mounts` into `target` (an empty directory). Returns how many files
 /// were staged. `app_dir` is what globs and `exclude_files` are relative to.
-pub fn stage(app_dir: &Path, mounts: &[FileMount], exclude: &[String], target: &Path) -> anyhow::Result<usize> {
+/// Nothing under `hidden` (dormouse's state: the compile cache, key-value
+/// files, staged trees) is ever staged, however it is reached.
+pub fn stage(
+    app_dir: &Path,
+    mounts: &[FileMount],
+    exclude: &[String],
+    target: &Path,
+    hidden: &[PathBuf],
+) -> anyhow::Result<usize> {
     let exclude = glob_set(exclude)?;
     let app_root = app_dir.canonicalize().with_context(|| format!("cannot read `{}`", app_dir.display()))?;
     // Never walked: the staged tree itself (a mount of an ancestor would
     // copy it into itself without end) and dormouse's state.
-    let skip = [target.canonicalize().unwrap_or_else(|_| target.to_owned()), app_root.join(".dormouse")];
+    let skip: Vec<PathBuf> = std::iter::once(target)
+        .chain(hidden.iter().map(PathBuf::as_path))
+        .map(|path| path.canonicalize().unwrap_or_else(|_| path.to_owned()))
+        .collect();
+    let skip = Hidden(skip);
     let walk = |root: &Path| {
         let skip = skip.clone();
         WalkDir::new(root)
             .follow_links(true)
             .min_depth(1)
             .into_iter()
-            .filter_entry(move |entry| !skip.iter().any(|skipped| entry.path().starts_with(skipped)))
+            .filter_entry(move |entry| !skip.covers(entry.path(), entry.path_is_symlink()))
     };
     let mut staged = 0;
     for mount in mounts {
         staged += match mount {
-            FileMount::Pattern(pattern) => stage_pattern(&app_root, pattern, &exclude, target, &walk)?,
+            FileMount::Pattern(pattern) => stage_pattern(&app_root, pattern, &exclude, target, &walk, &skip)?,
             FileMount::Placement { source, destination } => {
-                stage_placement(&app_root, source, destination, &exclude, target, &walk)?
+                stage_placement(&app_root, source, destination, &exclude, target, &walk, &skip)?
             }
         };
     }
     Ok(staged)
+}
+
+/// Directories never staged, canonical.
+#[derive(Clone)]
+struct Hidden(Vec<PathBuf>);
+
+impl Hidden {
+    /// Whether `path` lies under a hidden directory, resolving links when
+    /// `resolve` (a link inside the app may point into dormouse's state).
+    fn covers(&self, path: &Path, resolve: bool) -> bool {
+        let under = |path: &Path| self.0.iter().any(|hidden| path.starts_with(hidden));
+        under(path) || (resolve && path.canonicalize().is_ok_and(|real| under(&real)))
+    }
 }
 
 fn glob(pattern: &str) -> anyhow::Result<Glob> {
@@ -68,6 +93,7 @@ fn stage_pattern<W: Iterator<Item = walkdir::Result<walkdir::DirEntry>>>(
     exclude: &GlobSet,
     target: &Path,
     walk: &dyn Fn(&Path) -> W,
+    hidden: &Hidden,
 ) -> anyhow::Result<usize> {
     let matcher = glob(pattern)?.compile_matcher();
     let mut staged = 0;
@@ -87,7 +113,7 @@ fn stage_pattern<W: Iterator<Item = walkdir::Result<walkdir::DirEntry>>>(
         if exclude.is_match(relative) {
             continue;
         }
-        if copy_contained(entry.path(), app_root, &target.join(relative))? {
+        if copy_contained(entry.path(), app_root, hidden, &target.join(relative))? {
             staged += 1;
         }
     }
@@ -105,6 +131,7 @@ fn stage_placement<W: Iterator<Item = walkdir::Result<walkdir::DirEntry>>>(
     exclude: &GlobSet,
     target: &Path,
     walk: &dyn Fn(&Path) -> W,
+    hidden: &Hidden,
 ) -> anyhow::Result<usize> {
     let root = source.canonicalize().with_context(|| format!("cannot read file source `{}`", source.display()))?;
     // The manifest refuses a source that leads out through a link; this
@@ -115,13 +142,19 @@ fn stage_placement<W: Iterator<Item = walkdir::Result<walkdir::DirEntry>>>(
         source.display(),
         root.display()
     );
+    anyhow::ensure!(
+        !hidden.covers(&root, false),
+        "file source `{}` is dormouse's own state (`{}`), which is never mounted",
+        source.display(),
+        root.display()
+    );
     let destination = guest_relative(destination)?;
     let excluded = |path: &Path| path.strip_prefix(app_root).is_ok_and(|relative| exclude.is_match(relative));
     if root.is_file() {
         if excluded(&root) {
             return Ok(0);
         }
-        return Ok(usize::from(copy_contained(&root, &root, &target.join(destination))?));
+        return Ok(usize::from(copy_contained(&root, &root, hidden, &target.join(destination))?));
     }
     let mut staged = 0;
     for entry in walk(&root) {
@@ -136,7 +169,7 @@ fn stage_placement<W: Iterator<Item = walkdir::Result<walkdir::DirEntry>>>(
             continue;
         }
         let relative = entry.path().strip_prefix(&root).expect("walked beneath the root");
-        if copy_contained(entry.path(), &root, &target.join(&destination).join(relative))? {
+        if copy_contained(entry.path(), &root, hidden, &target.join(&destination).join(relative))? {
             staged += 1;
         }
     }
@@ -158,8 +191,12 @@ fn guest_relative(destination: &str) -> anyhow::Result<PathBuf> {
 
 /// Stages `path` at `to` if it really lies inside `root` once symlinks are
 /// resolved. Returns whether it did.
-fn copy_contained(path: &Path, root: &Path, to: &Path) -> anyhow::Result<bool> {
+fn copy_contained(path: &Path, root: &Path, hidden: &Hidden, to: &Path) -> anyhow::Result<bool> {
     let real = path.canonicalize().with_context(|| format!("cannot read `{}`", path.display()))?;
+    if hidden.covers(&real, false) {
+        tracing::warn!("`{}` is dormouse's own state (`{}`): not mounted", path.display(), real.display());
+        return Ok(false);
+    }
     if !real.starts_with(root) {
         tracing::warn!(
             "`{}` is a link to `{}`, outside `{}`: not mounted",
@@ -215,7 +252,7 @@ mod tests {
             FileMount::Placement { source: app_dir.join("public"), destination: "/www".into() },
             FileMount::Placement { source: app_dir.join("static/css/site.css"), destination: "/site.css".into() },
         ];
-        let count = stage(app_dir, &mounts, &["**/*.bak".into()], target.path()).unwrap();
+        let count = stage(app_dir, &mounts, &["**/*.bak".into()], target.path(), &[]).unwrap();
         assert_eq!(staged_files(target.path()), ["site.css", "static/index.html", "www/robots.txt"]);
         assert_eq!(count, 3);
         assert_eq!(std::fs::read_to_string(target.path().join("www/robots.txt")).unwrap(), "robots");
@@ -236,11 +273,11 @@ mod tests {
 
         let target = tempfile::tempdir().unwrap();
         let placed = [FileMount::Placement { source: app.path().join("www"), destination: "/".into() }];
-        stage(app.path(), &placed, &[], target.path()).unwrap();
+        stage(app.path(), &placed, &[], target.path(), &[]).unwrap();
         assert_eq!(staged_files(target.path()), ["alias.txt", "ok.txt"]);
 
         let target = tempfile::tempdir().unwrap();
-        stage(app.path(), &[FileMount::Pattern("www/**".into())], &[], target.path()).unwrap();
+        stage(app.path(), &[FileMount::Pattern("www/**".into())], &[], target.path(), &[]).unwrap();
         assert_eq!(staged_files(target.path()), ["www/alias.txt", "www/ok.txt", "www/sibling.txt"]);
     }
 }

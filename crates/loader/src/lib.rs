@@ -107,7 +107,23 @@ pub fn prepare(app: &App, options: &Options) -> anyhow::Result<PreparedApp> {
             }
             let target = staging.as_ref().expect("created above").path().join(id);
             std::fs::create_dir_all(&target)?;
-            let count = files::stage(&app.base_dir, &component.files, &component.exclude_files, &target)
+            // dormouse's own state is never mounted: the whole state
+            // directory, or, where it holds the app itself, what dormouse
+            // keeps there.
+            let state = &options.state_dir;
+            let holds_app = app
+                .base_dir
+                .canonicalize()
+                .ok()
+                .zip(state.canonicalize().ok())
+                .is_some_and(|(app_dir, state)| app_dir.starts_with(state));
+            let mut hidden = vec![app.base_dir.join(".dormouse")];
+            if holds_app {
+                hidden.extend(["files", "cache", DEFAULT_KV_FILE].map(|name| state.join(name)));
+            } else {
+                hidden.push(state.clone());
+            }
+            let count = files::stage(&app.base_dir, &component.files, &component.exclude_files, &target, &hidden)
                 .with_context(|| format!("component `{id}`: cannot stage its files"))?;
             tracing::debug!(component = %id, "{count} files mounted read-only at /");
             preopens.push(Preopen { host: target, guest: "/".to_owned() });

@@ -39,7 +39,9 @@ pub const DEFAULT_MANIFEST_FILE: &str = "spin.toml";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
-    #[error("cannot read manifest `{}`: {source}", path.display())]
+    /// The file (a manifest or a runtime config) could not be read; the
+    /// reason is the source.
+    #[error("cannot read `{}`", path.display())]
     Read { path: PathBuf, source: std::io::Error },
     #[error("{}:{line}:{column}: {message}", path.display())]
     Invalid { path: PathBuf, line: usize, column: usize, message: String },
@@ -545,8 +547,15 @@ impl Resolver<'_> {
                         ));
                     }
                     // A link inside the app directory must not lead out of it
-                    // either (checked where the source exists already).
+                    // either (checked where the app directory exists: not in
+                    // golden tests).
                     let source = self.base_dir.join(&placement.source);
+                    if self.base_dir.is_dir() && std::fs::symlink_metadata(&source).is_err() {
+                        return Err(fail(
+                            span,
+                            format!("file source `{}` (component `{id}`) does not exist", placement.source),
+                        ));
+                    }
                     if let (Ok(real), Ok(base)) = (source.canonicalize(), self.base_dir.canonicalize())
                         && !real.starts_with(&base)
                     {

@@ -150,5 +150,5 @@ fn load_finds_spin_toml_in_a_directory_and_resolves_paths_against_it() {
     assert_eq!(app.manifest_path, dir.path().join("spin.toml"));
 
     let missing = dormouse_manifest::load(&dir.path().join("nope.toml")).unwrap_err();
-    assert!(missing.to_string().starts_with("cannot read manifest"), "{missing}");
+    assert!(missing.to_string().starts_with("cannot read `"), "{missing}");
 }

@@ -148,3 +148,32 @@ fn a_manifest_or_runtime_config_that_is_a_named_pipe_is_refused_at_once() {
     assert!(stderr.contains("pipe.toml") && stderr.contains("not a regular file"), "{stderr}");
     assert!(started.elapsed() < std::time::Duration::from_secs(10), "took {:?}", started.elapsed());
 }
+
+#[tokio::test]
+async fn dormouse_state_is_never_mounted_even_through_a_link() {
+    let manifest = format!(
+        "spin_manifest_version = 2\n[application]\nname = \"x\"\n[[trigger.http]]\nroute = \"/files/...\"\ncomponent = \"a\"\n\
+         [component.a]\nsource = \"{}\"\nfiles = [\"d/dm/*\", {{ source = \".\", destination = \"/all\" }}]\n",
+        guest("files").display()
+    );
+    let app = App::from_manifest(&manifest);
+    app.write(".dormouse/marker", "state");
+    app.write("d/ok.txt", "ok");
+    std::os::unix::fs::symlink("../.dormouse", app.path().join("d/dm")).unwrap();
+    let server = app.start(&[]);
+    assert_eq!(crate::support::get(&server.url("/files/all/d/ok.txt")).await.body, "ok");
+    for path in ["/files/d/dm/marker", "/files/all/d/dm/marker", "/files/all/.dormouse/marker"] {
+        let reply = crate::support::get(&server.url(path)).await;
+        assert_eq!(reply.status, hyper::StatusCode::NOT_FOUND, "{path}: {}", reply.body);
+    }
+
+    let manifest = format!(
+        "spin_manifest_version = 2\n[application]\nname = \"x\"\n[[trigger.http]]\nroute = \"/...\"\ncomponent = \"a\"\n\
+         [component.a]\nsource = \"{}\"\nfiles = [{{ source = \".dormouse\", destination = \"/s\" }}]\n",
+        guest("files").display()
+    );
+    let app = App::from_manifest(&manifest);
+    app.write(".dormouse/marker", "state");
+    let stderr = app.fails_to_start(&[]);
+    assert!(stderr.contains("is dormouse's own state"), "{stderr}");
+}
