@@ -48,9 +48,10 @@ pub struct GatewayConfig {
     /// connection its first request. Default 10 s; past it the connection is
     /// closed.
     pub header_read_timeout: Duration,
-    /// How long a connection with no request in flight may move no bytes
-    /// before it is closed (HTTP/1.1 keep-alive and HTTP/2 alike). Default
-    /// 60 s; each open connection costs a file descriptor and ~10 KiB.
+    /// How long a connection may have no request in flight (from its head
+    /// to the end of its response body) before it is closed, HTTP/1.1
+    /// keep-alive and HTTP/2 alike. Default 60 s; each open connection costs
+    /// a file descriptor and ~10 KiB.
     pub idle_timeout: Duration,
     /// Connections open at once; past it new ones wait in the listen backlog.
     /// Default 10,000; keep it below the process's file descriptor limit.
@@ -348,10 +349,11 @@ impl Gateway {
         // A guest that read past the limit (or a body that broke off) before
         // it answered answered a request it never saw whole: whatever it
         // said, the client gets 413 (or 400).
-        match component.handle(request).await {
-            _ if fault.rejection(limit).is_some() => {
-                rescue(Failure::Limit(fault.rejection(limit).expect("checked in the guard")))
-            }
+        let handled = component.handle(request).await;
+        if let Some(rejection) = fault.rejection(limit) {
+            return rescue(Failure::Limit(rejection));
+        }
+        match handled {
             Ok(response) => response.map(|body| Either::Left(Either::Left(limits::CheckedResponse::new(body, fault)))),
             Err(error) => rescue(Failure::Component(component.id(), &error)),
         }

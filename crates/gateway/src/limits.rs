@@ -118,10 +118,6 @@ impl BodyFault {
         self.0.load(Ordering::Acquire) == TOO_LARGE
     }
 
-    pub fn malformed(&self) -> bool {
-        self.0.load(Ordering::Acquire) == MALFORMED
-    }
-
     /// The rejection the client gets for this fault, if there is one.
     pub fn rejection(&self, limit: u64) -> Option<Rejection> {
         match self.0.load(Ordering::Acquire) {

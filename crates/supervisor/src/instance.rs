@@ -57,7 +57,7 @@ impl Instance {
             }
             None => free_port()?,
         };
-        let request = Instance::spawn_request(config, port)?;
+        let request = Instance::spawn_request(config, port);
         let instance = Instance {
             number,
             port,
@@ -77,18 +77,18 @@ impl Instance {
     }
 
     /// What starts an instance of `config` listening on `port`.
-    pub fn spawn_request(config: &Service, port: u16) -> std::io::Result<Spawn> {
+    pub fn spawn_request(config: &Service, port: u16) -> Spawn {
         let mut env: Vec<(String, String)> =
             config.environment.iter().map(|(key, value)| (key.clone(), value.clone())).collect();
         env.push(("PORT".to_owned(), port.to_string()));
-        Ok(Spawn {
+        Spawn {
             id: 0,
             service: config.id.clone(),
             program: config.command[0].clone(),
             args: config.command[1..].to_vec(),
             env,
             cwd: config.workdir.clone(),
-        })
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {

@@ -83,8 +83,7 @@ impl Supervisor {
                         // Processes waiting in cgroups for its wakes: two,
                         // so that one is ready while the other is replaced.
                         let stubs = STUBS_PER_SERVICE;
-                        let prepared =
-                            Instance::spawn_request(service, 0).and_then(|template| helper.prepare(template, stubs));
+                        let prepared = helper.prepare(Instance::spawn_request(service, 0), stubs);
                         if let Err(error) = prepared {
                             tracing::warn!(service = %service.id, "cannot prepare its processes: {error}");
                         }
