@@ -16,6 +16,7 @@ load generator shares the CPUs with the server, as it does for every contender.
 """
 import argparse
 import datetime
+import http.client
 import json
 import os
 import platform
@@ -146,6 +147,33 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP over a Unix socket: dormouse's control API."""
+
+    def __init__(self, socket_path, timeout=10):
+        super().__init__("localhost", timeout=timeout)
+        self.socket_path = str(socket_path)
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.socket_path)
+
+
+def control_get(state_dir, path):
+    """GET `path` from the control API of the dormouse whose state is in `state_dir`."""
+    connection = UnixHTTPConnection(Path(state_dir) / "control.sock")
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        body = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"control API {path}: {response.status} {body!r}")
+        return json.loads(body)
+    finally:
+        connection.close()
 
 
 def http_status(port, path):

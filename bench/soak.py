@@ -30,7 +30,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -118,8 +117,7 @@ def churn(dormouse, cycles):
     statuses, wakes, standby_waits = [], [], []
     with suite.Server(command, "/.well-known/spin/health") as server:
         server.ready()
-        status_url = f"http://127.0.0.1:{server.port}/.well-known/dormouse/services"
-        state = lambda: json.load(urllib.request.urlopen(status_url, timeout=10))[0]
+        state = lambda: suite.control_get(Path(directory) / ".dormouse", "/v1/apps/churn/services")[0]
         for _ in range(cycles):
             for i in range(10):
                 elapsed, status = suite.timed_get(server.port, "/churn")

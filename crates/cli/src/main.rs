@@ -1,6 +1,8 @@
 //! The `dormouse` binary: parses flags and wires the crates together. It
 //! decides which backends exist; the crates know nothing of the command line.
 
+mod daemon;
+mod platform;
 mod up;
 
 /// Every request allocates (headers, the store, guest resources) and frees on
@@ -15,7 +17,11 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "dormouse", version, about = "Scale-to-zero host for WebAssembly HTTP components")]
+#[command(
+    name = "dormouse",
+    version,
+    about = "Scale-to-zero platform for WebAssembly HTTP components and HTTP services"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -25,6 +31,18 @@ struct Cli {
 enum Command {
     /// Serve an application (a Spin manifest) until interrupted.
     Up(Box<up::UpArgs>),
+    /// Host many apps, each at `<app>.<domain>`, deployed through the
+    /// control API.
+    Daemon(Box<daemon::DaemonArgs>),
+    /// Deploy an app to the daemon: a Spin manifest, a component, or a
+    /// command after `--`.
+    Deploy(Box<platform::DeployArgs>),
+    /// List deployed apps.
+    Ls(platform::ListArgs),
+    /// List, stop or start instances.
+    Instance(platform::InstanceArgs),
+    /// Remove an app: its requests finish, its instances stop.
+    Rm(platform::RemoveArgs),
     /// Internal: the parent of every service process, which kills them when
     /// dormouse is gone (see `dormouse_supervisor::spawn::helper_main`).
     #[command(name = "__process-helper", hide = true)]
@@ -54,6 +72,11 @@ fn main() -> ExitCode {
 
     let result = match cli.command {
         Command::Up(args) => up::run(*args),
+        Command::Daemon(args) => daemon::run(*args),
+        Command::Deploy(args) => platform::deploy(*args),
+        Command::Ls(args) => platform::list(args),
+        Command::Instance(args) => platform::instance(args),
+        Command::Rm(args) => platform::remove(args),
         Command::ProcessHelper { run_dir } => {
             return match dormouse_supervisor::spawn::helper_main(run_dir.as_deref()) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -10,10 +10,15 @@ use std::time::Duration;
 use anyhow::Context as _;
 use bytesize::ByteSize;
 use clap::Args;
-use dormouse_gateway::{Gateway, GatewayConfig};
-use dormouse_loader::PreparedApp;
+use dormouse_control::Platform;
+use dormouse_control::server::{self, ControlConfig, ControlListener};
+use dormouse_gateway::{AppTable, Gateway, GatewayConfig};
 use dormouse_manifest::{App, RuntimeConfig};
-use dormouse_wasm_host::{CacheOutcome, ComponentPre, Host, HostConfig, LoadEvent};
+use dormouse_supervisor::Processes;
+use dormouse_wasm_host::{CacheOutcome, Host, HostConfig, LoadEvent};
+
+/// The control socket's name in the state directory.
+pub(crate) const CONTROL_SOCKET: &str = "control.sock";
 
 /// Components at least this large get a progress spinner while compiling.
 const SPINNER_MIN_BYTES: usize = 1 << 20;
@@ -32,10 +37,25 @@ pub struct UpArgs {
     /// Spin's runtime configuration file: where key-value stores live.
     #[arg(long)]
     runtime_config_file: Option<PathBuf>,
-    /// Where runtime state goes: the default key-value store and staged files
-    /// [default: .dormouse beside the manifest].
+    /// Where runtime state goes: the default key-value store, staged files
+    /// and the control socket [default: .dormouse beside the manifest].
     #[arg(long)]
     state_dir: Option<PathBuf>,
+    /// Where compiled components are cached [default: .dormouse/cache beside the manifest].
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// Compile every component on start, reading and writing no cache.
+    #[arg(long, conflicts_with = "cache_dir")]
+    no_cache: bool,
+    #[command(flatten)]
+    limits: Limits,
+}
+
+/// Limits and timeouts of the front and the wasm host, the same flags for
+/// `up` and `daemon`. Each default is the one `HostConfig` and
+/// `GatewayConfig` document.
+#[derive(Args, Debug)]
+pub struct Limits {
     /// Linear memory per instance (at most 1 GiB).
     #[arg(long, default_value = "128MiB", value_parser = positive_size)]
     memory_limit: ByteSize,
@@ -71,19 +91,45 @@ pub struct UpArgs {
     /// Connections open at once; more wait in the listen backlog.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     max_connections: u32,
-    /// How long shutdown waits for in-flight requests.
+    /// How long shutdown (and, in the daemon, a replaced app) waits for
+    /// in-flight requests.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
-    /// Where compiled components are cached [default: .dormouse/cache beside the manifest].
-    #[arg(long)]
-    cache_dir: Option<PathBuf>,
-    /// Compile every component on start, reading and writing no cache.
-    #[arg(long, conflicts_with = "cache_dir")]
-    no_cache: bool,
+}
+
+impl Limits {
+    pub(crate) fn host_config(&self, cache_dir: Option<PathBuf>) -> anyhow::Result<HostConfig> {
+        Ok(HostConfig {
+            memory_limit: usize::try_from(self.memory_limit.as_u64()).context("memory limit too large")?,
+            cpu_limit: self.cpu_limit,
+            wall_limit: self.timeout,
+            max_instances: self.max_instances,
+            queue_limit: self.queue_limit,
+            cache_dir,
+            ..HostConfig::default()
+        })
+    }
+
+    pub(crate) fn gateway_config(&self) -> anyhow::Result<GatewayConfig> {
+        Ok(GatewayConfig {
+            header_read_timeout: self.header_timeout,
+            idle_timeout: self.idle_timeout,
+            max_connections: self.max_connections as usize,
+            max_url_bytes: usize::try_from(self.max_url.as_u64()).context("URL limit too large")?,
+            max_header_bytes: usize::try_from(self.max_headers.as_u64()).context("header limit too large")?,
+            max_body_bytes: self.max_body.as_u64(),
+            drain_timeout: self.drain_timeout,
+            ..GatewayConfig::default()
+        })
+    }
+
+    pub(crate) fn drain_timeout(&self) -> Duration {
+        self.drain_timeout
+    }
 }
 
 /// A duration above zero: a zero timeout or budget would refuse everything.
-fn positive_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn positive_duration(text: &str) -> Result<Duration, String> {
     match humantime::parse_duration(text) {
         Ok(duration) if duration.is_zero() => Err("must be more than 0".to_owned()),
         Ok(duration) => Ok(duration),
@@ -92,7 +138,7 @@ fn positive_duration(text: &str) -> Result<Duration, String> {
 }
 
 /// A size above zero.
-fn positive_size(text: &str) -> Result<ByteSize, String> {
+pub(crate) fn positive_size(text: &str) -> Result<ByteSize, String> {
     match text.parse::<ByteSize>() {
         Ok(size) if size.as_u64() == 0 => Err("must be more than 0".to_owned()),
         Ok(size) => Ok(size),
@@ -122,116 +168,131 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         (Some(dir), false) => Some(dir.clone()),
         (None, false) => Some(state_dir.join("cache")),
     };
-    let host_config = HostConfig {
-        memory_limit: usize::try_from(args.memory_limit.as_u64()).context("memory limit too large")?,
-        cpu_limit: args.cpu_limit,
-        wall_limit: args.timeout,
-        max_instances: args.max_instances,
-        queue_limit: args.queue_limit,
-        cache_dir,
-        ..HostConfig::default()
-    };
-    let gateway_config = GatewayConfig {
-        header_read_timeout: args.header_timeout,
-        idle_timeout: args.idle_timeout,
-        max_connections: args.max_connections as usize,
-        max_url_bytes: usize::try_from(args.max_url.as_u64()).context("URL limit too large")?,
-        max_header_bytes: usize::try_from(args.max_headers.as_u64()).context("header limit too large")?,
-        max_body_bytes: args.max_body.as_u64(),
-        drain_timeout: args.drain_timeout,
-        ..GatewayConfig::default()
-    };
+    let host_config = args.limits.host_config(cache_dir)?;
+    let gateway_config = args.limits.gateway_config()?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let options = dormouse_loader::Options {
-        state_dir,
+        state_dir: state_dir.clone(),
         runtime_config,
         extra_env: args.env.clone(),
         env: Box::new(|name| std::env::var(name).ok()),
     };
-    // Key-value stores are opened here, and Redis's need the runtime.
-    let prepared = runtime.block_on(async { dormouse_loader::prepare(&app, &options) })?;
-    for (label, store) in &prepared.stores {
-        tracing::info!("key-value store `{label}`: {}", store.describe());
-    }
     let host = Host::new(host_config)?;
-    let components = load_components(&host, &prepared)?;
-    let allowed_hosts = prepared.components.iter().map(|c| (c.spec.id.clone(), c.allowed_hosts.clone())).collect();
-    let supervisor = {
-        // The process helper's socket is read by a task on this runtime.
-        let _runtime = runtime.enter();
-        Arc::new(dormouse_supervisor::Supervisor::new(app.services.values().cloned(), Some(crate::helper_command())))
-    };
-    let gateway = Gateway::new(&app, components, allowed_hosts, supervisor.clone(), host, gateway_config)?;
+    let gateway = Gateway::new(host, gateway_config, AppTable::default());
+    // The process helper's socket is read by a task on this runtime; key-value
+    // stores are opened by `launch`, and Redis's need the runtime too.
+    let _runtime = runtime.enter();
+    let processes = Processes::new(Some(crate::helper_command()), !app.services.is_empty());
+    let launched = dormouse_loader::launch(&gateway, &processes, &app.name, &app, &options, &load_progress())?;
+    for (label, store) in &launched.stores {
+        tracing::info!("key-value store `{label}`: {store}");
+    }
+    let served = launched.app.clone();
+    gateway.update(|_| (AppTable::single(launched.app), ()));
 
     runtime.block_on(async move {
-        let mut signals = Signals::install()?;
-        supervisor.start();
+        let signals = Signals::install()?;
+        served.start();
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let address = listener.local_addr()?;
-        print_banner(&app, address);
-        // The first signal drains; a second one exits at once, killing every
-        // service instance first.
-        let (first_tx, first_rx) = tokio::sync::oneshot::channel();
-        let on_second = supervisor.clone();
-        tokio::spawn(async move {
-            let name = signals.recv().await;
-            tracing::info!("{name}: shutting down: draining in-flight requests (again to exit at once)");
-            let _ = first_tx.send(());
-            let name = signals.recv().await;
-            tracing::warn!("{name} again: exiting without draining");
-            on_second.kill_now();
-            std::process::exit(1);
-        });
-        let drained = gateway
-            .serve(listener, async {
-                let _ = first_rx.await;
-            })
-            .await;
-        supervisor.shutdown().await;
-        if drained {
-            tracing::info!("stopped");
-            Ok(ExitCode::SUCCESS)
-        } else {
-            tracing::warn!("stopped before every in-flight request finished");
-            Ok(ExitCode::FAILURE)
+        // `instance ls` and the services' status, for this one app; serving
+        // goes on without them if the socket cannot be made.
+        let (control_stop, control_stopped) = tokio::sync::oneshot::channel::<()>();
+        let socket = state_dir.join(CONTROL_SOCKET);
+        let control = std::fs::create_dir_all(&state_dir)
+            .map_err(anyhow::Error::from)
+            .and_then(|()| ControlListener::unix(&socket));
+        let bound = control.is_ok();
+        match control {
+            Ok(control) => {
+                let platform = Platform::single(gateway.clone(), processes.clone(), address);
+                tokio::spawn(server::serve(platform, control, ControlConfig::default(), async {
+                    let _ = control_stopped.await;
+                }));
+            }
+            Err(error) => tracing::warn!("no control API for `dormouse instance ls`: {error:#}"),
         }
+        print_banner(&app, address);
+        let code = serve_until_signalled(gateway, listener, signals, &processes).await;
+        drop(control_stop);
+        if bound {
+            let _ = std::fs::remove_file(&socket);
+        }
+        Ok(code)
     })
 }
 
-fn load_components(host: &Host, prepared: &PreparedApp) -> anyhow::Result<Vec<ComponentPre>> {
-    let show_progress = std::io::stderr().is_terminal();
-    let mut loaded = Vec::with_capacity(prepared.components.len());
-    for component in &prepared.components {
-        let spec = &component.spec;
-        let spinner = std::cell::RefCell::new(None);
-        let on_event = |event: LoadEvent<'_>| match event {
-            LoadEvent::CompileStarted { id, bytes } if show_progress && bytes >= SPINNER_MIN_BYTES => {
-                let bar = indicatif::ProgressBar::new_spinner()
-                    .with_message(format!("compiling component `{id}` ({})", ByteSize(bytes as u64)));
-                bar.enable_steady_tick(Duration::from_millis(100));
-                *spinner.borrow_mut() = Some(bar);
-            }
-            LoadEvent::CompileStarted { .. } => {}
-            LoadEvent::Loaded { id, outcome, elapsed } => {
-                if let Some(bar) = spinner.borrow_mut().take() {
-                    bar.finish_and_clear();
-                }
-                let how = match outcome {
-                    CacheOutcome::Hit => "loaded from the compile cache",
-                    CacheOutcome::Miss => "compiled (cache miss)",
-                    CacheOutcome::Replaced => "compiled (cache entry was invalid, replaced)",
-                    CacheOutcome::Disabled => "compiled (no cache)",
-                    CacheOutcome::Shared => "shares the code of an identical component",
-                };
-                tracing::info!("component `{id}` {how} in {:.1?}", elapsed);
-            }
-        };
-        loaded.push(host.load(spec, &on_event)?);
+/// Serves until the first signal, then drains (a second signal kills every
+/// service instance and exits at once), stops every app's services and
+/// removes the run's cgroups. Exit 0 if every request finished in time.
+pub(crate) async fn serve_until_signalled(
+    gateway: Arc<Gateway>,
+    listener: tokio::net::TcpListener,
+    mut signals: Signals,
+    processes: &Processes,
+) -> ExitCode {
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel();
+    let on_second = gateway.clone();
+    tokio::spawn(async move {
+        let name = signals.recv().await;
+        tracing::info!("{name}: shutting down: draining in-flight requests (again to exit at once)");
+        let _ = first_tx.send(());
+        let name = signals.recv().await;
+        tracing::warn!("{name} again: exiting without draining");
+        for app in on_second.apps().apps() {
+            app.supervisor().kill_now();
+        }
+        std::process::exit(1);
+    });
+    let drained = gateway
+        .clone()
+        .serve(listener, async {
+            let _ = first_rx.await;
+        })
+        .await;
+    for app in gateway.apps().apps() {
+        app.supervisor().shutdown().await;
     }
-    Ok(loaded)
+    processes.shutdown().await;
+    if drained {
+        tracing::info!("stopped");
+        ExitCode::SUCCESS
+    } else {
+        tracing::warn!("stopped before every in-flight request finished");
+        ExitCode::FAILURE
+    }
+}
+
+/// Reports each component's load in the log, with a spinner on a terminal
+/// while a large one compiles.
+pub(crate) fn load_progress() -> impl Fn(LoadEvent<'_>) {
+    let show_progress = std::io::stderr().is_terminal();
+    let spinner = std::sync::Mutex::new(None::<indicatif::ProgressBar>);
+    move |event: LoadEvent<'_>| match event {
+        LoadEvent::CompileStarted { id, bytes } if show_progress && bytes >= SPINNER_MIN_BYTES => {
+            let bar = indicatif::ProgressBar::new_spinner()
+                .with_message(format!("compiling component `{id}` ({})", ByteSize(bytes as u64)));
+            bar.enable_steady_tick(Duration::from_millis(100));
+            *spinner.lock().expect("not poisoned") = Some(bar);
+        }
+        LoadEvent::CompileStarted { .. } => {}
+        LoadEvent::Loaded { id, outcome, elapsed } => {
+            if let Some(bar) = spinner.lock().expect("not poisoned").take() {
+                bar.finish_and_clear();
+            }
+            let how = match outcome {
+                CacheOutcome::Hit => "loaded from the compile cache",
+                CacheOutcome::Miss => "compiled (cache miss)",
+                CacheOutcome::Replaced => "compiled (cache entry was invalid, replaced)",
+                CacheOutcome::Disabled => "compiled (no cache)",
+                CacheOutcome::Shared => "shares the code of an identical component",
+            };
+            tracing::info!("component `{id}` {how} in {:.1?}", elapsed);
+        }
+    }
 }
 
 fn print_banner(app: &App, address: SocketAddr) {
@@ -254,10 +315,10 @@ fn print_banner(app: &App, address: SocketAddr) {
 /// The signals that end dormouse, each after a drain: every one whose
 /// default action would end the process, but SIGKILL and the faults (SIGKILL
 /// is handled by the reaper, which kills the services).
-struct Signals(Vec<(&'static str, tokio::signal::unix::Signal)>);
+pub(crate) struct Signals(Vec<(&'static str, tokio::signal::unix::Signal)>);
 
 impl Signals {
-    fn install() -> anyhow::Result<Signals> {
+    pub(crate) fn install() -> anyhow::Result<Signals> {
         use tokio::signal::unix::{SignalKind, signal};
         let kinds = [
             ("SIGINT", SignalKind::interrupt()),
@@ -276,7 +337,7 @@ impl Signals {
     }
 
     /// The name of the next signal that arrives.
-    async fn recv(&mut self) -> &'static str {
+    pub(crate) async fn recv(&mut self) -> &'static str {
         let waits = self.0.iter_mut().map(|(name, signal)| {
             Box::pin(async move {
                 signal.recv().await;

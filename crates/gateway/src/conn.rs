@@ -7,6 +7,7 @@
 //! protocols, because hyper's own header timeout starts only once it has read
 //! enough bytes to tell HTTP/1.1 from HTTP/2, and HTTP/2 has none.
 
+use crate::app::AppGuard;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -116,12 +117,13 @@ pub async fn idle(activity: &Activity, header_timeout: Duration, idle_timeout: D
 /// ends or is dropped.
 pub struct TrackedBody<B> {
     inner: B,
-    in_flight: Option<InFlight>,
+    /// The connection's mark and the app's, given back at the body's end.
+    in_flight: Option<(InFlight, Option<AppGuard>)>,
 }
 
 impl<B> TrackedBody<B> {
-    pub fn new(inner: B, in_flight: InFlight) -> Self {
-        TrackedBody { inner, in_flight: Some(in_flight) }
+    pub fn new(inner: B, in_flight: InFlight, app: Option<AppGuard>) -> Self {
+        TrackedBody { inner, in_flight: Some((in_flight, app)) }
     }
 }
 

@@ -6,6 +6,7 @@
 //! error response from `rescue`; the gateway itself runs no guest code and
 //! holds no per-request state after the response body ends.
 
+mod app;
 mod conn;
 mod limits;
 mod outbound;
@@ -20,9 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use dormouse_manifest::model::Target;
-use dormouse_manifest::{AllowedHosts, App};
-use dormouse_supervisor::{Supervisor, WakeError};
+use dormouse_supervisor::WakeError;
 use dormouse_wasm_host::{ComponentPre, GuardedBody, GuestError, HandleError, Host, WasiBody, WasiHttpError};
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{Either, Full};
@@ -30,14 +29,13 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
+pub use app::{App, AppParts, AppTable, Unrouted, app_name};
 pub use limits::Rejection;
 pub use outbound::{Destination, OutboundConfig};
 pub use router::{RouteEntry, Router, Slot, normalize_path};
 
 /// The path Spin's health check answers on.
 pub const HEALTH_PATH: &str = "/.well-known/spin/health";
-/// The path that reports services' states as JSON.
-pub const SERVICES_PATH: &str = "/.well-known/dormouse/services";
 
 /// Request limits and timeouts of the front. Defaults are DESIGN.md's. They
 /// hold for requests to components and to services alike; the wall-clock
@@ -93,10 +91,13 @@ pub type ResponseBody =
 /// index array per request.
 const HEADER_BYTES_PER_LINE: usize = 32;
 
+/// The HTTP front: one listener's connections, limits and routing across a
+/// table of apps.
 pub struct Gateway {
-    router: Router,
-    components: Vec<ComponentPre>,
-    supervisor: Arc<Supervisor>,
+    /// Read on every request without a lock; replaced whole on a deploy.
+    apps: arc_swap::ArcSwap<AppTable>,
+    /// Serialises table updates (deploys and removals), never requests.
+    updating: std::sync::Mutex<()>,
     backends: proxy::BackendClient,
     host: Host,
     config: GatewayConfig,
@@ -109,53 +110,52 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// `components` must hold a loaded component for every component id the
-    /// app's routes name; `allowed_hosts` holds each component's parsed
-    /// `allowed_outbound_hosts` (a component without an entry may reach
-    /// nothing). Installs the outbound policy on `host`.
-    pub fn new(
-        app: &App,
-        components: Vec<ComponentPre>,
-        allowed_hosts: std::collections::HashMap<String, AllowedHosts>,
-        supervisor: Arc<Supervisor>,
-        host: Host,
-        config: GatewayConfig,
-    ) -> anyhow::Result<Arc<Gateway>> {
-        let slot_of = |target: &Target| match target {
-            Target::Component(id) => components.iter().position(|c| c.id() == id).map(Slot::Component),
-            Target::Service(id) => supervisor.services().iter().position(|s| &s.config().id == id).map(Slot::Service),
-        };
-        for trigger in &app.http_triggers {
-            anyhow::ensure!(
-                slot_of(&trigger.target).is_some(),
-                "`{}` is routed but was not loaded",
-                trigger.target.id()
-            );
-        }
-        let router = Router::new(app, |target| slot_of(target).expect("checked above"));
-        let outbound_config = config.outbound.clone();
-        let mut installed = false;
-        let gateway = Arc::new_cyclic(|weak| {
-            let outbound =
-                outbound::Outbound { gateway: weak.clone(), allowed: allowed_hosts, config: outbound_config };
-            installed = host.set_outbound(Arc::new(outbound));
-            Gateway {
-                router,
-                components,
-                supervisor,
-                backends: proxy::client(),
-                host,
-                config,
-                upgrades: TaskTracker::new(),
-                local_addr: Default::default(),
-            }
-        });
-        anyhow::ensure!(installed, "the wasm host already has an outbound HTTP handler: one gateway per host");
-        Ok(gateway)
+    /// A gateway over `apps` (see [`AppTable::single`] and
+    /// [`AppTable::for_domain`]) whose components run on `host`.
+    pub fn new(host: Host, config: GatewayConfig, apps: AppTable) -> Arc<Gateway> {
+        Arc::new(Gateway {
+            apps: arc_swap::ArcSwap::from_pointee(apps),
+            updating: std::sync::Mutex::new(()),
+            backends: proxy::client(),
+            host,
+            config,
+            upgrades: TaskTracker::new(),
+            local_addr: Default::default(),
+        })
     }
 
-    pub fn router(&self) -> &Router {
-        &self.router
+    pub fn host(&self) -> &Host {
+        &self.host
+    }
+
+    pub fn config(&self) -> &GatewayConfig {
+        &self.config
+    }
+
+    /// The current table.
+    pub fn apps(&self) -> Arc<AppTable> {
+        self.apps.load_full()
+    }
+
+    /// Changes the table: `change` gets the current one and returns the new
+    /// one and what it gives back (the app replaced or removed). Requests
+    /// already routed keep the app they were routed to.
+    pub fn update<T>(&self, change: impl FnOnce(&AppTable) -> (AppTable, T)) -> T {
+        let _one_at_a_time = self.updating.lock().expect("not poisoned");
+        let (table, out) = change(&self.apps.load());
+        self.apps.store(Arc::new(table));
+        out
+    }
+
+    /// Routes to `app` from now on, replacing the app of its name; returns
+    /// that app, to be retired.
+    pub fn insert(&self, app: Arc<App>) -> Option<Arc<App>> {
+        self.update(|table| table.with(app))
+    }
+
+    /// Stops routing to the app `name`; returns it, to be retired.
+    pub fn remove(&self, name: &str) -> Option<Arc<App>> {
+        self.update(|table| table.without(name))
     }
 
     /// Serves connections from `listener` until `shutdown` resolves, then
@@ -220,8 +220,8 @@ impl Gateway {
                 let in_flight = requests.request(wall_limit);
                 let gateway = gateway.clone();
                 async move {
-                    let response = gateway.handle(request, client, local_addr).await;
-                    Ok::<_, Infallible>(response.map(|body| conn::TrackedBody::new(body, in_flight)))
+                    let (response, app) = gateway.handle(request, client, local_addr).await;
+                    Ok::<_, Infallible>(response.map(|body| conn::TrackedBody::new(body, in_flight, app)))
                 }
             });
             let io = TokioIo::new(stream);
@@ -251,8 +251,41 @@ impl Gateway {
         tokio::time::timeout(self.config.drain_timeout, drain).await.is_ok()
     }
 
+    /// Routes a request to its app, and within the app to its component or
+    /// service. The response comes with the request's mark on its app, to be
+    /// held until the response body ends.
     async fn handle<B>(
         &self,
+        request: Request<B>,
+        client: SocketAddr,
+        local: Option<SocketAddr>,
+    ) -> (Response<ResponseBody>, Option<app::AppGuard>)
+    where
+        B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<WasiHttpError>,
+    {
+        if request.uri().path() == HEALTH_PATH {
+            return (plain(StatusCode::OK, "OK\n"), None);
+        }
+        let app = {
+            let table = self.apps.load();
+            let authority = match request.headers().get(header::HOST) {
+                Some(host) => host.to_str().ok(),
+                None => request.uri().authority().map(http::uri::Authority::as_str),
+            };
+            match table.route(authority) {
+                Ok(app) => app::AppGuard::new(app.clone()),
+                Err(unrouted) => return (unrouted_response(unrouted), None),
+            }
+        };
+        let response = self.handle_in(&app.0, request, client, local).await;
+        (response, Some(app))
+    }
+
+    /// Handles a request within `app`.
+    async fn handle_in<B>(
+        &self,
+        app: &App,
         mut request: Request<B>,
         client: SocketAddr,
         local: Option<SocketAddr>,
@@ -261,22 +294,12 @@ impl Gateway {
         B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<WasiHttpError>,
     {
-        let path = request.uri().path();
-        if path == HEALTH_PATH {
-            return plain(StatusCode::OK, "OK\n");
-        }
-        if path == SERVICES_PATH {
-            let json = serde_json::to_string_pretty(&self.supervisor.status()).expect("status serializes");
-            let mut response = plain(StatusCode::OK, &json);
-            response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            return response;
-        }
         if let Err(rejection) = limits::check_head(&request, &self.config) {
             return rescue(Failure::Limit(rejection));
         }
         // Dot segments are resolved before routing, and the request goes on
         // as routed: `/app/../admin` is `/admin` for the router and the app.
-        if let Some(normalized) = normalize_path(path) {
+        if let Some(normalized) = normalize_path(request.uri().path()) {
             let uri = match request.uri().query() {
                 Some(query) => format!("{normalized}?{query}"),
                 None => normalized.into_owned(),
@@ -287,13 +310,13 @@ impl Gateway {
             }
         }
         let path = request.uri().path();
-        let Some((entry, matched)) = self.router.route(path) else {
+        let Some((entry, matched)) = app.router().route(path) else {
             return empty(StatusCode::NOT_FOUND);
         };
         let component = match entry.target {
-            Slot::Component(index) => &self.components[index],
+            Slot::Component(index) => &app.components()[index],
             Slot::Service(index) => {
-                let service = &self.supervisor.services()[index];
+                let service = &app.supervisor().services()[index];
                 return proxy::forward(self, service, request, client).await;
             }
         };
@@ -306,6 +329,7 @@ impl Gateway {
     /// to one component or service by id, answered without a socket.
     pub(crate) async fn handle_local(
         &self,
+        app: &App,
         mut request: Request<WasiBody>,
         target: Option<String>,
     ) -> Response<ResponseBody> {
@@ -313,9 +337,9 @@ impl Gateway {
         let client = local.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)));
         match target {
             Some(id) => {
-                let Some(component) = self.components.iter().find(|component| component.id() == id) else {
+                let Some(component) = app.components().iter().find(|component| component.id() == id) else {
                     // dormouse's addition to service chaining: a service by id.
-                    return match self.supervisor.services().iter().find(|service| service.config().id == id) {
+                    return match app.supervisor().service(&id) {
                         Some(service) => proxy::forward(self, service, request, client).await,
                         None => plain(StatusCode::NOT_FOUND, &format!("no component or service `{id}` in this app\n")),
                     };
@@ -323,8 +347,8 @@ impl Gateway {
                 // Its own route's headers when the path is on that route;
                 // only the path otherwise (a private component has no route).
                 let path = request.uri().path().to_owned();
-                let routed = self
-                    .router
+                let routed = app
+                    .router()
                     .entries()
                     .iter()
                     .filter(|entry| entry.target_id == id)
@@ -333,7 +357,7 @@ impl Gateway {
                 spin::apply(request.headers_mut(), headers);
                 self.call(component, request).await
             }
-            None => self.handle(request, client, local).await,
+            None => self.handle_in(app, request, client, local).await,
         }
     }
 
@@ -426,6 +450,17 @@ pub fn rescue(failure: Failure<'_>) -> Response<ResponseBody> {
             tracing::warn!(service, "no answer within {limit:?}");
             plain(StatusCode::GATEWAY_TIMEOUT, &format!("service `{service}` did not answer within {limit:?}\n"))
         }
+    }
+}
+
+/// The answer to a request whose `Host` names no app.
+fn unrouted_response(unrouted: Unrouted) -> Response<ResponseBody> {
+    match unrouted {
+        Unrouted::NoApp(name) => plain(StatusCode::NOT_FOUND, &format!("no app `{name}` is deployed here\n")),
+        Unrouted::OtherHost { domain } => plain(
+            StatusCode::MISDIRECTED_REQUEST,
+            &format!("this server hosts apps at <app>.{domain}: put the app's name in the Host\n"),
+        ),
     }
 }
 

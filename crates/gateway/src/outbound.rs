@@ -19,7 +19,7 @@ use dormouse_manifest::outbound::{SELF_HOST, chained_component};
 use dormouse_wasm_host::{Hops, IoFuture, OutboundHttp, OutgoingFuture, RequestOptions, WasiBody, WasiHttpError};
 use http_body_util::BodyExt;
 
-use crate::Gateway;
+use crate::{App, Gateway};
 
 /// Timeouts and limits of outbound requests. Defaults are DESIGN.md's.
 #[derive(Debug, Clone)]
@@ -90,6 +90,7 @@ pub fn destination(allowed: &AllowedHosts, uri: &http::Uri) -> Option<Destinatio
 
 pub(crate) struct Outbound {
     pub gateway: Weak<Gateway>,
+    pub app: Weak<App>,
     pub allowed: HashMap<String, AllowedHosts>,
     pub config: OutboundConfig,
 }
@@ -124,6 +125,7 @@ impl OutboundHttp for Outbound {
         };
         let hops = request.extensions().get::<Hops>().copied().unwrap_or_default();
         let gateway = self.gateway.clone();
+        let app = self.app.clone();
         let max_hops = self.config.max_hops;
         Box::pin(async move {
             if hops.0 > max_hops {
@@ -131,7 +133,8 @@ impl OutboundHttp for Outbound {
             }
             // Gone only while shutting down.
             let gateway = gateway.upgrade().ok_or(WasiHttpError::DestinationUnavailable)?;
-            let response = gateway.handle_local(request, target).await;
+            let app = app.upgrade().ok_or(WasiHttpError::DestinationUnavailable)?;
+            let response = gateway.handle_local(&app, request, target).await;
             let body = |body: crate::ResponseBody| {
                 body.map_err(|error| WasiHttpError::InternalError(Some(error.to_string()))).boxed_unsync()
             };

@@ -2,7 +2,8 @@
 //! and environment into what the runtime needs per component: a
 //! [`ComponentSpec`] for the wasm host (environment, variables, key-value
 //! stores, staged files) and the parsed `allowed_outbound_hosts` for the
-//! gateway's outbound policy.
+//! gateway's outbound policy; then [`launch`] loads the components and
+//! assembles the running app the gateway routes to.
 //!
 //! Invariants: every failure names the component and the thing it asked for
 //! (a variable, a store label, a host); a component gets exactly what its
@@ -11,6 +12,9 @@
 #![forbid(unsafe_code)]
 
 mod files;
+mod launch;
+
+pub use launch::{Launched, launch};
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -52,6 +56,9 @@ pub struct Prepared {
 /// Everything prepared, plus what must live as long as the components do.
 pub struct PreparedApp {
     pub components: Vec<Prepared>,
+    /// The app's outbound policy, shared by its components' specs; the
+    /// gateway fills it when it assembles the app.
+    pub outbound: dormouse_wasm_host::OutboundSlot,
     /// Key-value stores in use, by label, for the banner.
     pub stores: BTreeMap<String, Store>,
     /// Staged files; removed when this is dropped.
@@ -74,6 +81,7 @@ pub fn prepare(app: &App, options: &Options) -> anyhow::Result<PreparedApp> {
 
     let mut stores = BTreeMap::new();
     let mut staging = None;
+    let outbound = dormouse_wasm_host::OutboundSlot::default();
     let mut components = Vec::with_capacity(app.components.len());
     for component in app.components.values() {
         let id = &component.id;
@@ -141,10 +149,11 @@ pub fn prepare(app: &App, options: &Options) -> anyhow::Result<PreparedApp> {
             variables: variables_of,
             key_value,
             preopens,
+            outbound: outbound.clone(),
         };
         components.push(Prepared { spec, allowed_hosts });
     }
-    Ok(PreparedApp { components, stores, _staging: staging })
+    Ok(PreparedApp { components, outbound, stores, _staging: staging })
 }
 
 /// Removes trees staged by processes that are gone (killed before they could

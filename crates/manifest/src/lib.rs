@@ -49,7 +49,7 @@ pub enum ManifestError {
 
 /// Reads a file that must be a regular one: a named pipe would block the
 /// read (and start-up) forever, a device could be endless.
-pub(crate) fn read_regular_file(path: &Path) -> Result<String, ManifestError> {
+pub fn read_regular_file(path: &Path) -> Result<String, ManifestError> {
     let read_error = |source| ManifestError::Read { path: path.to_owned(), source };
     let metadata = std::fs::metadata(path).map_err(read_error)?;
     if !metadata.is_file() {

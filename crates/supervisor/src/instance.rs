@@ -49,7 +49,7 @@ impl Instance {
     /// (which the instance's task sends). A fixed port already held by
     /// another process is an error: requests must never reach a process
     /// dormouse did not start.
-    pub fn new(config: &Service, number: u64) -> std::io::Result<(Instance, Spawn)> {
+    pub fn new(key: &str, config: &Service, number: u64) -> std::io::Result<(Instance, Spawn)> {
         let port = match config.port {
             Some(port) => {
                 check_port_free(port)?;
@@ -57,7 +57,7 @@ impl Instance {
             }
             None => free_port()?,
         };
-        let request = Instance::spawn_request(config, port);
+        let request = Instance::spawn_request(key, config, port);
         let instance = Instance {
             number,
             port,
@@ -76,14 +76,15 @@ impl Instance {
         Ok((instance, request))
     }
 
-    /// What starts an instance of `config` listening on `port`.
-    pub fn spawn_request(config: &Service, port: u16) -> Spawn {
+    /// What starts an instance of `config` (known to the helper as `key`)
+    /// listening on `port`.
+    pub fn spawn_request(key: &str, config: &Service, port: u16) -> Spawn {
         let mut env: Vec<(String, String)> =
             config.environment.iter().map(|(key, value)| (key.clone(), value.clone())).collect();
         env.push(("PORT".to_owned(), port.to_string()));
         Spawn {
             id: 0,
-            service: config.id.clone(),
+            service: key.to_owned(),
             program: config.command[0].clone(),
             args: config.command[1..].to_vec(),
             env,

@@ -49,6 +49,10 @@ pub const WAKE_BUFFER: usize = 100;
 /// the migration (~14 ms) for the rest.
 pub const STUBS_PER_SERVICE: usize = 2;
 
+/// How often a start waiting for another app's instance to give a fixed port
+/// back looks again.
+const PORT_RECHECK: Duration = Duration::from_millis(5);
+
 /// Why a request for a service got no instance.
 #[derive(Debug, thiserror::Error)]
 pub enum WakeError {
@@ -60,36 +64,30 @@ pub enum WakeError {
     Overloaded { service: String, held: usize },
 }
 
-/// All services of an app.
-pub struct Supervisor {
-    services: Vec<Arc<ServiceHandle>>,
+/// What the services of every app in one dormouse share: this run's cgroup
+/// directory, the process helper (or in-process spawning), and the fixed
+/// ports their instances hold, so that an app deployed again on the same
+/// port waits for its predecessor's process instead of colliding with it.
+pub struct Processes {
     cgroups: Arc<Cgroups>,
+    spawner: Spawner,
+    /// Fixed ports held by an instance, from its start until it is reaped.
+    fixed_ports: Mutex<std::collections::HashSet<u16>>,
 }
 
-impl Supervisor {
+impl Processes {
     /// `helper`, if given, is a command that runs [`spawn::helper_main`]
     /// with the run's cgroup directory (if any) appended as its last argument
     /// (the `dormouse` binary running itself): every service process is then
     /// its child, and nothing outlives dormouse, even one killed outright.
-    /// Without it dormouse spawns services itself.
+    /// Without it (or with `enabled` false: no app has services) dormouse
+    /// spawns services itself and makes no cgroup directory.
     /// Call within a tokio runtime.
-    pub fn new(services: impl IntoIterator<Item = Service>, helper: Option<std::process::Command>) -> Supervisor {
-        let services: Vec<Service> = services.into_iter().collect();
-        let cgroups = Cgroups::new(!services.is_empty());
+    pub fn new(helper: Option<std::process::Command>, enabled: bool) -> Arc<Processes> {
+        let cgroups = Cgroups::new(enabled);
         let spawner = match helper {
-            Some(command) if !services.is_empty() => match HelperClient::start(command, cgroups.run_dir()) {
-                Ok(helper) => {
-                    for service in &services {
-                        // Processes waiting in cgroups for its wakes: two,
-                        // so that one is ready while the other is replaced.
-                        let stubs = STUBS_PER_SERVICE;
-                        let prepared = helper.prepare(Instance::spawn_request(service, 0), stubs);
-                        if let Err(error) = prepared {
-                            tracing::warn!(service = %service.id, "cannot prepare its processes: {error}");
-                        }
-                    }
-                    Spawner::Helper(helper)
-                }
+            Some(command) if enabled => match HelperClient::start(command, cgroups.run_dir()) {
+                Ok(helper) => Spawner::Helper(helper),
                 Err(error) => {
                     tracing::warn!(
                         "cannot start the process helper: services would outlive a dormouse killed outright: {error}"
@@ -99,10 +97,59 @@ impl Supervisor {
             },
             _ => Spawner::Direct(cgroups.clone()),
         };
-        Supervisor {
-            services: services.into_iter().map(|config| ServiceHandle::new(config, spawner.clone())).collect(),
-            cgroups,
+        Arc::new(Processes { cgroups, spawner, fixed_ports: Mutex::default() })
+    }
+
+    /// Removes this run's cgroup directory: call once every supervisor has
+    /// shut down.
+    pub async fn shutdown(&self) {
+        let cgroups = self.cgroups.clone();
+        let _ = tokio::task::spawn_blocking(move || cgroups.remove()).await;
+    }
+
+    /// Kills every process of every instance in this run's cgroups now.
+    pub fn kill_now(&self) {
+        self.cgroups.kill_all();
+    }
+
+    fn port_held(&self, port: u16) -> bool {
+        self.fixed_ports.lock().expect("not poisoned").contains(&port)
+    }
+
+    fn hold_port(&self, port: u16) {
+        self.fixed_ports.lock().expect("not poisoned").insert(port);
+    }
+
+    fn release_port(&self, port: u16) {
+        self.fixed_ports.lock().expect("not poisoned").remove(&port);
+    }
+}
+
+/// All services of an app.
+pub struct Supervisor {
+    services: Vec<Arc<ServiceHandle>>,
+}
+
+impl Supervisor {
+    /// The services of the app `scope` (its name: two apps may both have a
+    /// service `web`), spawned through `processes`. Call within a tokio
+    /// runtime.
+    pub fn new(scope: &str, services: impl IntoIterator<Item = Service>, processes: &Arc<Processes>) -> Supervisor {
+        let services: Vec<Arc<ServiceHandle>> = services
+            .into_iter()
+            .map(|config| ServiceHandle::new(format!("{scope}/{}", config.id), config, processes.clone()))
+            .collect();
+        if let Spawner::Helper(helper) = &processes.spawner {
+            for service in &services {
+                // Processes waiting in cgroups for its wakes: two, so that
+                // one is ready while the other is replaced.
+                let prepared = helper.prepare(service.spawn_request(0), STUBS_PER_SERVICE);
+                if let Err(error) = prepared {
+                    tracing::warn!(service = %service.key, "cannot prepare its processes: {error}");
+                }
+            }
         }
+        Supervisor { services }
     }
 
     pub fn service(&self, id: &str) -> Option<&Arc<ServiceHandle>> {
@@ -144,15 +191,13 @@ impl Supervisor {
                 notified.await;
             }
         }
-        let cgroups = self.cgroups.clone();
-        let _ = tokio::task::spawn_blocking(move || cgroups.remove()).await;
     }
 
     /// Kills every process of every instance now, without waiting: for a
     /// second interrupt, when the user will not wait for the drain.
     pub fn kill_now(&self) {
-        self.cgroups.kill_all();
         for service in &self.services {
+            service.processes.kill_now();
             let state = service.state.lock().expect("not poisoned");
             for instance in &state.instances {
                 instance::kill_rest(rustix::process::Pid::from_raw(instance.pid as i32), instance.cgroup.as_ref());
@@ -164,7 +209,9 @@ impl Supervisor {
 /// One service: its instances and the requests waiting for them.
 pub struct ServiceHandle {
     config: Service,
-    spawner: Spawner,
+    /// `app/service`: names its processes to the helper, unique in a run.
+    key: String,
+    processes: Arc<Processes>,
     state: Mutex<State>,
     /// Notified on every state change that could let a waiting request go.
     changed: Notify,
@@ -253,10 +300,11 @@ impl Drop for Lease {
 }
 
 impl ServiceHandle {
-    fn new(config: Service, spawner: Spawner) -> Arc<ServiceHandle> {
+    fn new(key: String, config: Service, processes: Arc<Processes>) -> Arc<ServiceHandle> {
         Arc::new(ServiceHandle {
             config,
-            spawner,
+            key,
+            processes,
             state: Mutex::default(),
             changed: Notify::new(),
             shutting_down: Default::default(),
@@ -265,6 +313,40 @@ impl ServiceHandle {
 
     pub fn config(&self) -> &Service {
         &self.config
+    }
+
+    /// Stops every instance of the service now (`instance stop`): they go
+    /// to standby as after a cooldown, and the next request starts one
+    /// again. Returns how many were stopped.
+    pub fn stop_instances(&self, reason: &str) -> usize {
+        let mut state = self.state.lock().expect("not poisoned");
+        let mut stopped = 0;
+        for instance in state.instances.iter_mut().filter(|i| i.phase != Phase::Stopping) {
+            instance.stop(reason);
+            stopped += 1;
+        }
+        stopped
+    }
+
+    /// Starts an instance if none is alive or starting (`instance start`),
+    /// or thaws a paused one. Returns whether it did anything.
+    pub fn start_one(self: &Arc<Self>) -> bool {
+        let mut state = self.state.lock().expect("not poisoned");
+        if let Some(paused) = state.instances.iter_mut().find(|i| i.phase == Phase::Paused) {
+            paused.thaw();
+            paused.idle_since = Some(TokioInstant::now());
+            paused.activity.notify_one();
+            return true;
+        }
+        if state.live() > 0 || !self.may_start(&state) {
+            return false;
+        }
+        self.start_instance(&mut state)
+    }
+
+    /// What starts an instance listening on `port`.
+    fn spawn_request(&self, port: u16) -> Spawn {
+        Instance::spawn_request(&self.key, &self.config, port)
     }
 
     /// A lease on a ready instance, starting or thawing instances as needed.
@@ -277,6 +359,7 @@ impl ServiceHandle {
         }
         let deadline = tokio::time::Instant::now() + self.config.ready_timeout;
         let mut place: Option<WaitingPlace> = None;
+        let mut blocked_on_port;
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
@@ -327,8 +410,10 @@ impl ServiceHandle {
                         break;
                     }
                 }
+                blocked_on_port = self.blocked_on_port(&state);
             }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            let wake_at = if blocked_on_port { deadline.min(TokioInstant::now() + PORT_RECHECK) } else { deadline };
+            if tokio::time::timeout_at(wake_at, notified).await.is_err() && TokioInstant::now() >= deadline {
                 let mut state = self.state.lock().expect("not poisoned");
                 if let Some(place) = place.take() {
                     place.leave(&mut state);
@@ -342,11 +427,18 @@ impl ServiceHandle {
     }
 
     /// Whether a new instance may start now: not while shutting down, and,
-    /// for a fixed port, not until the previous instance is reaped (two
-    /// processes must never share the port).
+    /// for a fixed port, not until the previous instance is reaped, its own
+    /// or another app's (two processes must never share the port).
     fn may_start(&self, state: &State) -> bool {
         !self.shutting_down.load(std::sync::atomic::Ordering::Acquire)
-            && (self.config.port.is_none() || state.instances.is_empty())
+            && self.config.port.is_none_or(|port| state.instances.is_empty() && !self.processes.port_held(port))
+    }
+
+    /// Whether this service waits for another app's instance to give its
+    /// fixed port back (a redeploy on the same port): nothing notifies it
+    /// across apps, so the waiter looks again shortly.
+    fn blocked_on_port(&self, state: &State) -> bool {
+        self.config.port.is_some_and(|port| state.instances.is_empty() && self.processes.port_held(port))
     }
 
     /// The least loaded ready instance with room, or a paused one thawed.
@@ -376,8 +468,11 @@ impl ServiceHandle {
     fn start_instance(self: &Arc<Self>, state: &mut State) -> bool {
         state.next_number += 1;
         state.starts += 1;
-        match Instance::new(&self.config, state.next_number) {
+        match Instance::new(&self.key, &self.config, state.next_number) {
             Ok((instance, request)) => {
+                if let Some(port) = self.config.port {
+                    self.processes.hold_port(port);
+                }
                 let number = instance.number;
                 let stop = instance.stop_signal.clone();
                 let port = instance.port;
@@ -404,11 +499,12 @@ impl ServiceHandle {
     async fn run_instance(self: Arc<Self>, number: u64, port: u16, request: Spawn, stop: Arc<Notify>) {
         let started = Instant::now();
         let program = request.program.clone();
-        let (mut child, cgroup) = match self.spawner.spawn(request).await {
+        let (mut child, cgroup) = match self.processes.spawner.spawn(request).await {
             Ok(spawned) => spawned,
             Err(error) => {
                 let mut state = self.state.lock().expect("not poisoned");
                 state.instances.retain(|i| i.number != number);
+                self.release_fixed_port();
                 if !self.shutting_down.load(std::sync::atomic::Ordering::Acquire) {
                     self.fail(&mut state, format!("cannot start `{program}`: {error}"));
                 }
@@ -504,6 +600,7 @@ impl ServiceHandle {
         let mut state = self.state.lock().expect("not poisoned");
         if let Some(position) = state.instances.iter().position(|i| i.number == number) {
             let instance = state.instances.remove(position);
+            self.release_fixed_port();
             tracing::info!(service = %self.config.id, instance = number, "stopped: {reason}");
             if state.stops.len() == status::STOPS_KEPT {
                 state.stops.pop_front();
@@ -517,6 +614,14 @@ impl ServiceHandle {
         }
         drop(state);
         self.changed.notify_waiters();
+    }
+
+    /// Gives the fixed port back once the instance holding it is reaped
+    /// (a fixed-port service has one instance at a time).
+    fn release_fixed_port(&self) {
+        if let Some(port) = self.config.port {
+            self.processes.release_port(port);
+        }
     }
 
     /// The processes of an instance: its cgroup's, or its leader alone.

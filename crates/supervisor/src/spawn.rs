@@ -192,7 +192,7 @@ pub(crate) struct HelperClient {
     run: Option<PathBuf>,
     connection: Mutex<Option<Connection>>,
     /// Every `prepare` so far, sent again to a new helper.
-    prepared: Mutex<Vec<(Spawn, usize)>>,
+    prepared: Mutex<HashMap<String, (Spawn, usize)>>,
 }
 
 /// One running helper.
@@ -240,7 +240,7 @@ impl HelperClient {
         let alive = Arc::new(AtomicBool::new(true));
         tokio::spawn(read_replies(reader, pending.clone(), alive.clone()));
         let mut connection = Connection { writer: ours, next_id: 0, pending, alive, child };
-        for (template, stubs) in self.prepared.lock().expect("not poisoned").iter() {
+        for (template, stubs) in self.prepared.lock().expect("not poisoned").values() {
             send_order(&mut connection.writer, &Order::Prepare { template: template.clone(), stubs: *stubs })?;
         }
         Ok(connection)
@@ -262,7 +262,8 @@ impl HelperClient {
 
     /// Asks for `stubs` processes to be kept ready for `template`'s service.
     pub fn prepare(&self, template: Spawn, stubs: usize) -> std::io::Result<()> {
-        self.prepared.lock().expect("not poisoned").push((template.clone(), stubs));
+        // One entry per service: a redeployed app replaces its own.
+        self.prepared.lock().expect("not poisoned").insert(template.service.clone(), (template.clone(), stubs));
         self.with_connection(|connection| send_order(&mut connection.writer, &Order::Prepare { template, stubs }))
     }
 

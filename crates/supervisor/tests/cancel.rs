@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use dormouse_manifest::model::{Service, Standby};
-use dormouse_supervisor::{Supervisor, WAKE_BUFFER, WakeError};
+use dormouse_supervisor::{Processes, Supervisor, WAKE_BUFFER, WakeError};
 
 /// A service that never listens: every request for it waits.
 fn never_ready() -> Service {
@@ -28,7 +28,8 @@ fn never_ready() -> Service {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_waits_give_their_places_back() {
-    let supervisor = Supervisor::new([never_ready()], None);
+    let processes = Processes::new(None, true);
+    let supervisor = Supervisor::new("app", [never_ready()], &processes);
     let service = supervisor.service("s").unwrap().clone();
 
     // More waiters than the buffer holds, all dropped mid-wait at once.
@@ -45,6 +46,7 @@ async fn dropped_waits_give_their_places_back() {
         held.map(|r| r.map(drop))
     );
     supervisor.shutdown().await;
+    processes.shutdown().await;
 }
 
 /// Polls every future until all are done (never, here), without a crate for it.

@@ -5,13 +5,12 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use wasmtime::component::{HasData, Linker, ResourceTable};
 use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
 
 use crate::ctx::RequestCtx;
-use crate::outbound::OutboundHttp;
 
 /// A directory the guest may read, at a path of its own.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,9 +31,9 @@ pub struct ComponentCaps {
     /// Granted key-value stores by label.
     pub key_value: Vec<(String, dormouse_kv::Store)>,
     pub preopens: Vec<Preopen>,
-    /// Installed once for the whole host (see `Host::set_outbound`); empty
+    /// The app's outbound policy (see `ComponentSpec::outbound`); empty
     /// means every outbound request is denied.
-    pub outbound: Arc<OnceLock<Arc<dyn OutboundHttp>>>,
+    pub outbound: crate::OutboundSlot,
 }
 
 /// The part of a request's store data the capability bindings use.

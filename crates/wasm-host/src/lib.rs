@@ -111,7 +111,7 @@ pub enum HandleError {
 
 /// A component's request handler and what it was granted. Anything not
 /// listed here, the guest cannot reach.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct ComponentSpec {
     pub id: String,
     pub source: PathBuf,
@@ -123,7 +123,14 @@ pub struct ComponentSpec {
     pub key_value: Vec<(String, dormouse_kv::Store)>,
     /// Directories the guest may read.
     pub preopens: Vec<Preopen>,
+    /// Where its outbound HTTP requests go: the app's policy, set once the
+    /// app is assembled (the policy needs the app, the app its
+    /// components). Empty, as by default, denies every request.
+    pub outbound: OutboundSlot,
 }
+
+/// An app's outbound HTTP handler, shared by its components and set once.
+pub type OutboundSlot = Arc<OnceLock<Arc<dyn OutboundHttp>>>;
 
 /// Reported while loading, so a CLI can show progress and tests can see
 /// whether the cache was used.
@@ -151,10 +158,9 @@ struct Shared {
     ticker: Arc<EpochTicker>,
     /// Components already loaded, by the BLAKE3 hash of their bytes: a second
     /// component with the same bytes shares the compiled code and the
-    /// pre-instantiation instead of paying for them again.
-    loaded: std::sync::Mutex<std::collections::HashMap<blake3::Hash, Pre>>,
-    /// Set once by the embedder; every component's grants point at it.
-    outbound: Arc<OnceLock<Arc<dyn OutboundHttp>>>,
+    /// pre-instantiation instead of paying for them again. Weak: the code
+    /// goes when the last component using it does (an app removed).
+    loaded: std::sync::Mutex<std::collections::HashMap<blake3::Hash, std::sync::Weak<Pre>>>,
 }
 
 /// An engine with its linker and compile cache: one for WASI 0.2 components,
@@ -234,7 +240,6 @@ impl Host {
             tasks: TaskTracker::new(),
             ticker,
             loaded: Default::default(),
-            outbound: Default::default(),
             wasi2,
             wasi3: Default::default(),
             config,
@@ -262,13 +267,6 @@ impl Host {
         Ok(runtime)
     }
 
-    /// Installs what handles guests' outbound HTTP requests, for every
-    /// component. Until it is set (and if it never is), each is denied.
-    /// Returns `false` if one was installed already.
-    pub fn set_outbound(&self, outbound: Arc<dyn OutboundHttp>) -> bool {
-        self.shared.outbound.set(outbound).is_ok()
-    }
-
     /// Guest tasks still running (a guest may run on after its response head
     /// was sent). Shutdown waits for these.
     pub fn tasks(&self) -> &TaskTracker {
@@ -287,7 +285,7 @@ impl Host {
         hasher.update_mmap(&spec.source).with_context(cannot_read)?;
         let content = hasher.finalize();
         tracing::debug!(id = %spec.id, "source hashed in {:.1?}", started.elapsed());
-        let shared = self.shared.loaded.lock().expect("not poisoned").get(&content).cloned();
+        let shared = self.shared.loaded.lock().expect("not poisoned").get(&content).and_then(std::sync::Weak::upgrade);
         let (pre, outcome) = match shared {
             Some(pre) => (pre, CacheOutcome::Shared),
             None => {
@@ -316,14 +314,16 @@ impl Host {
                     (None, component, outcome)
                 };
                 let loaded = Instant::now();
-                let pre = match wasi3 {
+                let pre = Arc::new(match wasi3 {
                     None => Pre::Wasi2(proxy_pre(wasi2, &spec.id, &spec.source, &component)?),
                     Some(runtime) => {
                         Pre::Wasi3(p3::service_pre(&runtime, &spec.id, &spec.source, &component)?, runtime)
                     }
-                };
+                });
                 tracing::debug!(id = %spec.id, "pre-instantiated in {:.1?}", loaded.elapsed());
-                self.shared.loaded.lock().expect("not poisoned").insert(content, pre.clone());
+                let mut loaded = self.shared.loaded.lock().expect("not poisoned");
+                loaded.retain(|_, pre| pre.strong_count() > 0);
+                loaded.insert(content, Arc::downgrade(&pre));
                 (pre, outcome)
             }
         };
@@ -335,9 +335,9 @@ impl Host {
             variables: spec.variables.clone(),
             key_value: spec.key_value.clone(),
             preopens: spec.preopens.clone(),
-            outbound: self.shared.outbound.clone(),
+            outbound: spec.outbound.clone(),
         };
-        Ok(ComponentPre { pre, caps: Arc::new(caps), shared: self.shared.clone() })
+        Ok(ComponentPre { pre, caps: Arc::new(caps), shared: self.shared.clone(), stats: Arc::default() })
     }
 }
 
@@ -525,14 +525,56 @@ impl Drop for EpochTicker {
 /// clone; each request gets its own `Store` and instance from it.
 #[derive(Clone)]
 pub struct ComponentPre {
-    pre: Pre,
+    pre: Arc<Pre>,
     caps: Arc<ComponentCaps>,
     shared: Arc<Shared>,
+    stats: Arc<ComponentStats>,
+}
+
+/// What a component's instances are doing, for `instance ls`.
+#[derive(Default)]
+struct ComponentStats {
+    /// Instances alive now: 0 is standby.
+    live: AtomicUsize,
+    /// Instances made so far, one per request.
+    instantiated: std::sync::atomic::AtomicU64,
+}
+
+/// One instance counted alive, until dropped with its store's permit.
+struct Live(Arc<ComponentStats>);
+
+impl Live {
+    fn new(stats: &Arc<ComponentStats>) -> Live {
+        stats.live.fetch_add(1, Ordering::Relaxed);
+        stats.instantiated.fetch_add(1, Ordering::Relaxed);
+        Live(stats.clone())
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.live.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl ComponentPre {
     pub fn id(&self) -> &str {
         &self.caps.id
+    }
+
+    /// Instances of this component alive now (requests being handled).
+    pub fn live_instances(&self) -> usize {
+        self.stats.live.load(Ordering::Relaxed)
+    }
+
+    /// Instances made so far: one per request admitted.
+    pub fn instantiated(&self) -> u64 {
+        self.stats.instantiated.load(Ordering::Relaxed)
+    }
+
+    /// Linear memory each instance may use, in bytes.
+    pub fn memory_limit(&self) -> usize {
+        self.shared.config.memory_limit
     }
 
     /// Instantiates the component, hands it the request and returns the
@@ -547,9 +589,10 @@ impl ComponentPre {
         let deadline = tokio::time::Instant::now() + config.wall_limit;
         let hops = request.extensions().get::<Hops>().copied().unwrap_or_default();
         let permit = self.acquire_instance(deadline).await?;
+        let live = Live::new(&self.stats);
         let ticking = self.shared.ticker.enter();
 
-        let engine = match &self.pre {
+        let engine = match &*self.pre {
             Pre::Wasi2(_) => &self.shared.wasi2.engine,
             Pre::Wasi3(_, runtime) => &runtime.engine,
         };
@@ -568,7 +611,7 @@ impl ComponentPre {
 
         let run: Pin<Box<dyn Future<Output = wasmtime::Result<()>> + Send>>;
         let head: Pin<Box<dyn Future<Output = HeadResult> + Send>>;
-        match &self.pre {
+        match &*self.pre {
             Pre::Wasi2(pre) => {
                 let (response_tx, response_rx) = oneshot::channel();
                 let (incoming, outparam) = {
@@ -606,6 +649,7 @@ impl ComponentPre {
             // The store (and with it the response sender) went with `run`, so
             // a waiting receiver sees either a response or a closed channel.
             drop(permit);
+            drop(live);
             drop(ticking);
             outcome
         };

@@ -1,6 +1,6 @@
 //! Outbound HTTP from guests (`wasi:http/outgoing-handler`). The host decides
 //! nothing itself: every request goes to the [`OutboundHttp`] the embedder
-//! installed with [`crate::Host::set_outbound`], which applies the component's
+//! installed for the app (`crate::ComponentSpec::outbound`), which applies the component's
 //! allow-list, answers requests to the app itself in-process, and sends the
 //! rest over the network. With none installed, every request is denied.
 

@@ -3,6 +3,7 @@
 
 mod connections;
 mod containment;
+mod daemon;
 mod files;
 mod hop;
 mod js;

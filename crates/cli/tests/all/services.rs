@@ -20,10 +20,13 @@ pub fn python_app(mode: &str, service_extra: &str) -> App {
     ))
 }
 
+/// The app's first service as the control API reports it.
 pub async fn status(server: &Server) -> Value {
-    let reply = get(&server.url("/.well-known/dormouse/services")).await;
-    assert_eq!(reply.status, StatusCode::OK);
-    serde_json::from_str::<Value>(&reply.body).unwrap()[0].clone()
+    let control = server.control();
+    let apps: Value = control.get("/v1/apps").await.unwrap();
+    let name = apps[0]["name"].as_str().unwrap().to_owned();
+    let services: Value = control.get(&format!("/v1/apps/{name}/services")).await.unwrap();
+    services[0].clone()
 }
 
 /// Polls the services JSON until `check` holds, or fails after `PATIENCE`.

@@ -103,6 +103,8 @@ impl App {
 pub struct Server {
     child: Child,
     pub addr: SocketAddr,
+    /// Where its control socket is.
+    pub state_dir: PathBuf,
     stderr: Arc<Mutex<String>>,
     stdout: Arc<Mutex<String>>,
 }
@@ -117,11 +119,30 @@ impl Server {
     }
 
     pub fn start_with_env(app_dir: &Path, extra_args: &[&str], env: &[(&str, &str)]) -> Server {
-        let mut child = dormouse()
+        let mut command = dormouse();
+        command
             .args(["up", "--listen", "127.0.0.1:0", "--from"])
             .arg(app_dir)
             .args(extra_args)
-            .envs(env.iter().copied())
+            .envs(env.iter().copied());
+        let state_dir = extra_args
+            .iter()
+            .position(|arg| *arg == "--state-dir")
+            .map(|at| PathBuf::from(extra_args[at + 1]))
+            .unwrap_or_else(|| app_dir.join(".dormouse"));
+        Server::spawn(command, state_dir)
+    }
+
+    /// `dormouse daemon` on a free port with its state in `state_dir`.
+    pub fn daemon(state_dir: &Path, extra_args: &[&str]) -> Server {
+        let mut command = dormouse();
+        command.args(["daemon", "--listen", "127.0.0.1:0", "--state-dir"]).arg(state_dir).args(extra_args);
+        Server::spawn(command, state_dir.to_owned())
+    }
+
+    /// Runs `command` and waits for its banner (`up`'s or the daemon's).
+    fn spawn(mut command: Command, state_dir: PathBuf) -> Server {
+        let mut child = command
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -137,6 +158,11 @@ impl Server {
                 if let Some(addr) = line.strip_prefix("Serving http://") {
                     let _ = addr_tx.send(addr.parse::<SocketAddr>().unwrap());
                 }
+                if let Some(port) =
+                    line.strip_prefix("Serving apps at http://<app>.").and_then(|l| l.rsplit(':').next())
+                {
+                    let _ = addr_tx.send(SocketAddr::from(([127, 0, 0, 1], port.parse().unwrap())));
+                }
                 let mut text = stdout_text.lock().unwrap();
                 text.push_str(&line);
                 text.push('\n');
@@ -149,7 +175,13 @@ impl Server {
                 panic!("dormouse did not start: {}", stderr.lock().unwrap());
             }
         };
-        Server { child, addr, stderr, stdout }
+        Server { child, addr, state_dir, stderr, stdout }
+    }
+
+    /// A client of its control API.
+    pub fn control(&self) -> dormouse_control::client::Client {
+        use dormouse_control::client::{Client, Endpoint};
+        Client::new(Endpoint::Unix(self.state_dir.join("control.sock")))
     }
 
     pub fn url(&self, path: &str) -> String {

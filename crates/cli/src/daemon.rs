@@ -1,0 +1,143 @@
+//! `dormouse daemon`: many apps on one listener, each at `<app>.<domain>`,
+//! deployed, listed and removed through the control API; restored from the
+//! state directory on start.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use bytesize::ByteSize;
+use clap::Args;
+use dormouse_control::server::{self, ControlConfig, ControlListener};
+use dormouse_control::{DaemonConfig, Platform};
+use dormouse_gateway::{AppTable, Gateway};
+use dormouse_supervisor::Processes;
+use dormouse_wasm_host::Host;
+
+use crate::up::{CONTROL_SOCKET, Limits, Signals, serve_until_signalled};
+
+/// The bearer token's file in the state directory (TCP control only).
+pub(crate) const TOKEN_FILE: &str = "token";
+
+#[derive(Args, Debug)]
+pub struct DaemonArgs {
+    /// Address apps are served on.
+    #[arg(long, default_value = "127.0.0.1:3000")]
+    listen: SocketAddr,
+    /// Apps answer at `<app>.<domain>`; `localhost` needs no DNS set-up.
+    #[arg(long, default_value = "localhost")]
+    domain: String,
+    /// Apps, bundles, the compile cache and the control socket
+    /// [default: $XDG_STATE_HOME/dormouse, or ~/.local/state/dormouse].
+    #[arg(long, env = "DORMOUSE_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Serve the control API on this TCP address, with a bearer token
+    /// (made on first start, kept in the state directory), instead of the
+    /// Unix socket.
+    #[arg(long)]
+    control_listen: Option<SocketAddr>,
+    /// Largest bundle a deploy may upload.
+    #[arg(long, default_value = "256MiB", value_parser = crate::up::positive_size)]
+    max_upload: ByteSize,
+    #[command(flatten)]
+    limits: Limits,
+}
+
+/// The state directory when none is given: XDG's state home.
+pub(crate) fn default_state_dir() -> PathBuf {
+    match std::env::var_os("XDG_STATE_HOME").filter(|dir| !dir.is_empty()) {
+        Some(dir) => PathBuf::from(dir).join("dormouse"),
+        None => {
+            let home = std::env::var_os("HOME").unwrap_or_else(|| ".".into());
+            PathBuf::from(home).join(".local/state/dormouse")
+        }
+    }
+}
+
+pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
+    let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
+    std::fs::create_dir_all(&state_dir).with_context(|| format!("cannot create `{}`", state_dir.display()))?;
+    let domain = args.domain.trim_matches('.').to_ascii_lowercase();
+    anyhow::ensure!(!domain.is_empty(), "the domain must not be empty");
+    let host = Host::new(args.limits.host_config(Some(state_dir.join("cache")))?)?;
+    let gateway = Gateway::new(host, args.limits.gateway_config()?, AppTable::for_domain(&domain));
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let signals = Signals::install()?;
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let address = listener.local_addr()?;
+        let (control, control_at) = control_listener(&state_dir, args.control_listen).await?;
+        let processes = Processes::new(Some(crate::helper_command()), true);
+        let config = DaemonConfig {
+            state_dir: state_dir.clone(),
+            domain: domain.clone(),
+            drain_timeout: args.limits.drain_timeout(),
+        };
+        let platform = Platform::for_daemon(gateway.clone(), processes.clone(), address, config)?;
+        let started = Instant::now();
+        let restored = platform.restore().await?;
+        tracing::info!("{restored} apps restored in {:.1?}", started.elapsed());
+        let (control_stop, control_stopped) = tokio::sync::oneshot::channel::<()>();
+        let control_config = ControlConfig {
+            max_upload_bytes: usize::try_from(args.max_upload.as_u64()).unwrap_or(usize::MAX),
+            ..ControlConfig::default()
+        };
+        tokio::spawn(server::serve(platform.clone(), control, control_config, async {
+            let _ = control_stopped.await;
+        }));
+        println!("Control API at {control_at}");
+        println!("Serving apps at http://<app>.{domain}:{}", address.port());
+
+        let code = serve_until_signalled(gateway, listener, signals, &processes).await;
+        drop(control_stop);
+        if args.control_listen.is_none() {
+            let _ = std::fs::remove_file(state_dir.join(CONTROL_SOCKET));
+        }
+        Ok(code)
+    })
+}
+
+/// The control API's listener and where it is, for the banner.
+async fn control_listener(state_dir: &Path, tcp: Option<SocketAddr>) -> anyhow::Result<(ControlListener, String)> {
+    match tcp {
+        None => {
+            let socket = state_dir.join(CONTROL_SOCKET);
+            Ok((ControlListener::unix(&socket)?, socket.display().to_string()))
+        }
+        Some(address) => {
+            let token = token(&state_dir.join(TOKEN_FILE))?;
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("cannot listen for the control API on {address}"))?;
+            let bound = listener.local_addr()?;
+            let at = format!("http://{bound} (bearer token in `{}`)", state_dir.join(TOKEN_FILE).display());
+            Ok((ControlListener::Tcp { listener, token }, at))
+        }
+    }
+}
+
+/// The bearer token in `path`, made (mode 0600) on first use.
+fn token(path: &Path) -> anyhow::Result<String> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    match std::fs::read_to_string(path) {
+        Ok(token) if !token.trim().is_empty() => return Ok(token.trim().to_owned()),
+        Ok(_) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(error).with_context(|| format!("cannot read `{}`", path.display())),
+    }
+    let token = server::new_token()?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write `{}`", path.display()))?;
+    writeln!(file, "{token}")?;
+    Ok(token)
+}

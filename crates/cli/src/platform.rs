@@ -1,0 +1,543 @@
+//! The platform commands (`deploy`, `ls`, `instance`, `rm`): clients of a
+//! daemon's control API, modelled on KraftCloud's CLI. Tables and colour on a
+//! terminal; `-o json` prints the API's own JSON.
+
+use std::io::IsTerminal as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use clap::{Args, Subcommand, ValueEnum};
+use dormouse_control::api::{AppInfo, DeployReply, InstanceInfo};
+use dormouse_control::client::{Client, Endpoint};
+use http::Method;
+
+use crate::daemon::{TOKEN_FILE, default_state_dir};
+use crate::up::{CONTROL_SOCKET, positive_duration};
+
+/// How to reach the daemon: its state directory's socket by default.
+#[derive(Args, Debug, Clone)]
+pub struct Connect {
+    /// The daemon's state directory, where its control socket is
+    /// [default: $XDG_STATE_HOME/dormouse, or ~/.local/state/dormouse].
+    #[arg(long, global = true, env = "DORMOUSE_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// The control API over TCP (`HOST:PORT`), instead of the socket.
+    #[arg(long, global = true, env = "DORMOUSE_CONTROL")]
+    control: Option<String>,
+    /// The bearer token for `--control` [default: the state directory's].
+    #[arg(long, global = true, env = "DORMOUSE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl Connect {
+    fn client(&self) -> Client {
+        let state_dir = self.state_dir.clone().unwrap_or_else(default_state_dir);
+        let endpoint = match &self.control {
+            None => Endpoint::Unix(state_dir.join(CONTROL_SOCKET)),
+            Some(address) => {
+                let address = address.trim_start_matches("http://").trim_end_matches('/').to_owned();
+                let token = self
+                    .token
+                    .clone()
+                    .or_else(|| std::fs::read_to_string(state_dir.join(TOKEN_FILE)).ok().map(|t| t.trim().to_owned()));
+                Endpoint::Tcp { address, token }
+            }
+        };
+        Client::new(endpoint)
+    }
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Args, Debug)]
+pub struct DeployArgs {
+    /// Scale to zero: idle service instances go to standby (components
+    /// always do).
+    #[arg(short = '0', long = "scale-to-zero")]
+    scale_to_zero: bool,
+    /// The app's name, its host label [default: the manifest's app name,
+    /// or the directory's or file's name].
+    #[arg(long)]
+    name: Option<String>,
+    /// Idle time before a service instance goes to standby (at least 100ms).
+    #[arg(long, value_parser = positive_duration)]
+    cooldown: Option<Duration>,
+    /// With a command: the port it listens on [default: dormouse picks one
+    /// and passes it in PORT].
+    #[arg(short = 'p', long)]
+    port: Option<u16>,
+    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    output: Output,
+    /// A directory holding `spin.toml`, a manifest, or a component (`.wasm`);
+    /// with a command, the directory it runs in [default: .].
+    path: Option<PathBuf>,
+    /// A command to deploy as a one-service app, after `--`.
+    #[arg(last = true)]
+    command: Vec<String>,
+    #[command(flatten)]
+    connect: Connect,
+}
+
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    output: Output,
+    #[command(flatten)]
+    connect: Connect,
+}
+
+#[derive(Args, Debug)]
+pub struct InstanceArgs {
+    #[command(subcommand)]
+    command: InstanceCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum InstanceCommand {
+    /// Every component and service instance, with its state.
+    Ls {
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+        /// Print again every second until interrupted.
+        #[arg(short = 'w', long)]
+        watch: bool,
+        #[command(flatten)]
+        connect: Connect,
+    },
+    /// Stops a service's instances (`APP/SERVICE`): they go to standby.
+    Stop {
+        name: String,
+        #[command(flatten)]
+        connect: Connect,
+    },
+    /// Starts an instance of a service (`APP/SERVICE`) without waiting for a
+    /// request.
+    Start {
+        name: String,
+        #[command(flatten)]
+        connect: Connect,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct RemoveArgs {
+    /// The app to remove.
+    name: String,
+    #[command(flatten)]
+    connect: Connect,
+}
+
+/// Runs a client command on a small runtime of its own.
+fn block_on<T>(future: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(future)
+}
+
+pub fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
+    let bundle = Bundle::build(&args)?;
+    let mut query = form_query(&[
+        ("manifest", Some(bundle.manifest.clone())),
+        ("scale_to_zero", Some(args.scale_to_zero.to_string())),
+        ("cooldown", args.cooldown.map(|d| humantime::format_duration(d).to_string())),
+    ]);
+    query.insert(0, '?');
+    let path = format!("/v1/apps/{}{query}", bundle.name);
+    let client = args.connect.client();
+    let body = block_on(client.send(Method::PUT, &path, Some(("application/x-tar", Bytes::from(bundle.tar)))))?;
+    let reply: DeployReply =
+        serde_json::from_slice(&body).context("the daemon's answer is not what this CLI expects")?;
+    if args.output == Output::Json {
+        println!("{}", String::from_utf8_lossy(&body));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let app = &reply.app;
+    let routes: Vec<String> = app.routes.iter().map(|r| format!("{} → {} ({})", r.route, r.target, r.kind)).collect();
+    let style = Style::detect();
+    println!("{} deployed {}", style.good("●"), app.name);
+    let rows = [
+        ("name", app.name.clone()),
+        ("id", app.id.clone()),
+        ("version", app.version.to_string()),
+        ("state", style.state(&app.state)),
+        ("url", app.url.clone()),
+        ("routes", routes.join(", ")),
+        ("load time", format!("{:.1} ms", reply.load_ms)),
+        ("memory", format!("{}", bytesize::ByteSize(reply.memory_bytes))),
+        ("scale to zero", if app.scale_to_zero { "on" } else { "off" }.to_owned()),
+    ];
+    for (index, (key, value)) in rows.iter().enumerate() {
+        let branch = if index + 1 == rows.len() { "└" } else { "├" };
+        println!(" {branch}{:─>15}: {value}", format!(" {key}"));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
+    let client = args.connect.client();
+    let apps: Vec<AppInfo> = block_on(client.get("/v1/apps"))?;
+    if args.output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&apps)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let style = Style::detect();
+    let mut table = vec![["NAME", "STATE", "VERSION", "URL", "ROUTES"].map(String::from).to_vec()];
+    for app in &apps {
+        table.push(vec![
+            app.name.clone(),
+            style.state(&app.state),
+            app.version.to_string(),
+            app.url.clone(),
+            app.routes.iter().map(|r| r.route.clone()).collect::<Vec<_>>().join(" "),
+        ]);
+    }
+    print_table(&table);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn instance(args: InstanceArgs) -> anyhow::Result<ExitCode> {
+    match args.command {
+        InstanceCommand::Ls { output, watch, connect } => {
+            let client = connect.client();
+            let style = Style::detect();
+            loop {
+                let rows: Vec<InstanceInfo> = block_on(client.get("/v1/instances"))?;
+                if output == Output::Json {
+                    println!("{}", serde_json::to_string_pretty(&rows)?);
+                } else {
+                    if watch && style.terminal {
+                        // Clear the screen and go home, as `watch` does.
+                        print!("\x1b[2J\x1b[H");
+                    }
+                    print_instances(&rows, &style);
+                }
+                if !watch {
+                    return Ok(ExitCode::SUCCESS);
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+        InstanceCommand::Stop { name, connect } => service_action(&connect, &name, "stop"),
+        InstanceCommand::Start { name, connect } => service_action(&connect, &name, "start"),
+    }
+}
+
+fn service_action(connect: &Connect, name: &str, action: &str) -> anyhow::Result<ExitCode> {
+    let Some((app, service)) = name.split_once('/') else {
+        anyhow::bail!("`{name}` is not APP/SERVICE: name the app and its service, e.g. `web/nginx`");
+    };
+    let path = format!("/v1/apps/{app}/services/{service}/{action}");
+    let body = block_on(connect.client().send(Method::POST, &path, None))?;
+    let changed = serde_json::from_slice::<serde_json::Value>(&body)?.get("changed").and_then(|v| v.as_bool());
+    match (action, changed) {
+        ("stop", Some(false)) => println!("{name}: no instance was running"),
+        ("stop", _) => println!("{name}: stopped"),
+        (_, Some(false)) => println!("{name}: already running"),
+        _ => println!("{name}: starting"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn remove(args: RemoveArgs) -> anyhow::Result<ExitCode> {
+    let path = format!("/v1/apps/{}", args.name);
+    block_on(args.connect.client().send(Method::DELETE, &path, None))?;
+    println!("removed {}", args.name);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_instances(rows: &[InstanceInfo], style: &Style) {
+    let mut table = vec![
+        ["NAME", "APP", "KIND", "STATE", "BOOT-TIME", "MEMORY", "REQUESTS", "UPTIME", "STOP-REASON"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    for row in rows {
+        table.push(vec![
+            row.name.clone(),
+            row.app.clone(),
+            row.kind.clone(),
+            style.state(&row.state),
+            row.boot_time_ms.map(|ms| format!("{ms:.1}ms")).unwrap_or_default(),
+            row.memory_bytes.map(|b| bytesize::ByteSize(b).to_string()).unwrap_or_default(),
+            row.requests.to_string(),
+            row.uptime_ms
+                .map(|ms| humantime::format_duration(Duration::from_secs((ms / 1000.0) as u64)).to_string())
+                .unwrap_or_default(),
+            row.stop_reason.clone().unwrap_or_default(),
+        ]);
+    }
+    print_table(&table);
+}
+
+/// Prints rows as columns padded to their widest cell (escape codes not
+/// counted).
+fn print_table(rows: &[Vec<String>]) {
+    let width = |cell: &str| strip_escapes(cell).chars().count();
+    let columns = rows.first().map_or(0, Vec::len);
+    let widths: Vec<usize> = (0..columns).map(|c| rows.iter().map(|row| width(&row[c])).max().unwrap_or(0)).collect();
+    for row in rows {
+        let mut line = String::new();
+        for (c, cell) in row.iter().enumerate() {
+            line.push_str(cell);
+            if c + 1 < row.len() {
+                line.push_str(&" ".repeat(widths[c] - width(cell) + 2));
+            }
+        }
+        println!("{}", line.trim_end());
+    }
+}
+
+fn strip_escapes(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut in_escape = false;
+    for c in text.chars() {
+        match (in_escape, c) {
+            (false, '\x1b') => in_escape = true,
+            (true, 'm') => in_escape = false,
+            (true, _) => {}
+            (false, c) => out.push(c),
+        }
+    }
+    out
+}
+
+/// Colour only on a terminal.
+struct Style {
+    terminal: bool,
+}
+
+impl Style {
+    fn detect() -> Style {
+        Style { terminal: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none() }
+    }
+
+    fn paint(&self, code: &str, text: &str) -> String {
+        if self.terminal { format!("\x1b[{code}m{text}\x1b[0m") } else { text.to_owned() }
+    }
+
+    fn good(&self, text: &str) -> String {
+        self.paint("32", text)
+    }
+
+    fn state(&self, state: &str) -> String {
+        match state {
+            "running" => self.paint("32", state),
+            "starting" | "paused" | "stopping" => self.paint("33", state),
+            "failing" => self.paint("31", state),
+            _ => self.paint("2", state),
+        }
+    }
+}
+
+/// `key=value&…` for the values that are set.
+fn form_query(pairs: &[(&str, Option<String>)]) -> String {
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    for (key, value) in pairs {
+        if let Some(value) = value {
+            query.append_pair(key, value);
+        }
+    }
+    query.finish()
+}
+
+/// What a deploy uploads: a tar archive of the app's directory, the
+/// manifest's path in it, and the app's name.
+struct Bundle {
+    name: String,
+    manifest: String,
+    tar: Vec<u8>,
+}
+
+/// The manifest a bare component or command is deployed with, in the bundle.
+const GENERATED_MANIFEST: &str = "dormouse-deploy.toml";
+
+impl Bundle {
+    fn build(args: &DeployArgs) -> anyhow::Result<Bundle> {
+        let path = args.path.clone().unwrap_or_else(|| PathBuf::from("."));
+        if !args.command.is_empty() {
+            anyhow::ensure!(path.is_dir(), "`{}` is not a directory: a command runs in a directory", path.display());
+            let name = match &args.name {
+                Some(name) => name.clone(),
+                None => label_from(&std::path::absolute(&path)?)?,
+            };
+            let manifest = service_manifest(&name, &args.command, args.port);
+            let tar = archive(&path, &[(GENERATED_MANIFEST.to_owned(), manifest.into_bytes())])?;
+            return Ok(Bundle { name, manifest: GENERATED_MANIFEST.to_owned(), tar });
+        }
+        anyhow::ensure!(args.port.is_none(), "`--port` is for a command deployed after `--`");
+        if path.extension().is_some_and(|ext| ext == "wasm") {
+            let name = match &args.name {
+                Some(name) => name.clone(),
+                None => label_from(&path.with_extension(""))?,
+            };
+            let file_name =
+                path.file_name().and_then(|n| n.to_str()).context("the component's file name is not UTF-8")?;
+            let bytes = std::fs::read(&path).with_context(|| format!("cannot read `{}`", path.display()))?;
+            let manifest = component_manifest(&name, file_name);
+            let mut builder = tar::Builder::new(Vec::new());
+            append_bytes(&mut builder, file_name, &bytes, 0o644)?;
+            append_bytes(&mut builder, GENERATED_MANIFEST, manifest.as_bytes(), 0o644)?;
+            return Ok(Bundle { name, manifest: GENERATED_MANIFEST.to_owned(), tar: builder.into_inner()? });
+        }
+        // A Spin manifest: loaded here first, so its errors show with
+        // file:line:column before anything is uploaded.
+        let app = dormouse_manifest::load(&path)?;
+        let root = app.base_dir.clone();
+        let manifest = app
+            .manifest_path
+            .strip_prefix(&root)
+            .ok()
+            .and_then(|p| p.to_str())
+            .context("the manifest's path is not UTF-8")?
+            .to_owned();
+        let name = match &args.name {
+            Some(name) => name.clone(),
+            None => sanitize_label(&app.name)
+                .with_context(|| format!("app name `{}` is not a host name: pass `--name`", app.name))?,
+        };
+        // Components built outside the app's directory travel with it, as
+        // Spin's packaging takes every source: copied into the bundle, and
+        // the manifest's `source` pointed at the copy.
+        let canonical_root = root.canonicalize().with_context(|| format!("cannot read `{}`", root.display()))?;
+        let outside: Vec<_> = app
+            .components
+            .values()
+            .filter(|c| !c.source.canonicalize().is_ok_and(|source| source.starts_with(&canonical_root)))
+            .collect();
+        if outside.is_empty() {
+            return Ok(Bundle { name, manifest, tar: archive(&root, &[])? });
+        }
+        let text = std::fs::read_to_string(&app.manifest_path)?;
+        let mut document: toml_edit::DocumentMut = text.parse()?;
+        let mut extra = Vec::new();
+        for component in outside {
+            let copied = format!("{EXTERNAL_SOURCES}/{}.wasm", component.id);
+            let entry = document
+                .get_mut("component")
+                .and_then(|components| components.get_mut(&component.id))
+                .and_then(|table| table.get_mut("source"))
+                .with_context(|| {
+                    format!(
+                        "component `{}`: its source `{}` is outside `{}`: give it a `[component.{}]` table, or move it into the app's directory",
+                        component.id,
+                        component.source.display(),
+                        root.display(),
+                        component.id
+                    )
+                })?;
+            *entry = toml_edit::value(copied.clone());
+            let bytes = std::fs::read(&component.source).with_context(|| {
+                format!("component `{}`: cannot read `{}`", component.id, component.source.display())
+            })?;
+            extra.push((copied, bytes));
+        }
+        extra.push((manifest.clone(), document.to_string().into_bytes()));
+        Ok(Bundle { name, manifest, tar: archive(&root, &extra)? })
+    }
+}
+
+/// Where a bundle keeps component sources that were outside the app's
+/// directory.
+const EXTERNAL_SOURCES: &str = ".dormouse-sources";
+
+/// A DNS label made from a file or directory name.
+fn label_from(path: &Path) -> anyhow::Result<String> {
+    let stem = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    sanitize_label(stem).with_context(|| format!("cannot make an app name from `{}`: pass `--name`", path.display()))
+}
+
+/// `My_App` → `my-app`; `None` if nothing usable is left.
+fn sanitize_label(text: &str) -> Option<String> {
+    let label: String =
+        text.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
+    let label = label.trim_matches('-');
+    let label = &label[..label.len().min(63)];
+    (!label.is_empty()).then(|| label.trim_end_matches('-').to_owned())
+}
+
+/// The id of the one component or service of a generated manifest: the
+/// app's name where it is a valid Spin id (which starts with a letter).
+fn target_id(name: &str) -> &str {
+    if name.starts_with(|c: char| c.is_ascii_lowercase()) { name } else { "app" }
+}
+
+fn component_manifest(name: &str, source: &str) -> String {
+    let id = target_id(name);
+    format!(
+        "spin_manifest_version = 2\n[application]\nname = {name:?}\n\n[[trigger.http]]\nroute = \"/...\"\ncomponent = \"{id}\"\n\n[component.{id}]\nsource = {source:?}\n"
+    )
+}
+
+fn service_manifest(name: &str, command: &[String], port: Option<u16>) -> String {
+    let id = target_id(name);
+    let command = command.iter().map(|part| format!("{part:?}")).collect::<Vec<_>>().join(", ");
+    let port = port.map(|port| format!("port = {port}\n")).unwrap_or_default();
+    format!(
+        "spin_manifest_version = 2\n[application]\nname = {name:?}\n\n[[trigger.http]]\nroute = \"/...\"\nservice = \"{id}\"\n\n[service.{id}]\ncommand = [{command}]\n{port}"
+    )
+}
+
+/// A tar archive of `root` (without dormouse's state and `.git`), with
+/// `extra` files added or replacing those of the same path.
+fn archive(root: &Path, extra: &[(String, Vec<u8>)]) -> anyhow::Result<Vec<u8>> {
+    let mut builder = tar::Builder::new(Vec::new());
+    builder.follow_symlinks(false);
+    let walk = walkdir::WalkDir::new(root).min_depth(1).sort_by_file_name().into_iter().filter_entry(|entry| {
+        !(entry.depth() == 1 && matches!(entry.file_name().to_str(), Some(".dormouse" | ".git" | EXTERNAL_SOURCES)))
+    });
+    for entry in walk {
+        let entry = entry.with_context(|| format!("cannot read `{}`", root.display()))?;
+        let relative = entry.path().strip_prefix(root).expect("walked from root");
+        if extra.iter().any(|(name, _)| Path::new(name) == relative) {
+            continue;
+        }
+        builder
+            .append_path_with_name(entry.path(), relative)
+            .with_context(|| format!("cannot add `{}` to the bundle", entry.path().display()))?;
+    }
+    for (name, bytes) in extra {
+        append_bytes(&mut builder, name, bytes, 0o644)?;
+    }
+    Ok(builder.into_inner()?)
+}
+
+fn append_bytes(builder: &mut tar::Builder<Vec<u8>>, name: &str, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
+    let mut header = tar::Header::new_gnu();
+    header.set_size(bytes.len() as u64);
+    header.set_mode(mode);
+    header.set_cksum();
+    builder.append_data(&mut header, name, bytes)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_from_paths() {
+        assert_eq!(sanitize_label("My_App").as_deref(), Some("my-app"));
+        assert_eq!(sanitize_label("--x--").as_deref(), Some("x"));
+        assert_eq!(sanitize_label("..."), None);
+    }
+
+    #[test]
+    fn generated_manifests_parse() {
+        let dir = Path::new("/tmp");
+        let text = service_manifest("web", &["nginx".into(), "-g".into(), "daemon off;".into()], Some(8080));
+        let app = dormouse_manifest::parse(&text, Path::new(GENERATED_MANIFEST), dir).unwrap();
+        assert_eq!(app.services["web"].command, ["nginx", "-g", "daemon off;"]);
+        assert_eq!(app.services["web"].port, Some(8080));
+        let text = component_manifest("hello", "hello.wasm");
+        let app = dormouse_manifest::parse(&text, Path::new(GENERATED_MANIFEST), dir).unwrap();
+        assert_eq!(app.components["hello"].source, dir.join("hello.wasm"));
+        let text = component_manifest("2048", "game.wasm");
+        let app = dormouse_manifest::parse(&text, Path::new(GENERATED_MANIFEST), dir).unwrap();
+        assert!(app.components.contains_key("app"), "an id must start with a letter");
+    }
+}

@@ -1,0 +1,336 @@
+//! The platform: `dormouse daemon` driven through the CLI binary, as an
+//! operator would (deploy, ls, instance ls, rm), with apps reached by their
+//! host names on loopback.
+
+use std::path::Path;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use hyper::StatusCode;
+use serde_json::Value;
+
+use crate::support::{PATIENCE, Reply, Server, dormouse, get_with, guest, process_state, wait_gone};
+
+/// Runs `dormouse ARGS` against the daemon whose state is in `state_dir`.
+fn cli(state_dir: &Path, args: &[&str]) -> Output {
+    dormouse().args(args).env("DORMOUSE_STATE_DIR", state_dir).env("NO_COLOR", "1").output().unwrap()
+}
+
+/// Runs a command that must succeed, and returns its standard output.
+fn ok(state_dir: &Path, args: &[&str]) -> String {
+    let output = cli(state_dir, args);
+    assert!(
+        output.status.success(),
+        "`dormouse {}` failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// Runs a command that must fail, and returns its standard error.
+fn fails(state_dir: &Path, args: &[&str]) -> String {
+    let output = cli(state_dir, args);
+    assert!(
+        !output.status.success(),
+        "`dormouse {}` succeeded: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stdout)
+    );
+    String::from_utf8(output.stderr).unwrap()
+}
+
+fn json(state_dir: &Path, args: &[&str]) -> Value {
+    let mut args = args.to_vec();
+    args.extend(["-o", "json"]);
+    serde_json::from_str(&ok(state_dir, &args)).unwrap()
+}
+
+/// The `instance ls` row of `name` in `app`.
+fn instance(state_dir: &Path, app: &str, name: &str) -> Value {
+    let rows = json(state_dir, &["instance", "ls"]);
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .find(|row| {
+            row["app"] == app && row["name"].as_str().is_some_and(|n| n == name || n.starts_with(&format!("{name}-")))
+        })
+        .cloned()
+        .unwrap_or_else(|| panic!("no instance `{name}` of `{app}` in {rows:#}"))
+}
+
+/// Polls `instance ls` until the row of `name` in `app` is in `state`.
+fn wait_for_state(state_dir: &Path, app: &str, name: &str, state: &str) -> Value {
+    let started = Instant::now();
+    loop {
+        let row = instance(state_dir, app, name);
+        if row["state"] == state {
+            return row;
+        }
+        assert!(started.elapsed() < PATIENCE, "`{app}/{name}` never became {state}: {row:#}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A request to `app` through the daemon's listener, by host name.
+async fn request(server: &Server, app: &str, path: &str) -> Reply {
+    get_with(&server.url(path), &[("host", &format!("{app}.localhost"))]).await
+}
+
+/// A directory holding the test service (`app.py`), to deploy with a command.
+fn service_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/services/app.py");
+    std::fs::copy(script, dir.path().join("app.py")).unwrap();
+    dir
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_scale_to_zero_wakes_on_a_request_and_sleeps_after_the_cooldown() {
+    let state = tempfile::tempdir().unwrap();
+    let state_dir = state.path();
+    let server = Server::daemon(state_dir, &[]);
+    let service = service_dir();
+
+    let printed = ok(
+        state_dir,
+        &["deploy", "-0", "--name", "py", "--cooldown", "300ms", path_str(service.path()), "--", "python3", "app.py"],
+    );
+    for field in ["name: py", "state: standby", "url: http://py.localhost:", "routes: /... → py (service)"] {
+        assert!(printed.contains(field), "deploy printed no `{field}`: {printed}");
+    }
+    let row = instance(state_dir, "py", "py");
+    assert_eq!((row["kind"].as_str(), row["state"].as_str()), (Some("service"), Some("standby")), "{row:#}");
+    assert_eq!(json(state_dir, &["ls"])[0]["state"], "standby");
+
+    let reply = request(&server, "py", "/").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let row = instance(state_dir, "py", "py");
+    assert_eq!(row["state"], "running", "{row:#}");
+    assert_eq!(row["name"], "py-1");
+    assert_eq!(reply.body.trim(), format!("pid {}", row["pid"]), "the request reached the instance listed");
+    assert!(row["boot_time_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{row:#}");
+    assert_eq!(json(state_dir, &["ls"])[0]["state"], "running");
+    let pid = row["pid"].as_u64().unwrap() as u32;
+
+    let row = wait_for_state(state_dir, "py", "py", "standby");
+    assert_eq!(row["stop_reason"], "idle", "{row:#}");
+    assert_eq!(row["requests"], 1);
+    wait_gone(pid, "the idle instance");
+
+    // A bare component: instances only while a request is in flight.
+    let hello = guest("hello");
+    ok(state_dir, &["deploy", "--name", "greet", path_str(&hello)]);
+    let row = instance(state_dir, "greet", "greet");
+    assert_eq!(
+        (row["kind"].as_str(), row["state"].as_str(), row["requests"].as_u64()),
+        (Some("component"), Some("standby"), Some(0))
+    );
+    let reply = request(&server, "greet", "/anything").await;
+    assert_eq!((reply.status, reply.body.as_str()), (StatusCode::OK, "Hello from dormouse!\n"));
+    assert_eq!(instance(state_dir, "greet", "greet")["requests"], 1);
+
+    // Hosts that name no app.
+    let reply = request(&server, "nope", "/").await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    assert!(reply.body.contains("no app `nope`"), "{}", reply.body);
+    let reply = get_with(&server.url("/"), &[]).await;
+    assert_eq!(reply.status, StatusCode::MISDIRECTED_REQUEST, "{}", reply.body);
+
+    // The table a person reads.
+    let table = ok(state_dir, &["instance", "ls"]);
+    let header = table.lines().next().unwrap();
+    assert_eq!(
+        header.split_whitespace().collect::<Vec<_>>(),
+        ["NAME", "APP", "KIND", "STATE", "BOOT-TIME", "MEMORY", "REQUESTS", "UPTIME", "STOP-REASON"]
+    );
+    assert!(!table.contains('\x1b'), "no colour off a terminal");
+
+    ok(state_dir, &["rm", "py"]);
+    assert_eq!(request(&server, "py", "/").await.status, StatusCode::NOT_FOUND);
+    assert!(fails(state_dir, &["rm", "py"]).contains("no app `py`"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_or_killed_daemon_restores_every_app() {
+    let state = tempfile::tempdir().unwrap();
+    let state_dir = state.path();
+    let service = service_dir();
+    let server = Server::daemon(state_dir, &[]);
+    ok(state_dir, &["deploy", "--name", "greet", path_str(&guest("hello"))]);
+    ok(state_dir, &["deploy", "-0", "--name", "py", path_str(service.path()), "--", "python3", "app.py"]);
+    let pid = pid_of(&request(&server, "py", "/").await);
+
+    server.signal("TERM");
+    assert!(server.wait().success());
+    wait_gone(pid, "a service of a daemon that stopped");
+
+    let mut server = Server::daemon(state_dir, &[]);
+    server.wait_for_log("2 apps restored");
+    let names: Vec<String> =
+        json(state_dir, &["ls"]).as_array().unwrap().iter().map(|a| a["name"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(names, ["greet", "py"]);
+    assert_eq!(instance(state_dir, "py", "py")["state"], "standby", "restored in standby");
+    assert_eq!(request(&server, "greet", "/").await.status, StatusCode::OK);
+    let pid = pid_of(&request(&server, "py", "/").await);
+
+    server.kill_outright();
+    wait_gone(pid, "a service of a daemon killed outright");
+    let server = Server::daemon(state_dir, &[]);
+    assert_eq!(request(&server, "greet", "/").await.status, StatusCode::OK);
+    assert_eq!(request(&server, "py", "/").await.status, StatusCode::OK);
+}
+
+fn pid_of(reply: &Reply) -> u32 {
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let pid = reply.body.trim().strip_prefix("pid ").unwrap().parse().unwrap();
+    assert!(process_state(pid).is_some());
+    pid
+}
+
+/// An app directory whose manifest routes `/...` to a copy of guest `name`.
+fn component_app(name: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(guest(name), dir.path().join("app.wasm")).unwrap();
+    let manifest = "spin_manifest_version = 2\n[application]\nname = \"site\"\n\
+                    [[trigger.http]]\nroute = \"/...\"\ncomponent = \"app\"\n[component.app]\nsource = \"app.wasm\"\n";
+    std::fs::write(dir.path().join("spin.toml"), manifest).unwrap();
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_deploy_leaves_the_old_version_serving_and_says_why() {
+    let state = tempfile::tempdir().unwrap();
+    let state_dir = state.path();
+    let server = Server::daemon(state_dir, &[]);
+    let app = component_app("hello");
+    ok(state_dir, &["deploy", path_str(app.path())]);
+    assert_eq!(request(&server, "site", "/").await.body, "Hello from dormouse!\n");
+
+    // A manifest error is caught before the upload, with file:line:column.
+    std::fs::write(
+        app.path().join("spin.toml"),
+        "spin_manifest_version = 2\n[application]\nname = \"site\"\nbogus = 1\n",
+    )
+    .unwrap();
+    let error = fails(state_dir, &["deploy", path_str(app.path())]);
+    assert!(error.contains("spin.toml:4:1"), "{error}");
+
+    // One only the daemon finds: the component is not WebAssembly.
+    let broken = component_app("hello");
+    std::fs::write(broken.path().join("app.wasm"), "not wasm").unwrap();
+    let error = fails(state_dir, &["deploy", path_str(broken.path())]);
+    assert!(error.contains("is not a WebAssembly binary") && error.contains("400"), "{error}");
+    assert_eq!(request(&server, "site", "/").await.body, "Hello from dormouse!\n", "the old version still serves");
+    assert_eq!(json(state_dir, &["ls"])[0]["version"], 1);
+
+    let echo = component_app("echo");
+    ok(state_dir, &["deploy", path_str(echo.path())]);
+    let reply = request(&server, "site", "/x").await;
+    assert!(reply.body.starts_with("GET /x"), "the new version serves: {}", reply.body);
+    assert_eq!(json(state_dir, &["ls"])[0]["version"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_deploy_of_an_app_in_progress_gets_409() {
+    use tokio::io::AsyncWriteExt as _;
+    let state = tempfile::tempdir().unwrap();
+    let state_dir = state.path();
+    let _server = Server::daemon(state_dir, &[]);
+    let app = component_app("hello");
+
+    // A deploy whose upload has begun and not ended holds the app.
+    let mut slow = tokio::net::UnixStream::connect(state_dir.join("control.sock")).await.unwrap();
+    slow.write_all(b"PUT /v1/apps/site HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nabc").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let error = fails(state_dir, &["deploy", path_str(app.path())]);
+    assert!(error.contains("409") && error.contains("being deployed"), "{error}");
+
+    // The first deploy's client hangs up: the app is free again.
+    drop(slow);
+    let started = Instant::now();
+    while !cli(state_dir, &["deploy", path_str(app.path())]).status.success() {
+        assert!(started.elapsed() < Duration::from_secs(10), "the claim of a dropped upload was never given back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The control API on TCP: `(status, body)` of a raw request.
+async fn control_raw(address: &str, request: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    let status = answer[9..12].parse().unwrap();
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_api_on_tcp_needs_the_token_and_names_every_error() {
+    let state = tempfile::tempdir().unwrap();
+    let state_dir = state.path();
+    let server = Server::daemon(state_dir, &["--control-listen", "127.0.0.1:0", "--max-upload", "64KiB"]);
+    let banner = server.stdout();
+    let address = banner
+        .lines()
+        .find_map(|line| line.strip_prefix("Control API at http://"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no control address in {banner}"))
+        .to_owned();
+    let token = std::fs::read_to_string(state_dir.join("token")).unwrap();
+    let token = token.trim();
+    assert_eq!(token.len(), 64);
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(state_dir.join("token")).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(!state_dir.join("control.sock").exists(), "no socket when the API is on TCP");
+
+    let (status, body) = control_raw(&address, "GET /v1/apps HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    assert_eq!(status, 401);
+    assert!(serde_json::from_str::<Value>(&body).unwrap()["message"].as_str().unwrap().contains("token"), "{body}");
+    let wrong = "GET /v1/apps HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer nope\r\nConnection: close\r\n\r\n";
+    assert_eq!(control_raw(&address, wrong).await.0, 401);
+    let authorized = |request: &str| request.replace("\r\n\r\n", &format!("\r\nAuthorization: Bearer {token}\r\n\r\n"));
+    let (status, body) =
+        control_raw(&address, &authorized("GET /v1/apps/nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")).await;
+    assert_eq!(status, 404);
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["message"], "no app `nope` is deployed");
+    let garbage = authorized("PUT /v1/apps/x HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\n");
+    let (status, body) = control_raw(&address, &format!("{garbage}hello")).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("tar"), "{body}");
+    let bad_name =
+        authorized("PUT /v1/apps/Bad_Name HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    let (status, body) = control_raw(&address, &bad_name).await;
+    assert_eq!(status, 400);
+    assert!(body.contains("invalid app name `Bad_Name`"), "{body}");
+
+    // The CLI finds the token in the state directory, or takes one given.
+    let with_control = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--control", &address]);
+        cli(state_dir, &all)
+    };
+    assert!(with_control(&["ls"]).status.success());
+    let denied = with_control(&["ls", "--token", "wrong"]);
+    assert!(String::from_utf8_lossy(&denied.stderr).contains("401"), "{denied:?}");
+
+    // An upload over the limit.
+    let big = tempfile::tempdir().unwrap();
+    std::fs::copy(guest("hello"), big.path().join("app.wasm")).unwrap();
+    std::fs::write(big.path().join("padding"), vec![b'x'; 100 << 10]).unwrap();
+    let output = with_control(&["deploy", "--name", "big", path_str(&big.path().join("app.wasm"))]);
+    assert!(output.status.success(), "a small component fits: {output:?}");
+    let manifest = "spin_manifest_version = 2\n[application]\nname = \"big\"\n[[trigger.http]]\nroute = \"/...\"\ncomponent = \"app\"\n[component.app]\nsource = \"app.wasm\"\n";
+    std::fs::write(big.path().join("spin.toml"), manifest).unwrap();
+    let output = with_control(&["deploy", path_str(big.path())]);
+    let error = String::from_utf8_lossy(&output.stderr);
+    assert!(error.contains("413") && error.contains("larger than the limit"), "{error}");
+    assert_eq!(request(&server, "big", "/").await.status, StatusCode::OK, "the first version still serves");
+}

@@ -1,0 +1,538 @@
+//! What the control API acts on: the gateway's table of running apps and,
+//! for the daemon, the deployed apps' state and bundles. `dormouse up` has a
+//! platform too (one app, read-only), so `instance ls` works against it.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use dormouse_gateway::{App, Gateway, Slot};
+use dormouse_supervisor::Processes;
+
+use crate::api::{AppInfo, DeployReply, InstanceInfo, RouteInfo};
+use crate::state::{AppRecord, StateDb};
+
+/// Why a control request failed; each kind is one status.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// 400: the request or what it carries is wrong (a bad name, a manifest
+    /// that does not load).
+    #[error("{0}")]
+    Invalid(String),
+    /// 404
+    #[error("{0}")]
+    NotFound(String),
+    /// 409: another deploy of the app is in progress.
+    #[error("{0}")]
+    Conflict(String),
+    /// 405: `dormouse up` serves one app and takes no deploys.
+    #[error("{0}")]
+    NotAllowed(String),
+    /// 500
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+/// How the daemon runs deployed apps.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    /// Holds `state.db`, `bundles/`, `apps/<name>/` (each app's default
+    /// key-value store), `cache/` (compiled components) and the control
+    /// socket.
+    pub state_dir: PathBuf,
+    /// Apps answer at `<name>.<domain>`. Default `localhost`, which resolves
+    /// to loopback with no DNS set-up (RFC 6761).
+    pub domain: String,
+    /// How long a replaced or removed app may finish its requests before its
+    /// services are stopped. Default 30 s.
+    pub drain_timeout: Duration,
+}
+
+/// Options a deploy carries beside its bundle.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeployOptions {
+    /// The manifest's path inside the bundle. Default `spin.toml`.
+    pub manifest: String,
+    /// `-0`: services go to standby when idle; otherwise each keeps one
+    /// instance running.
+    pub scale_to_zero: bool,
+    /// Overrides every service's cooldown.
+    pub cooldown: Option<Duration>,
+}
+
+/// The gateway's apps and, in the daemon, what deploys them.
+pub struct Platform {
+    gateway: Arc<Gateway>,
+    processes: Arc<Processes>,
+    /// The public listener's address, for URLs.
+    public: SocketAddr,
+    daemon: Option<Daemon>,
+}
+
+struct Daemon {
+    config: DaemonConfig,
+    db: StateDb,
+    /// Apps with a deploy or removal in progress: a second one gets 409.
+    busy: Mutex<HashSet<String>>,
+}
+
+/// An app's place among those being deployed or removed, given back on drop
+/// (also when the request is dropped because its client left).
+pub struct DeployClaim {
+    platform: Arc<Platform>,
+    name: String,
+}
+
+impl Drop for DeployClaim {
+    fn drop(&mut self) {
+        if let Some(daemon) = &self.platform.daemon {
+            daemon.busy.lock().expect("not poisoned").remove(&self.name);
+        }
+    }
+}
+
+impl Daemon {
+    fn claim(&self, name: &str) -> Result<(), ControlError> {
+        if !self.busy.lock().expect("not poisoned").insert(name.to_owned()) {
+            return Err(ControlError::Conflict(format!(
+                "app `{name}` is being deployed or removed by another request"
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Platform {
+    /// `dormouse up`'s platform: the gateway's one app, no deploys.
+    pub fn single(gateway: Arc<Gateway>, processes: Arc<Processes>, public: SocketAddr) -> Arc<Platform> {
+        Arc::new(Platform { gateway, processes, public, daemon: None })
+    }
+
+    /// The daemon's platform, with its state opened (not yet restored: see
+    /// [`Platform::restore`]).
+    pub fn for_daemon(
+        gateway: Arc<Gateway>,
+        processes: Arc<Processes>,
+        public: SocketAddr,
+        config: DaemonConfig,
+    ) -> anyhow::Result<Arc<Platform>> {
+        for dir in ["bundles", "apps", "cache"] {
+            let dir = config.state_dir.join(dir);
+            std::fs::create_dir_all(&dir).with_context(|| format!("cannot create `{}`", dir.display()))?;
+        }
+        let db = StateDb::open(&config.state_dir.join("state.db"))?;
+        let daemon = Daemon { config, db, busy: Mutex::default() };
+        Ok(Arc::new(Platform { gateway, processes, public, daemon: Some(daemon) }))
+    }
+
+    pub fn gateway(&self) -> &Arc<Gateway> {
+        &self.gateway
+    }
+
+    fn deployer(&self) -> Result<&Daemon, ControlError> {
+        self.daemon.as_ref().ok_or_else(|| {
+            ControlError::NotAllowed("`dormouse up` serves one app: deploy to a `dormouse daemon`".to_owned())
+        })
+    }
+
+    /// Launches every app in the state, each in standby (or with the
+    /// instances its scale settings keep up), and routes to it. An app that
+    /// no longer loads is logged and skipped; it stays in the state.
+    /// Returns how many were restored.
+    pub async fn restore(self: &Arc<Self>) -> anyhow::Result<usize> {
+        let daemon = self.deployer().map_err(anyhow::Error::from)?;
+        let records = daemon.db.apps()?;
+        let mut restored = 0;
+        for record in records {
+            let platform = self.clone();
+            let name = record.name.clone();
+            let launched = tokio::task::spawn_blocking(move || platform.launch(&record)).await?;
+            match launched {
+                Ok(app) => {
+                    app.start();
+                    if let Some(old) = self.gateway.insert(app) {
+                        self.retire(old);
+                    }
+                    restored += 1;
+                }
+                Err(error) => tracing::error!(app = %name, "cannot restore: {error:#}"),
+            }
+        }
+        Ok(restored)
+    }
+
+    /// Claims `name` for a deploy: a second deploy (or removal) of the app
+    /// gets 409 while the claim is held. Taken before the upload is read,
+    /// so that the loser learns at once; given back when dropped.
+    pub fn claim(self: &Arc<Self>, name: &str) -> Result<DeployClaim, ControlError> {
+        check_name(name)?;
+        self.deployer()?.claim(name)?;
+        Ok(DeployClaim { platform: self.clone(), name: name.to_owned() })
+    }
+
+    /// Deploys `bundle` (a tar archive of the app's directory) as the
+    /// claimed app: the new version is compiled, linked and set up before it
+    /// takes traffic; requests in flight finish on the old one. A failed
+    /// deploy leaves the old version serving.
+    pub async fn deploy(
+        self: &Arc<Self>,
+        claim: &DeployClaim,
+        bundle: bytes::Bytes,
+        options: DeployOptions,
+    ) -> Result<DeployReply, ControlError> {
+        let name = claim.name.as_str();
+        check_manifest_path(&options.manifest)?;
+        let daemon = self.deployer()?;
+        let previous = daemon.db.get(name)?;
+        let platform = self.clone();
+        let name_owned = name.to_owned();
+        let built = tokio::task::spawn_blocking(move || -> Result<_, ControlError> {
+            let daemon = platform.deployer()?;
+            let hash = store_bundle(&daemon.config.state_dir.join("bundles"), &bundle)?;
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+            let record = AppRecord {
+                id: deployment_id(&name_owned, &hash, now),
+                name: name_owned,
+                version: previous.map_or(1, |p| p.version + 1),
+                bundle: hash,
+                manifest: options.manifest,
+                scale_to_zero: options.scale_to_zero,
+                cooldown_ms: options.cooldown.map(|d| d.as_millis() as u64),
+                deployed_at: now.as_secs(),
+            };
+            let started = std::time::Instant::now();
+            let app = platform.launch(&record).map_err(|error| ControlError::Invalid(format!("{error:#}")))?;
+            Ok((record, app, started.elapsed()))
+        });
+        let (record, app, load_time) = built.await.map_err(anyhow::Error::from)??;
+        daemon.db.put(&record)?;
+        app.start();
+        if let Some(old) = self.gateway.insert(app.clone()) {
+            self.retire(old);
+        }
+        tracing::info!(app = %record.name, version = record.version, "deployed in {load_time:.1?}");
+        let memory_bytes = self.gateway.host().config().memory_limit as u64;
+        Ok(DeployReply { app: self.info(&app, Some(&record)), load_ms: load_time.as_secs_f64() * 1000.0, memory_bytes })
+    }
+
+    /// Stops routing to `name`, lets its requests finish, stops its services
+    /// and forgets it.
+    pub async fn remove(self: &Arc<Self>, name: &str) -> Result<(), ControlError> {
+        let _claim = self.claim(name)?;
+        let daemon = self.deployer()?;
+        if !daemon.db.remove(name)? {
+            return Err(not_found(name));
+        }
+        if let Some(app) = self.gateway.remove(name) {
+            app.retire(daemon.config.drain_timeout).await;
+        }
+        Ok(())
+    }
+
+    /// Builds the app `record` describes from its bundle. Blocking.
+    fn launch(&self, record: &AppRecord) -> anyhow::Result<Arc<App>> {
+        let daemon = self.deployer().map_err(anyhow::Error::from)?;
+        let bundle = daemon.config.state_dir.join("bundles").join(&record.bundle);
+        let mut manifest = load_manifest(&bundle, &record.manifest)?;
+        for service in manifest.services.values_mut() {
+            // `-0` puts idle instances on standby; without it one stays up.
+            service.min = if record.scale_to_zero { 0 } else { service.min.max(1) };
+            if let Some(ms) = record.cooldown_ms {
+                service.cooldown = Duration::from_millis(ms);
+            }
+        }
+        let options = dormouse_loader::Options {
+            state_dir: daemon.config.state_dir.join("apps").join(&record.name),
+            runtime_config: Default::default(),
+            extra_env: Vec::new(),
+            // The daemon's own environment is not the apps' to read.
+            env: Box::new(|_| None),
+        };
+        let launched =
+            dormouse_loader::launch(&self.gateway, &self.processes, &record.name, &manifest, &options, &|_| {})?;
+        Ok(launched.app)
+    }
+
+    /// Retires `app` in the background: its requests finish, then its
+    /// services stop.
+    fn retire(&self, app: Arc<App>) {
+        let timeout = self.daemon.as_ref().map_or(Duration::from_secs(30), |d| d.config.drain_timeout);
+        tokio::spawn(async move {
+            if !app.retire(timeout).await {
+                tracing::warn!(app = app.name(), "replaced while requests were still in flight past {timeout:?}");
+            }
+        });
+    }
+
+    /// Every app, by name.
+    pub fn apps(&self) -> Result<Vec<AppInfo>, ControlError> {
+        let table = self.gateway.apps();
+        let mut apps: Vec<AppInfo> = match &self.daemon {
+            Some(daemon) => daemon
+                .db
+                .apps()?
+                .iter()
+                .filter_map(|record| table.get(&record.name).map(|app| self.info(app, Some(record))))
+                .collect(),
+            None => table.apps().map(|app| self.info(app, None)).collect(),
+        };
+        apps.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(apps)
+    }
+
+    pub fn app(&self, name: &str) -> Result<AppInfo, ControlError> {
+        let table = self.gateway.apps();
+        let app = table.get(name).ok_or_else(|| not_found(name))?;
+        let record = match &self.daemon {
+            Some(daemon) => daemon.db.get(name)?,
+            None => None,
+        };
+        Ok(self.info(app, record.as_ref()))
+    }
+
+    /// The services of `name` as the supervisor reports them (pids, ports,
+    /// stop records).
+    pub fn services(&self, name: &str) -> Result<serde_json::Value, ControlError> {
+        let table = self.gateway.apps();
+        let app = table.get(name).ok_or_else(|| not_found(name))?;
+        Ok(serde_json::to_value(app.supervisor().status()).map_err(anyhow::Error::from)?)
+    }
+
+    /// `instance stop` (`start` false) or `start` of an app's service.
+    pub fn service_action(&self, name: &str, service: &str, start: bool) -> Result<bool, ControlError> {
+        let table = self.gateway.apps();
+        let app = table.get(name).ok_or_else(|| not_found(name))?;
+        let handle = app
+            .supervisor()
+            .service(service)
+            .ok_or_else(|| ControlError::NotFound(format!("app `{name}` has no service `{service}`")))?;
+        Ok(if start { handle.start_one() } else { handle.stop_instances("stopped by the operator") > 0 })
+    }
+
+    /// Every instance row: each component, each live service instance, and
+    /// each service with none alive (in standby or failing).
+    pub fn instances(&self) -> Vec<InstanceInfo> {
+        let table = self.gateway.apps();
+        let mut apps: Vec<&Arc<App>> = table.apps().collect();
+        apps.sort_by(|a, b| a.name().cmp(b.name()));
+        let mut rows = Vec::new();
+        for app in apps {
+            for component in app.components() {
+                let live = component.live_instances() as u64;
+                rows.push(InstanceInfo {
+                    name: component.id().to_owned(),
+                    app: app.name().to_owned(),
+                    kind: "component".to_owned(),
+                    state: if live > 0 { "running" } else { "standby" }.to_owned(),
+                    boot_time_ms: None,
+                    memory_bytes: Some(component.memory_limit() as u64),
+                    requests: component.instantiated(),
+                    in_flight: live,
+                    uptime_ms: None,
+                    stop_reason: None,
+                    pid: None,
+                    port: None,
+                });
+            }
+            for service in app.supervisor().services() {
+                let status = service.status();
+                if status.instances.is_empty() {
+                    let state = if status.failing.is_some() { "failing" } else { "standby" };
+                    rows.push(InstanceInfo {
+                        name: status.id.clone(),
+                        app: app.name().to_owned(),
+                        kind: "service".to_owned(),
+                        state: state.to_owned(),
+                        boot_time_ms: status.stops.last().and_then(|stop| stop.boot_time_ms),
+                        memory_bytes: None,
+                        requests: status.stops.iter().map(|stop| stop.served).sum(),
+                        in_flight: 0,
+                        uptime_ms: None,
+                        stop_reason: status.failing.clone().or_else(|| status.stops.last().map(|s| s.reason.clone())),
+                        pid: None,
+                        port: None,
+                    });
+                }
+                for instance in &status.instances {
+                    let state = match instance.state {
+                        "ready" => "running",
+                        other => other,
+                    };
+                    rows.push(InstanceInfo {
+                        name: format!("{}-{}", status.id, instance.instance),
+                        app: app.name().to_owned(),
+                        kind: "service".to_owned(),
+                        state: state.to_owned(),
+                        boot_time_ms: instance.boot_time_ms,
+                        memory_bytes: instance.memory_bytes,
+                        requests: instance.served,
+                        in_flight: u64::from(instance.in_flight),
+                        uptime_ms: Some(instance.uptime_ms),
+                        stop_reason: None,
+                        pid: Some(instance.pid),
+                        port: Some(instance.port),
+                    });
+                }
+            }
+        }
+        rows
+    }
+
+    fn info(&self, app: &App, record: Option<&AppRecord>) -> AppInfo {
+        let url = match &self.daemon {
+            Some(daemon) => format!("http://{}.{}:{}", app.name(), daemon.config.domain, self.public.port()),
+            None => format!("http://{}", self.public),
+        };
+        let routes = app
+            .router()
+            .entries()
+            .iter()
+            .map(|entry| RouteInfo {
+                route: entry.pattern.to_string(),
+                target: entry.target_id.clone(),
+                kind: match entry.target {
+                    Slot::Component(_) => "component",
+                    Slot::Service(_) => "service",
+                }
+                .to_owned(),
+            })
+            .collect();
+        let running = app.in_flight() > 0
+            || app.components().iter().any(|c| c.live_instances() > 0)
+            || app.supervisor().services().iter().any(|s| !s.status().instances.is_empty());
+        AppInfo {
+            name: app.name().to_owned(),
+            id: record.map(|r| r.id.clone()).unwrap_or_default(),
+            version: record.map_or(1, |r| r.version),
+            state: if running { "running" } else { "standby" }.to_owned(),
+            url,
+            routes,
+            scale_to_zero: record.is_none_or(|r| r.scale_to_zero),
+            bundle: record.map(|r| r.bundle.clone()).unwrap_or_default(),
+            deployed_at: record.map_or(0, |r| r.deployed_at),
+            in_flight: app.in_flight(),
+        }
+    }
+}
+
+fn not_found(name: &str) -> ControlError {
+    ControlError::NotFound(format!("no app `{name}` is deployed"))
+}
+
+/// An app name is a DNS label (RFC 1035 §2.3.1, lowercase): it is the app's
+/// host name under the domain.
+pub fn check_name(name: &str) -> Result<(), ControlError> {
+    let valid = (1..=63).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if valid {
+        Ok(())
+    } else {
+        Err(ControlError::Invalid(format!(
+            "invalid app name `{name}`: use 1 to 63 lowercase letters, digits and `-`, not starting or ending with `-`"
+        )))
+    }
+}
+
+/// The manifest path inside a bundle: relative, without `..`.
+fn check_manifest_path(path: &str) -> Result<(), ControlError> {
+    let relative = Path::new(path);
+    let inside = !path.is_empty() && relative.components().all(|part| matches!(part, std::path::Component::Normal(_)));
+    if inside {
+        Ok(())
+    } else {
+        Err(ControlError::Invalid(format!("manifest path `{path}` must be relative to the bundle, without `..`")))
+    }
+}
+
+/// Loads the manifest at `manifest` inside `bundle`; errors name the file as
+/// the user knows it (its path in the bundle).
+fn load_manifest(bundle: &Path, manifest: &str) -> anyhow::Result<dormouse_manifest::App> {
+    let file = bundle.join(manifest);
+    let base_dir = file.parent().unwrap_or(bundle).to_owned();
+    let text = dormouse_manifest::read_regular_file(&file)
+        .map_err(|_| anyhow::anyhow!("the bundle has no manifest `{manifest}`"))?;
+    let mut app = dormouse_manifest::parse(&text, Path::new(manifest), &base_dir)?;
+    app.manifest_path = file;
+    Ok(app)
+}
+
+/// Unpacks `bundle` into `bundles/<hash>` unless an identical one is there,
+/// and returns the hash. A bundle is unpacked into a fresh directory first
+/// and renamed into place, so a half-unpacked one is never used.
+fn store_bundle(bundles: &Path, bundle: &[u8]) -> Result<String, ControlError> {
+    let hash = blake3::hash(bundle).to_hex().to_string();
+    let target = bundles.join(&hash);
+    if target.is_dir() {
+        return Ok(hash);
+    }
+    let staging = tempfile_dir(bundles)?;
+    let mut archive = tar::Archive::new(bundle);
+    archive.set_preserve_permissions(true);
+    archive.set_overwrite(false);
+    // `unpack` refuses entries that would land outside the directory (`..`,
+    // absolute paths, writes through links).
+    archive
+        .unpack(&staging)
+        .map_err(|error| ControlError::Invalid(format!("the bundle is not a valid tar archive: {error}")))?;
+    match std::fs::rename(&staging, &target) {
+        Ok(()) => Ok(hash),
+        // A concurrent deploy of the same bundle (another app) won.
+        Err(_) if target.is_dir() => {
+            let _ = std::fs::remove_dir_all(&staging);
+            Ok(hash)
+        }
+        Err(error) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            Err(ControlError::Internal(anyhow::Error::from(error).context("cannot store the bundle")))
+        }
+    }
+}
+
+/// A new, empty directory in `parent`, named so that it is never taken for
+/// a bundle.
+fn tempfile_dir(parent: &Path) -> Result<PathBuf, ControlError> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = parent.join(format!(".unpacking-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir(&dir).with_context(|| format!("cannot create `{}`", dir.display()))?;
+    Ok(dir)
+}
+
+/// A deployment's id: short, and different for every deploy.
+fn deployment_id(name: &str, bundle: &str, now: Duration) -> String {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(name.as_bytes());
+    hasher.update(bundle.as_bytes());
+    hasher.update(&now.as_nanos().to_le_bytes());
+    hasher.finalize().to_hex()[..12].to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn app_names_are_dns_labels() {
+        for good in ["hello", "a", "web-2", &"x".repeat(63)] {
+            assert!(check_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", "Hello", "-web", "web-", "a.b", "a_b", &"x".repeat(64), "é"] {
+            assert!(check_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn manifest_paths_stay_in_the_bundle() {
+        assert!(check_manifest_path("spin.toml").is_ok());
+        assert!(check_manifest_path("app/spin.toml").is_ok());
+        for bad in ["", "../spin.toml", "/etc/spin.toml", "a/../../b"] {
+            assert!(check_manifest_path(bad).is_err(), "{bad}");
+        }
+    }
+}
