@@ -41,6 +41,8 @@ enum Command {
     Ls(platform::ListArgs),
     /// List, stop or start instances.
     Instance(platform::InstanceArgs),
+    /// Autoscale settings and step policies of an app's services.
+    Scale(platform::ScaleArgs),
     /// Remove an app: its requests finish, its instances stop.
     Rm(platform::RemoveArgs),
     /// Internal: the parent of every service process, which kills them when
@@ -76,6 +78,7 @@ fn main() -> ExitCode {
         Command::Deploy(args) => platform::deploy(*args),
         Command::Ls(args) => platform::list(args),
         Command::Instance(args) => platform::instance(args),
+        Command::Scale(args) => platform::scale(args),
         Command::Rm(args) => platform::remove(args),
         Command::ProcessHelper { run_dir } => {
             return match dormouse_supervisor::spawn::helper_main(run_dir.as_deref()) {

@@ -127,6 +127,85 @@ pub enum InstanceCommand {
 }
 
 #[derive(Args, Debug)]
+pub struct ScaleArgs {
+    #[command(subcommand)]
+    command: ScaleCommand,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy)]
+pub enum MetricArg {
+    /// Millicores per instance, from the instances' cgroups.
+    Cpu,
+    /// Requests in flight (and waiting) per instance.
+    Inflight,
+    /// Requests answered per second per instance.
+    Rps,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy)]
+pub enum AdjustmentArg {
+    Change,
+    Percent,
+    Exact,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ScaleCommand {
+    /// Sets an app's instance range, warmup and cooldown.
+    Init {
+        app: String,
+        /// Instances kept up however idle (0: scale to zero).
+        #[arg(long)]
+        min_size: Option<u32>,
+        /// Instances at most.
+        #[arg(long)]
+        max_size: Option<u32>,
+        /// After a scale-out, how long before another.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        warmup: Option<Duration>,
+        /// After a scale-out, how long before a scale-in; also the idle time
+        /// before standby (at least 100ms).
+        #[arg(long, value_parser = positive_duration)]
+        cooldown: Option<Duration>,
+        #[command(flatten)]
+        connect: Connect,
+    },
+    /// Adds a step policy (or replaces the one of its name).
+    Add {
+        app: String,
+        /// The policy's name.
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_enum)]
+        metric: MetricArg,
+        #[arg(long, value_enum, default_value = "change")]
+        adjustment: AdjustmentArg,
+        /// `LO:HI/ADJ`: when LO <= metric < HI, adjust by ADJ (repeatable;
+        /// a missing bound is unbounded), e.g. `--step 600:800/1 --step 800:/2 --step :100/-1`.
+        #[arg(long = "step", required = true, allow_hyphen_values = true)]
+        steps: Vec<String>,
+        #[command(flatten)]
+        connect: Connect,
+    },
+    /// Shows an app's scale settings and policies.
+    Get {
+        app: String,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+        #[command(flatten)]
+        connect: Connect,
+    },
+    /// Removes one policy (`--name`), or every setting of the app's own.
+    Rm {
+        app: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        connect: Connect,
+    },
+}
+
+#[derive(Args, Debug)]
 pub struct RemoveArgs {
     /// The app to remove.
     name: String,
@@ -239,6 +318,64 @@ fn service_action(connect: &Connect, name: &str, action: &str) -> anyhow::Result
         ("stop", _) => println!("{name}: stopped"),
         (_, Some(false)) => println!("{name}: already running"),
         _ => println!("{name}: starting"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn scale(args: ScaleArgs) -> anyhow::Result<ExitCode> {
+    let (connect, method, path, body, output) = match &args.command {
+        ScaleCommand::Init { app, min_size, max_size, warmup, cooldown, connect } => {
+            let body = dormouse_control::api::ScaleInit {
+                min_size: *min_size,
+                max_size: *max_size,
+                warmup_ms: warmup.map(|d| d.as_millis() as u64),
+                cooldown_ms: cooldown.map(|d| d.as_millis() as u64),
+            };
+            (connect, Method::PUT, format!("/v1/apps/{app}/scale"), Some(serde_json::to_vec(&body)?), Output::Table)
+        }
+        ScaleCommand::Add { app, name, metric, adjustment, steps, connect } => {
+            let body = dormouse_control::api::PolicyInfo {
+                name: name.clone(),
+                metric: format!("{metric:?}").to_ascii_lowercase(),
+                adjustment: format!("{adjustment:?}").to_ascii_lowercase(),
+                steps: steps.clone(),
+            };
+            let path = format!("/v1/apps/{app}/scale/policies/{name}");
+            (connect, Method::PUT, path, Some(serde_json::to_vec(&body)?), Output::Table)
+        }
+        ScaleCommand::Get { app, output, connect } => {
+            (connect, Method::GET, format!("/v1/apps/{app}/scale"), None, *output)
+        }
+        ScaleCommand::Rm { app, name: Some(name), connect } => {
+            (connect, Method::DELETE, format!("/v1/apps/{app}/scale/policies/{name}"), None, Output::Table)
+        }
+        ScaleCommand::Rm { app, name: None, connect } => {
+            (connect, Method::DELETE, format!("/v1/apps/{app}/scale"), None, Output::Table)
+        }
+    };
+    let body = body.map(|bytes| ("application/json", Bytes::from(bytes)));
+    let reply = block_on(connect.client().send(method, &path, body))?;
+    if output == Output::Json {
+        println!("{}", String::from_utf8_lossy(&reply));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let scale: dormouse_control::api::ScaleInfo = serde_json::from_slice(&reply)?;
+    println!("min size: {}", scale.min_size);
+    println!("max size: {}", scale.max_size);
+    println!("warmup:   {}", humantime::format_duration(Duration::from_millis(scale.warmup_ms)));
+    println!("cooldown: {}", humantime::format_duration(Duration::from_millis(scale.cooldown_ms)));
+    if !scale.policies.is_empty() {
+        let mut table = vec![["POLICY", "METRIC", "ADJUSTMENT", "STEPS"].map(String::from).to_vec()];
+        for policy in &scale.policies {
+            table.push(vec![
+                policy.name.clone(),
+                policy.metric.clone(),
+                policy.adjustment.clone(),
+                policy.steps.join(" "),
+            ]);
+        }
+        println!();
+        print_table(&table);
     }
     Ok(ExitCode::SUCCESS)
 }

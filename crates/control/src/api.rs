@@ -92,3 +92,46 @@ pub struct InstanceInfo {
     pub pid: Option<u32>,
     pub port: Option<u16>,
 }
+
+/// An app's scale settings (`GET /v1/apps/{name}/scale`), applied to each of
+/// its services.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ScaleInfo {
+    /// Instances kept up however idle (0: scale to zero).
+    pub min_size: u32,
+    /// Instances at most.
+    pub max_size: u32,
+    /// After a scale-out, how long before another, in milliseconds.
+    pub warmup_ms: u64,
+    /// After a scale-out, how long before a scale-in; also the idle time
+    /// before standby, in milliseconds.
+    pub cooldown_ms: u64,
+    pub policies: Vec<PolicyInfo>,
+}
+
+/// `scale init` (`PUT /v1/apps/{name}/scale`); a setting left out keeps
+/// its current value.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleInit {
+    pub min_size: Option<u32>,
+    pub max_size: Option<u32>,
+    pub warmup_ms: Option<u64>,
+    pub cooldown_ms: Option<u64>,
+}
+
+/// A step policy (`PUT /v1/apps/{name}/scale/policies/{policy}`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyInfo {
+    /// Set from the path on `PUT`.
+    #[serde(default)]
+    pub name: String,
+    /// `cpu` (millicores per instance), `inflight` (requests in flight per
+    /// instance) or `rps` (requests answered per second per instance).
+    pub metric: String,
+    /// `change`, `percent` or `exact`.
+    pub adjustment: String,
+    /// KraftCloud's `LO:HI/ADJ`, e.g. `600:800/50`, `800:/100`, `:50/-50`.
+    pub steps: Vec<String>,
+}

@@ -12,8 +12,8 @@ use anyhow::Context as _;
 use dormouse_gateway::{App, Gateway, Slot};
 use dormouse_supervisor::Processes;
 
-use crate::api::{AppInfo, DeployReply, InstanceInfo, RouteInfo};
-use crate::state::{AppRecord, StateDb};
+use crate::api::{AppInfo, DeployReply, InstanceInfo, PolicyInfo, RouteInfo, ScaleInfo, ScaleInit};
+use crate::state::{AppRecord, PolicyRecord, ScaleRecord, StateDb};
 
 /// Why a control request failed; each kind is one status.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +31,9 @@ pub enum ControlError {
     /// 405: `dormouse up` serves one app and takes no deploys.
     #[error("{0}")]
     NotAllowed(String),
+    /// 413
+    #[error("{0}")]
+    TooLarge(String),
     /// 500
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -253,7 +256,104 @@ impl Platform {
         };
         let launched =
             dormouse_loader::launch(&self.gateway, &self.processes, &record.name, &manifest, &options, &|_| {})?;
+        if let Some(scale) = daemon.db.scale(&record.name)? {
+            apply_scale(&launched.app, &scale)?;
+        }
         Ok(launched.app)
+    }
+
+    /// The scale settings of `name`'s services (the first service's: they
+    /// all get the same).
+    pub fn scale(&self, name: &str) -> Result<ScaleInfo, ControlError> {
+        let table = self.gateway.apps();
+        let app = table.get(name).ok_or_else(|| not_found(name))?;
+        let service = app.supervisor().services().first().ok_or_else(|| no_services(name))?;
+        Ok(scale_info(&service.scale()))
+    }
+
+    /// Changes `name`'s own scale settings with `change`, stores them and
+    /// applies them to its running services.
+    fn change_scale(
+        self: &Arc<Self>,
+        name: &str,
+        change: impl FnOnce(&mut ScaleRecord) -> Result<(), ControlError>,
+    ) -> Result<ScaleInfo, ControlError> {
+        let _claim = self.claim(name)?;
+        let daemon = self.deployer()?;
+        let table = self.gateway.apps();
+        let app = table.get(name).ok_or_else(|| not_found(name))?;
+        if app.supervisor().services().is_empty() {
+            return Err(no_services(name));
+        }
+        let mut record = daemon.db.scale(name)?.unwrap_or_default();
+        change(&mut record)?;
+        apply_scale(app, &record).map_err(|error| ControlError::Invalid(format!("{error:#}")))?;
+        daemon.db.set_scale(name, Some(&record))?;
+        self.scale(name)
+    }
+
+    /// `scale init`.
+    pub fn scale_init(self: &Arc<Self>, name: &str, init: ScaleInit) -> Result<ScaleInfo, ControlError> {
+        if let (Some(min), Some(max)) = (init.min_size, init.max_size)
+            && min > max
+        {
+            return Err(ControlError::Invalid(format!("min size {min} is above max size {max}")));
+        }
+        if init.max_size == Some(0) {
+            return Err(ControlError::Invalid("max size must be at least 1".to_owned()));
+        }
+        if init.cooldown_ms.is_some_and(|ms| ms < 100) {
+            return Err(ControlError::Invalid("the cooldown must be at least 100ms".to_owned()));
+        }
+        self.change_scale(name, |record| {
+            record.min = init.min_size.or(record.min);
+            record.max = init.max_size.or(record.max);
+            record.warmup_ms = init.warmup_ms.or(record.warmup_ms);
+            record.cooldown_ms = init.cooldown_ms.or(record.cooldown_ms);
+            Ok(())
+        })
+    }
+
+    /// `scale add`: adds the policy, or replaces the one of its name.
+    pub fn scale_add(self: &Arc<Self>, name: &str, policy: PolicyInfo) -> Result<ScaleInfo, ControlError> {
+        let parsed = parse_policy(&PolicyRecord {
+            name: policy.name.clone(),
+            metric: policy.metric.clone(),
+            adjustment: policy.adjustment.clone(),
+            steps: policy.steps.clone(),
+        })
+        .map_err(ControlError::Invalid)?;
+        check_policy_name(&parsed.name)?;
+        self.change_scale(name, |record| {
+            record.policies.retain(|p| p.name != policy.name);
+            record.policies.push(PolicyRecord {
+                name: policy.name,
+                metric: policy.metric,
+                adjustment: policy.adjustment,
+                steps: parsed.steps.iter().map(ToString::to_string).collect(),
+            });
+            Ok(())
+        })
+    }
+
+    /// `scale rm --name P`: removes one policy.
+    pub fn scale_remove_policy(self: &Arc<Self>, name: &str, policy: &str) -> Result<ScaleInfo, ControlError> {
+        self.change_scale(name, |record| {
+            let before = record.policies.len();
+            record.policies.retain(|p| p.name != policy);
+            if record.policies.len() == before {
+                return Err(ControlError::NotFound(format!("app `{name}` has no scale policy `{policy}`")));
+            }
+            Ok(())
+        })
+    }
+
+    /// `scale rm`: back to the manifest's settings, no policies.
+    pub fn scale_reset(self: &Arc<Self>, name: &str) -> Result<ScaleInfo, ControlError> {
+        self.change_scale(name, |record| {
+            *record = ScaleRecord::default();
+            Ok(())
+        })
     }
 
     /// Retires `app` in the background: its requests finish, then its
@@ -416,6 +516,99 @@ impl Platform {
             in_flight: app.in_flight(),
         }
     }
+}
+
+/// Applies `record` over each service's manifest settings. Call within the
+/// tokio runtime.
+fn apply_scale(app: &App, record: &ScaleRecord) -> anyhow::Result<()> {
+    let policies =
+        record.policies.iter().map(parse_policy).collect::<Result<Vec<_>, _>>().map_err(anyhow::Error::msg)?;
+    for service in app.supervisor().services() {
+        let config = service.config();
+        let scale = dormouse_supervisor::ScaleConfig {
+            min: record.min.unwrap_or(config.min),
+            max: record.max.unwrap_or(config.max),
+            warmup: Duration::from_millis(record.warmup_ms.unwrap_or(0)),
+            cooldown: record.cooldown_ms.map_or(config.cooldown, Duration::from_millis),
+            policies: policies.clone(),
+        };
+        anyhow::ensure!(
+            config.port.is_none() || scale.max <= 1,
+            "service `{}` listens on the fixed port {}: it can have one instance only",
+            config.id,
+            config.port.unwrap_or_default()
+        );
+        anyhow::ensure!(scale.min <= scale.max, "min size {} is above max size {}", scale.min, scale.max);
+        service.set_scale(scale);
+    }
+    Ok(())
+}
+
+fn parse_policy(record: &PolicyRecord) -> Result<dormouse_supervisor::StepPolicy, String> {
+    use dormouse_supervisor::{Adjustment, Metric, Step};
+    let metric = match record.metric.as_str() {
+        "cpu" => Metric::Cpu,
+        "inflight" => Metric::Inflight,
+        "rps" => Metric::Rps,
+        other => return Err(format!("unknown metric `{other}`: use `cpu`, `inflight` or `rps`")),
+    };
+    let adjustment = match record.adjustment.as_str() {
+        "change" => Adjustment::Change,
+        "percent" => Adjustment::Percent,
+        "exact" => Adjustment::Exact,
+        other => return Err(format!("unknown adjustment `{other}`: use `change`, `percent` or `exact`")),
+    };
+    let steps = record.steps.iter().map(|step| Step::parse(step)).collect::<Result<Vec<_>, _>>()?;
+    let policy = dormouse_supervisor::StepPolicy { name: record.name.clone(), metric, adjustment, steps };
+    policy.check()?;
+    Ok(policy)
+}
+
+fn check_policy_name(name: &str) -> Result<(), ControlError> {
+    let valid = !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if valid {
+        Ok(())
+    } else {
+        Err(ControlError::Invalid(format!("invalid policy name `{name}`: use letters, digits, `-` and `_`")))
+    }
+}
+
+fn scale_info(scale: &dormouse_supervisor::ScaleConfig) -> ScaleInfo {
+    use dormouse_supervisor::{Adjustment, Metric};
+    ScaleInfo {
+        min_size: scale.min,
+        max_size: scale.max,
+        warmup_ms: scale.warmup.as_millis() as u64,
+        cooldown_ms: scale.cooldown.as_millis() as u64,
+        policies: scale
+            .policies
+            .iter()
+            .map(|policy| PolicyInfo {
+                name: policy.name.clone(),
+                metric: match policy.metric {
+                    Metric::Cpu => "cpu",
+                    Metric::Inflight => "inflight",
+                    Metric::Rps => "rps",
+                }
+                .to_owned(),
+                adjustment: match policy.adjustment {
+                    Adjustment::Change => "change",
+                    Adjustment::Percent => "percent",
+                    Adjustment::Exact => "exact",
+                }
+                .to_owned(),
+                steps: policy.steps.iter().map(ToString::to_string).collect(),
+            })
+            .collect(),
+    }
+}
+
+fn no_services(name: &str) -> ControlError {
+    ControlError::Invalid(format!(
+        "app `{name}` has no services to scale: its components get a fresh instance per request"
+    ))
 }
 
 fn not_found(name: &str) -> ControlError {

@@ -32,8 +32,16 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/apps/{name}/services"),
     ("POST", "/v1/apps/{name}/services/{service}/start"),
     ("POST", "/v1/apps/{name}/services/{service}/stop"),
+    ("GET", "/v1/apps/{name}/scale"),
+    ("PUT", "/v1/apps/{name}/scale"),
+    ("DELETE", "/v1/apps/{name}/scale"),
+    ("PUT", "/v1/apps/{name}/scale/policies/{policy}"),
+    ("DELETE", "/v1/apps/{name}/scale/policies/{policy}"),
     ("GET", "/v1/instances"),
 ];
+
+/// Largest JSON request body the API reads (uploads have their own limit).
+const MAX_JSON_BYTES: usize = 64 << 10;
 
 /// Where the control API listens.
 pub enum ControlListener {
@@ -174,6 +182,7 @@ async fn handle(
                 ControlError::NotFound(_) => StatusCode::NOT_FOUND,
                 ControlError::Conflict(_) => StatusCode::CONFLICT,
                 ControlError::NotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+                ControlError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
                 ControlError::Internal(error) => {
                     tracing::error!("control API: {error:#}");
                     StatusCode::INTERNAL_SERVER_ERROR
@@ -237,6 +246,20 @@ async fn route(
         (&Method::POST, ["apps", name, "services", service, action @ ("start" | "stop")]) => {
             let changed = platform.service_action(name, service, *action == "start")?;
             json(StatusCode::OK, &serde_json::json!({ "changed": changed }))
+        }
+        (&Method::GET, ["apps", name, "scale"]) => json(StatusCode::OK, &platform.scale(name)?),
+        (&Method::PUT, ["apps", name, "scale"]) => {
+            let init = read_json(request).await?;
+            json(StatusCode::OK, &platform.scale_init(name, init)?)
+        }
+        (&Method::DELETE, ["apps", name, "scale"]) => json(StatusCode::OK, &platform.scale_reset(name)?),
+        (&Method::PUT, ["apps", name, "scale", "policies", policy]) => {
+            let mut body: crate::api::PolicyInfo = read_json(request).await?;
+            body.name = (*policy).to_owned();
+            json(StatusCode::OK, &platform.scale_add(name, body)?)
+        }
+        (&Method::DELETE, ["apps", name, "scale", "policies", policy]) => {
+            json(StatusCode::OK, &platform.scale_remove_policy(name, policy)?)
         }
         (&Method::GET, ["instances"]) => json(StatusCode::OK, &platform.instances()),
         _ => {
@@ -305,6 +328,21 @@ async fn read_body(
         Err(error) if error.is::<http_body_util::LengthLimitError>() => Ok(Err(too_large())),
         Err(error) => Err(ControlError::Invalid(format!("the upload broke off: {error}"))),
     }
+}
+
+/// A JSON request body of at most [`MAX_JSON_BYTES`].
+async fn read_json<T: serde::de::DeserializeOwned>(request: Request<Incoming>) -> Result<T, ControlError> {
+    let body = match Limited::new(request.into_body(), MAX_JSON_BYTES).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+            return Err(ControlError::TooLarge(format!(
+                "the request body is larger than {} KiB",
+                MAX_JSON_BYTES >> 10
+            )));
+        }
+        Err(error) => return Err(ControlError::Invalid(format!("the request body broke off: {error}"))),
+    };
+    serde_json::from_slice(&body).map_err(|error| ControlError::Invalid(format!("invalid JSON: {error}")))
 }
 
 fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Result<Response<Full<Bytes>>, ControlError> {

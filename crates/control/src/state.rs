@@ -30,6 +30,26 @@ pub struct AppRecord {
     pub deployed_at: u64,
 }
 
+/// An app's own scale settings, as stored (JSON in the `scale` table):
+/// what `scale init` and `scale add` set, over the manifest's.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ScaleRecord {
+    pub min: Option<u32>,
+    pub max: Option<u32>,
+    pub warmup_ms: Option<u64>,
+    pub cooldown_ms: Option<u64>,
+    pub policies: Vec<PolicyRecord>,
+}
+
+/// A step policy as stored: its steps in KraftCloud's `LO:HI/ADJ`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PolicyRecord {
+    pub name: String,
+    pub metric: String,
+    pub adjustment: String,
+    pub steps: Vec<String>,
+}
+
 /// The state database. One connection: writes are rare (deploys), and
 /// each is one short transaction.
 pub struct StateDb {
@@ -52,7 +72,7 @@ impl StateDb {
             0 => {
                 connection
                     .execute_batch(
-                        "CREATE TABLE apps (
+                        "CREATE TABLE IF NOT EXISTS apps (
                             name TEXT PRIMARY KEY,
                             id TEXT NOT NULL,
                             version INTEGER NOT NULL,
@@ -71,7 +91,40 @@ impl StateDb {
                 "`{shown}` has schema version {other}, this dormouse knows {SCHEMA_VERSION}: it was written by a newer one"
             ),
         }
+        connection
+            .execute_batch(
+                "CREATE TABLE IF NOT EXISTS scale (
+                    app TEXT PRIMARY KEY REFERENCES apps (name) ON DELETE CASCADE,
+                    settings TEXT NOT NULL
+                );",
+            )
+            .with_context(|| format!("cannot set up `{shown}`"))?;
+        connection.pragma_update(None, "foreign_keys", true)?;
         Ok(StateDb { connection: Mutex::new(connection) })
+    }
+
+    /// An app's scale settings, if it has any of its own.
+    pub fn scale(&self, app: &str) -> anyhow::Result<Option<ScaleRecord>> {
+        let connection = self.connection.lock().expect("not poisoned");
+        let text: Option<String> =
+            connection.query_row("SELECT settings FROM scale WHERE app = ?1", [app], |row| row.get(0)).optional()?;
+        Ok(match text {
+            Some(text) => Some(serde_json::from_str(&text).context("unreadable scale settings in the state")?),
+            None => None,
+        })
+    }
+
+    /// Stores an app's scale settings; `None` removes them.
+    pub fn set_scale(&self, app: &str, scale: Option<&ScaleRecord>) -> anyhow::Result<()> {
+        let connection = self.connection.lock().expect("not poisoned");
+        match scale {
+            Some(scale) => connection.execute(
+                "INSERT OR REPLACE INTO scale (app, settings) VALUES (?1, ?2)",
+                params![app, serde_json::to_string(scale)?],
+            )?,
+            None => connection.execute("DELETE FROM scale WHERE app = ?1", [app])?,
+        };
+        Ok(())
     }
 
     /// Every app, by name.
@@ -99,8 +152,12 @@ impl StateDb {
     pub fn put(&self, app: &AppRecord) -> anyhow::Result<()> {
         let connection = self.connection.lock().expect("not poisoned");
         connection.execute(
-            "INSERT OR REPLACE INTO apps (name, id, version, bundle, manifest, scale_to_zero, cooldown_ms, deployed_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            // An upsert, not a replace: a replace deletes the row first,
+            // and the app's scale settings with it.
+            "INSERT INTO apps (name, id, version, bundle, manifest, scale_to_zero, cooldown_ms, deployed_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+             ON CONFLICT (name) DO UPDATE SET id = ?2, version = ?3, bundle = ?4, manifest = ?5,
+                 scale_to_zero = ?6, cooldown_ms = ?7, deployed_at = ?8",
             params![
                 app.name,
                 app.id,
@@ -171,7 +228,12 @@ mod tests {
         let db = StateDb::open(&path).unwrap();
         assert_eq!(db.apps().unwrap(), vec![app("hello", 2), app("web", 1)]);
         assert!(db.bundle_in_use(&"ab".repeat(32)).unwrap());
+        let scale = ScaleRecord { min: Some(1), max: Some(4), ..ScaleRecord::default() };
+        db.set_scale("web", Some(&scale)).unwrap();
+        db.put(&app("web", 2)).unwrap();
+        assert_eq!(db.scale("web").unwrap(), Some(scale), "a redeploy keeps the scale settings");
         assert!(db.remove("web").unwrap());
+        assert_eq!(db.scale("web").unwrap(), None, "an app's scale settings go with it");
         assert!(!db.remove("web").unwrap());
         assert_eq!(db.get("web").unwrap(), None);
     }

@@ -6,7 +6,9 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use dormouse_control::Platform;
-use dormouse_control::api::{AppInfo, DeployReply, ErrorBody, InstanceInfo, RouteInfo};
+use dormouse_control::api::{
+    AppInfo, DeployReply, ErrorBody, InstanceInfo, PolicyInfo, RouteInfo, ScaleInfo, ScaleInit,
+};
 use dormouse_control::client::{Client, Endpoint};
 use dormouse_control::server::{self, ControlConfig, ControlListener, ROUTES};
 use dormouse_gateway::{AppTable, Gateway, GatewayConfig};
@@ -85,7 +87,13 @@ fn every_wire_type_has_the_properties_its_schema_names() {
     };
     let reply = DeployReply { app: app.clone(), load_ms: 1.0, memory_bytes: 1 };
     let error = ErrorBody { message: "m".into() };
-    let cases: [(&str, BTreeSet<String>); 5] = [
+    let policy = PolicyInfo { name: "p".into(), metric: "cpu".into(), adjustment: "change".into(), steps: vec![] };
+    let scale = ScaleInfo { min_size: 0, max_size: 1, warmup_ms: 0, cooldown_ms: 1000, policies: vec![policy.clone()] };
+    let init = ScaleInit::default();
+    let cases: [(&str, BTreeSet<String>); 8] = [
+        ("PolicyInfo", keys_of(&policy)),
+        ("ScaleInfo", keys_of(&scale)),
+        ("ScaleInit", keys_of(&init)),
         ("RouteInfo", keys_of(&route)),
         ("AppInfo", keys_of(&app)),
         ("InstanceInfo", keys_of(&instance)),
@@ -118,7 +126,7 @@ async fn the_server_answers_as_documented() {
 
     let client = Client::new(Endpoint::Unix(socket));
     for (method, template) in documented_operations(&document) {
-        let path = template.replace("{name}", "nope").replace("{service}", "web");
+        let path = template.replace("{name}", "nope").replace("{service}", "web").replace("{policy}", "p");
         let operation = &document["paths"][&template][method.to_lowercase()];
         let listed: BTreeSet<String> = operation["responses"].as_object().unwrap().keys().cloned().collect();
         let response = client.raw(method.parse().unwrap(), &path, None).await.unwrap();

@@ -12,6 +12,10 @@ pub struct Clock {
     pub started_at: Instant,
     /// Requests the instance has served.
     pub served: u64,
+    /// Whether it was started for requests (which may have given up
+    /// waiting) rather than by a step policy or a minimum: only those get
+    /// the start-up grace.
+    pub on_demand: bool,
     pub cooldown: Duration,
     pub ready_timeout: Duration,
     /// Ready instances of the service, this one included.
@@ -38,7 +42,7 @@ pub fn decide(clock: &Clock) -> Decision {
     // Start-up grace: an instance started for requests that gave up waiting
     // stays until it served one, or for the ready timeout.
     let age = clock.started_at.elapsed();
-    if clock.served == 0 && age < clock.ready_timeout {
+    if clock.on_demand && clock.served == 0 && age < clock.ready_timeout {
         return Decision::Wait(clock.ready_timeout - age);
     }
     if clock.awake <= clock.min {
@@ -57,6 +61,7 @@ mod tests {
             idle_since: now,
             started_at: now,
             served,
+            on_demand: true,
             cooldown: Duration::from_secs(1),
             ready_timeout: Duration::from_secs(30),
             awake,

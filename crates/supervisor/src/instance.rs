@@ -29,6 +29,8 @@ pub(crate) struct Instance {
     pub phase: Phase,
     pub in_flight: u32,
     pub served: u64,
+    /// Started for requests, not by a policy or a minimum (see `idle.rs`).
+    pub on_demand: bool,
     pub started_at: tokio::time::Instant,
     pub boot_time: Option<Duration>,
     /// When the last lease was dropped (or the instance became ready with
@@ -65,6 +67,7 @@ impl Instance {
             phase: Phase::Starting,
             in_flight: 0,
             served: 0,
+            on_demand: true,
             started_at: tokio::time::Instant::now(),
             boot_time: None,
             idle_since: None,

@@ -21,6 +21,7 @@ mod backoff;
 pub mod cgroup;
 mod idle;
 mod instance;
+pub mod scale;
 pub mod spawn;
 pub mod status;
 
@@ -35,6 +36,7 @@ use tokio::sync::Notify;
 pub use backoff::Backoff;
 use cgroup::Cgroups;
 use instance::{Instance, Phase};
+pub use scale::{Adjustment, Metric, ScaleConfig, Step, StepPolicy};
 use spawn::{HelperClient, Spawn, Spawner};
 
 /// Requests a service may hold while it wakes, per instance it may start
@@ -164,7 +166,7 @@ impl Supervisor {
     pub fn start(&self) {
         for service in &self.services {
             let mut state = service.state.lock().expect("not poisoned");
-            while state.live() < service.config.min as usize && service.may_start(&state) {
+            while state.live() < state.min_up() && service.may_start(&state) {
                 if !service.start_instance(&mut state) {
                     break;
                 }
@@ -216,6 +218,9 @@ pub struct ServiceHandle {
     /// Notified on every state change that could let a waiting request go.
     changed: Notify,
     shutting_down: std::sync::atomic::AtomicBool,
+    /// Set while the service has step policies: leases then wake its scaler.
+    has_policies: std::sync::atomic::AtomicBool,
+    scale_events: Arc<Notify>,
 }
 
 #[derive(Default)]
@@ -229,6 +234,16 @@ struct State {
     /// Set while a start failed and the back-off has not passed.
     failing: Option<(String, Instant)>,
     stops: std::collections::VecDeque<status::StopRecord>,
+    scale: ScaleConfig,
+    /// Instances the step policies want up, besides `scale.min`.
+    floor: u32,
+    /// When a policy last scaled out.
+    last_scale_out: Option<Instant>,
+    /// Leases given back so far, by every instance: what `rps` counts.
+    completed: u64,
+    /// The last second of (time, completed, CPU µs of the live instances).
+    samples: std::collections::VecDeque<(Instant, u64, u64)>,
+    scaler_running: bool,
 }
 
 /// A request's place among those waiting for a service to wake, given back
@@ -267,6 +282,12 @@ impl State {
     fn live(&self) -> usize {
         self.instances.iter().filter(|i| i.phase != Phase::Stopping).count()
     }
+
+    /// Instances kept up however idle: the minimum, or more while a step
+    /// policy asks for more.
+    fn min_up(&self) -> usize {
+        self.scale.min.max(self.floor) as usize
+    }
 }
 
 /// A request's claim on an instance: its address, held until the response is
@@ -290,6 +311,8 @@ impl Drop for Lease {
             instance.idle_since = Some(TokioInstant::now());
             instance.activity.notify_one();
         }
+        state.completed += 1;
+        self.service.scale_event();
         // Room freed on an instance matters only to requests waiting for it.
         let someone_waits = state.waiting > 0;
         drop(state);
@@ -301,14 +324,125 @@ impl Drop for Lease {
 
 impl ServiceHandle {
     fn new(key: String, config: Service, processes: Arc<Processes>) -> Arc<ServiceHandle> {
+        let scale = ScaleConfig {
+            min: config.min,
+            max: config.max,
+            warmup: Duration::ZERO,
+            cooldown: config.cooldown,
+            policies: Vec::new(),
+        };
         Arc::new(ServiceHandle {
             config,
             key,
             processes,
-            state: Mutex::default(),
+            state: Mutex::new(State { scale, ..State::default() }),
             changed: Notify::new(),
             shutting_down: Default::default(),
+            has_policies: Default::default(),
+            scale_events: Arc::default(),
         })
+    }
+
+    /// The scale settings in force.
+    pub fn scale(&self) -> ScaleConfig {
+        self.state.lock().expect("not poisoned").scale.clone()
+    }
+
+    /// Replaces the scale settings (`scale init`, `scale add`): instances
+    /// start to meet a higher minimum at once, and those above a lower one
+    /// go to standby when idle for the cooldown. Call within a tokio runtime.
+    pub fn set_scale(self: &Arc<Self>, scale: ScaleConfig) {
+        let mut state = self.state.lock().expect("not poisoned");
+        let has_policies = !scale.policies.is_empty();
+        state.scale = scale;
+        if !has_policies {
+            state.floor = 0;
+        }
+        self.has_policies.store(has_policies, std::sync::atomic::Ordering::Release);
+        while state.live() < state.min_up() && self.may_start(&state) {
+            if !self.start_instance(&mut state) {
+                break;
+            }
+        }
+        // Idle instances look again at the (maybe lower) minimum.
+        for instance in &state.instances {
+            instance.activity.notify_one();
+        }
+        if has_policies && !state.scaler_running {
+            state.scaler_running = true;
+            tokio::spawn(scaler(Arc::downgrade(self), self.scale_events.clone()));
+        }
+    }
+
+    /// A lease was taken or given back: the scaler samples at once.
+    fn scale_event(&self) {
+        if self.has_policies.load(std::sync::atomic::Ordering::Relaxed) {
+            self.scale_events.notify_one();
+        }
+    }
+
+    /// Samples the metrics and applies the step policies: scales out (at
+    /// most once per warmup), or lets the policies' floor fall back (once
+    /// the cooldown since the last scale-out has passed) when they ask for
+    /// fewer instances or no step holds. Returns whether instances are up
+    /// or wanted (the scaler then ticks).
+    fn evaluate(self: &Arc<Self>) -> bool {
+        let cgroups: Vec<std::path::PathBuf> = {
+            let state = self.state.lock().expect("not poisoned");
+            state.instances.iter().filter_map(|i| i.cgroup.as_ref().map(|c| c.path().to_owned())).collect()
+        };
+        // Read outside the lock: these are files.
+        let cpu_usec: u64 = cgroups.into_iter().filter_map(|path| cgroup::Cgroup::at(path).cpu_usec()).sum();
+        let now = Instant::now();
+        let mut state = self.state.lock().expect("not poisoned");
+        let completed = state.completed;
+        state.samples.push_back((now, completed, cpu_usec));
+        while state.samples.len() > 2 && now.duration_since(state.samples[1].0) >= Duration::from_secs(1) {
+            state.samples.pop_front();
+        }
+        let live = state.live() as u32;
+        let per_instance = f64::from(live.max(1));
+        let in_flight: u32 = state.instances.iter().map(|i| i.in_flight).sum();
+        let (then, completed_then, cpu_then) = state.samples[0];
+        let seconds = now.duration_since(then).as_secs_f64();
+        let rate = |now_value: u64, then_value: u64| {
+            if seconds > 0.0 { now_value.saturating_sub(then_value) as f64 / seconds } else { 0.0 }
+        };
+        let metrics = scale::Metrics {
+            // Waiting requests are load the instances have not taken yet.
+            inflight: f64::from(in_flight + state.waiting as u32) / per_instance,
+            rps: rate(completed, completed_then) / per_instance,
+            cpu_millicores: rate(cpu_usec, cpu_then) / 1000.0 / per_instance,
+        };
+        let desired = state.scale.desired(&metrics, live);
+        let since_out = state.last_scale_out.map(|at| now.duration_since(at));
+        match desired {
+            Some(desired) if desired > live => {
+                if since_out.is_none_or(|since| since >= state.scale.warmup) {
+                    tracing::info!(service = %self.config.id, ?metrics, "scaling out to {desired} instances");
+                    state.floor = state.floor.max(desired);
+                    state.last_scale_out = Some(now);
+                    while (state.live() as u32) < desired && self.may_start(&state) {
+                        if !self.start_instance(&mut state) {
+                            break;
+                        }
+                        if let Some(started) = state.instances.last_mut() {
+                            started.on_demand = false;
+                        }
+                    }
+                }
+            }
+            _ => {
+                let lower = desired.unwrap_or(state.scale.min);
+                if lower < state.floor && since_out.is_none_or(|since| since >= state.scale.cooldown) {
+                    state.floor = lower;
+                    for instance in &state.instances {
+                        instance.activity.notify_one();
+                    }
+                }
+            }
+        }
+        live > 0 || state.waiting > 0 || state.floor > 0
     }
 
     pub fn config(&self) -> &Service {
@@ -392,7 +526,7 @@ impl ServiceHandle {
                     state.failing = None;
                 }
                 if place.is_none() {
-                    let limit = WAKE_BUFFER * self.config.max as usize;
+                    let limit = WAKE_BUFFER * state.scale.max.max(1) as usize;
                     if state.waiting >= limit {
                         return Err(WakeError::Overloaded { service: self.config.id.clone(), held: limit });
                     }
@@ -403,7 +537,7 @@ impl ServiceHandle {
                 let in_flight: usize = state.instances.iter().map(|i| i.in_flight as usize).sum();
                 let demand = in_flight + state.waiting;
                 while demand > state.live() * self.config.target_concurrency as usize
-                    && state.live() < self.config.max as usize
+                    && state.live() < state.scale.max as usize
                     && self.may_start(&state)
                 {
                     if !self.start_instance(&mut state) {
@@ -459,6 +593,7 @@ impl ServiceHandle {
         };
         instance.in_flight += 1;
         instance.idle_since = None;
+        self.scale_event();
         Some(Lease { service: self.clone(), number: instance.number, addr: instance.addr() })
     }
 
@@ -660,7 +795,8 @@ impl ServiceHandle {
     fn idle_check(&self, number: u64) -> Option<Duration> {
         let mut state = self.state.lock().expect("not poisoned");
         let awake = state.instances.iter().filter(|i| i.phase == Phase::Ready).count();
-        let min = self.config.min as usize;
+        let min = state.min_up();
+        let cooldown = state.scale.cooldown;
         let instance = state.instances.iter_mut().find(|i| i.number == number)?;
         if instance.phase != Phase::Ready || instance.in_flight > 0 {
             return None;
@@ -669,7 +805,8 @@ impl ServiceHandle {
             idle_since: instance.idle_since?,
             started_at: instance.started_at,
             served: instance.served,
-            cooldown: self.config.cooldown,
+            on_demand: instance.on_demand,
+            cooldown,
             ready_timeout: self.config.ready_timeout,
             awake,
             min,
@@ -684,6 +821,33 @@ impl ServiceHandle {
             Standby::Stop => instance.stop("idle"),
         }
         None
+    }
+}
+
+/// A service's scaler: applies its step policies on every lease event and
+/// every [`scale::TICK`] while it has instances; with none, it waits for an
+/// event (no wake-ups while the service sleeps). Ends with the service or
+/// its policies.
+async fn scaler(service: std::sync::Weak<ServiceHandle>, events: Arc<Notify>) {
+    loop {
+        let busy = {
+            let Some(service) = service.upgrade() else { return };
+            if service.shutting_down.load(std::sync::atomic::Ordering::Acquire)
+                || !service.has_policies.load(std::sync::atomic::Ordering::Acquire)
+            {
+                service.state.lock().expect("not poisoned").scaler_running = false;
+                return;
+            }
+            service.evaluate()
+        };
+        if busy {
+            tokio::select! {
+                () = events.notified() => {}
+                () = tokio::time::sleep(scale::TICK) => {}
+            }
+        } else {
+            events.notified().await;
+        }
     }
 }
 

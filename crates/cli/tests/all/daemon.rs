@@ -334,3 +334,80 @@ async fn the_control_api_on_tcp_needs_the_token_and_names_every_error() {
     assert!(error.contains("413") && error.contains("larger than the limit"), "{error}");
     assert_eq!(request(&server, "big", "/").await.status, StatusCode::OK, "the first version still serves");
 }
+
+/// How many instances of `app`'s service `name` are starting or running.
+fn awake(state_dir: &Path, app: &str) -> usize {
+    let rows = json(state_dir, &["instance", "ls"]);
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .filter(|row| row["app"] == app && matches!(row["state"].as_str(), Some("starting" | "running")))
+        .count()
+}
+
+/// Sends `count` requests for `/slow` (300 ms each) at once and returns the
+/// most instances seen awake while they ran.
+async fn burst(server: &Server, state_dir: &Path, app: &str, count: usize) -> usize {
+    let requests: Vec<_> = (0..count)
+        .map(|_| {
+            let url = server.url("/slow");
+            let host = format!("{app}.localhost");
+            tokio::spawn(async move { get_with(&url, &[("host", &host)]).await.status })
+        })
+        .collect();
+    let mut most = 0;
+    let started = Instant::now();
+    while requests.iter().any(|r| !r.is_finished()) && started.elapsed() < PATIENCE {
+        most = most.max(awake(state_dir, app));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for request in requests {
+        assert_eq!(request.await.unwrap(), StatusCode::OK);
+    }
+    most
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_policy_scales_out_under_a_burst_and_back_to_zero_after() {
+    let state = tempfile::tempdir().unwrap();
+    let state_dir = state.path();
+    let server = Server::daemon(state_dir, &[]);
+    let service = service_dir();
+    ok(state_dir, &["deploy", "-0", "--name", "py", path_str(service.path()), "--", "python3", "app.py"]);
+    ok(state_dir, &["scale", "init", "py", "--min-size", "0", "--max-size", "4", "--cooldown", "300ms"]);
+
+    // Eight requests at once are within one instance's target concurrency
+    // (10): on demand alone, one instance takes them all.
+    assert_eq!(burst(&server, state_dir, "py", 8).await, 1);
+    wait_for_state(state_dir, "py", "py", "standby");
+
+    // A policy on requests in flight per instance scales out for the same burst.
+    ok(state_dir, &["scale", "add", "py", "--name", "out", "--metric", "inflight", "--step", "2:/1"]);
+    let scale = json(state_dir, &["scale", "get", "py"]);
+    assert_eq!(scale["policies"][0]["steps"][0], "2:/1", "{scale:#}");
+    assert_eq!((scale["min_size"].as_u64(), scale["max_size"].as_u64()), (Some(0), Some(4)));
+    let most = burst(&server, state_dir, "py", 8).await;
+    assert!(most >= 2, "the policy started more instances: at most {most} were awake");
+    assert!(most <= 4, "never past the max size: {most}");
+
+    // Once the load is gone, every instance goes back to standby.
+    let started = Instant::now();
+    while awake(state_dir, "py") > 0 {
+        assert!(started.elapsed() < PATIENCE, "instances stayed up after the burst");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The settings survive a restart; bad ones are refused with a reason.
+    drop(server);
+    let _server = Server::daemon(state_dir, &[]);
+    assert_eq!(json(state_dir, &["scale", "get", "py"]), scale);
+    let error = fails(state_dir, &["scale", "add", "py", "--name", "x", "--metric", "cpu", "--step", "600:500/1"]);
+    assert!(error.contains("invalid step `600:500/1`"), "{error}");
+    let error = fails(state_dir, &["scale", "init", "py", "--min-size", "5", "--max-size", "2"]);
+    assert!(error.contains("min size 5 is above max size 2"), "{error}");
+    ok(state_dir, &["deploy", "--name", "greet", path_str(&guest("hello"))]);
+    let error = fails(state_dir, &["scale", "init", "greet", "--max-size", "2"]);
+    assert!(error.contains("no services to scale"), "{error}");
+    ok(state_dir, &["scale", "rm", "py", "--name", "out"]);
+    assert_eq!(json(state_dir, &["scale", "get", "py"])["policies"], serde_json::json!([]));
+}
