@@ -13,8 +13,9 @@ use clap::Args;
 use dormouse_control::server::{self, ControlConfig, ControlListener};
 use dormouse_control::{DaemonConfig, Platform};
 use dormouse_gateway::{AppTable, Gateway};
+use dormouse_quota::{QuotaLimits, Quotas};
 use dormouse_supervisor::Processes;
-use dormouse_wasm_host::Host;
+use dormouse_wasm_host::{Host, HostConfig};
 
 use crate::up::{CONTROL_SOCKET, Limits, Signals, serve_until_signalled};
 
@@ -41,6 +42,20 @@ pub struct DaemonArgs {
     /// Largest bundle a deploy may upload.
     #[arg(long, default_value = "256MiB", value_parser = crate::up::positive_size)]
     max_upload: ByteSize,
+    /// Quota: instances active at once (service instances starting or
+    /// running, component instances handling a request) [default: no limit].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    max_active_instances: Option<u64>,
+    /// Quota: the memory sizes of the active instances, summed
+    /// [default: no limit].
+    #[arg(long, value_parser = crate::up::positive_size)]
+    max_active_memory: Option<ByteSize>,
+    /// Quota: instances that may exist, standby included [default: no limit].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    max_total_instances: Option<u64>,
+    /// Quota: apps that may be deployed [default: no limit].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    max_apps: Option<u64>,
     #[command(flatten)]
     limits: Limits,
 }
@@ -61,7 +76,13 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&state_dir).with_context(|| format!("cannot create `{}`", state_dir.display()))?;
     let domain = args.domain.trim_matches('.').to_ascii_lowercase();
     anyhow::ensure!(!domain.is_empty(), "the domain must not be empty");
-    let host = Host::new(args.limits.host_config(Some(state_dir.join("cache")))?)?;
+    let quotas = Quotas::new(QuotaLimits {
+        active_instances: args.max_active_instances,
+        active_memory: args.max_active_memory.map(|size| size.as_u64()),
+    });
+    let host_config =
+        HostConfig { quotas: Some(quotas.clone()), ..args.limits.host_config(Some(state_dir.join("cache")))? };
+    let host = Host::new(host_config)?;
     let gateway = Gateway::new(host, args.limits.gateway_config()?, AppTable::for_domain(&domain));
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
@@ -71,11 +92,14 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let address = listener.local_addr()?;
         let (control, control_at) = control_listener(&state_dir, args.control_listen).await?;
-        let processes = Processes::new(Some(crate::helper_command()), true);
+        let processes = Processes::new(Some(crate::helper_command()), true, Some(quotas.clone()));
         let config = DaemonConfig {
             state_dir: state_dir.clone(),
             domain: domain.clone(),
             drain_timeout: args.limits.drain_timeout(),
+            quotas,
+            max_total_instances: args.max_total_instances,
+            max_apps: args.max_apps,
         };
         let platform = Platform::for_daemon(gateway.clone(), processes.clone(), address, config)?;
         let started = Instant::now();

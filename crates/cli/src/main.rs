@@ -43,6 +43,8 @@ enum Command {
     Instance(platform::InstanceArgs),
     /// Autoscale settings and step policies of an app's services.
     Scale(platform::ScaleArgs),
+    /// What is in use against each quota.
+    Quotas(platform::QuotasArgs),
     /// Remove an app: its requests finish, its instances stop.
     Rm(platform::RemoveArgs),
     /// Internal: the parent of every service process, which kills them when
@@ -79,6 +81,7 @@ fn main() -> ExitCode {
         Command::Ls(args) => platform::list(args),
         Command::Instance(args) => platform::instance(args),
         Command::Scale(args) => platform::scale(args),
+        Command::Quotas(args) => platform::quotas(args),
         Command::Rm(args) => platform::remove(args),
         Command::ProcessHelper { run_dir } => {
             return match dormouse_supervisor::spawn::helper_main(run_dir.as_deref()) {

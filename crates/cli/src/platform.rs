@@ -206,6 +206,14 @@ pub enum ScaleCommand {
 }
 
 #[derive(Args, Debug)]
+pub struct QuotasArgs {
+    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    output: Output,
+    #[command(flatten)]
+    connect: Connect,
+}
+
+#[derive(Args, Debug)]
 pub struct RemoveArgs {
     /// The app to remove.
     name: String,
@@ -380,6 +388,29 @@ pub fn scale(args: ScaleArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+pub fn quotas(args: QuotasArgs) -> anyhow::Result<ExitCode> {
+    let quotas: dormouse_control::api::QuotaInfo = block_on(args.connect.client().get("/v1/quotas"))?;
+    if args.output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&quotas)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let style = Style::detect();
+    let rows = [
+        ("active instances", quotas.active_instances, false),
+        ("total instances", quotas.total_instances, false),
+        ("active memory", quotas.active_memory_bytes, true),
+        ("apps", quotas.apps, false),
+    ];
+    for (name, usage, in_bytes) in rows {
+        let show = |n: u64| if in_bytes { bytesize::ByteSize(n).to_string() } else { n.to_string() };
+        let limit = usage.limit.map_or_else(|| "unlimited".to_owned(), show);
+        println!("{name:>17}: {}{} / {limit}", style.bar(usage), show(usage.used));
+    }
+    println!("{:>17}: {} instances per service", "autoscale", quotas.max_instances_per_service);
+    println!("{:>17}: {}", "scale to zero", if quotas.scale_to_zero { "enabled" } else { "disabled" });
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn remove(args: RemoveArgs) -> anyhow::Result<ExitCode> {
     let path = format!("/v1/apps/{}", args.name);
     block_on(args.connect.client().send(Method::DELETE, &path, None))?;
@@ -455,6 +486,20 @@ impl Style {
 
     fn paint(&self, code: &str, text: &str) -> String {
         if self.terminal { format!("\x1b[{code}m{text}\x1b[0m") } else { text.to_owned() }
+    }
+
+    /// A 20-cell bar of `usage` against its limit, on a terminal only.
+    fn bar(&self, usage: dormouse_control::api::QuotaUsage) -> String {
+        let Some(limit) = usage.limit.filter(|_| self.terminal) else { return String::new() };
+        let filled = ((usage.used as f64 / limit.max(1) as f64).min(1.0) * 20.0).round() as usize;
+        let colour = if filled >= 18 {
+            "31"
+        } else if filled >= 14 {
+            "33"
+        } else {
+            "32"
+        };
+        format!("{}{} ", self.paint(colour, &"█".repeat(filled)), "░".repeat(20 - filled))
     }
 
     fn good(&self, text: &str) -> String {

@@ -183,7 +183,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     // The process helper's socket is read by a task on this runtime; key-value
     // stores are opened by `launch`, and Redis's need the runtime too.
     let _runtime = runtime.enter();
-    let processes = Processes::new(Some(crate::helper_command()), !app.services.is_empty());
+    let processes = Processes::new(Some(crate::helper_command()), !app.services.is_empty(), None);
     let launched = dormouse_loader::launch(&gateway, &processes, &app.name, &app, &options, &load_progress())?;
     for (label, store) in &launched.stores {
         tracing::info!("key-value store `{label}`: {store}");

@@ -135,3 +135,28 @@ pub struct PolicyInfo {
     /// KraftCloud's `LO:HI/ADJ`, e.g. `600:800/50`, `800:/100`, `:50/-50`.
     pub steps: Vec<String>,
 }
+
+/// `dormouse quotas` (`GET /v1/quotas`): what is in use against each limit.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct QuotaInfo {
+    /// Service instances starting or running, plus component instances
+    /// handling a request. Standby counts for nothing.
+    pub active_instances: QuotaUsage,
+    /// Instances that exist, in standby too: one per component, and per
+    /// service its live instances (at least one).
+    pub total_instances: QuotaUsage,
+    /// The memory sizes of the active instances, in bytes.
+    pub active_memory_bytes: QuotaUsage,
+    pub apps: QuotaUsage,
+    /// The most instances `scale init --max-size` may give a service.
+    pub max_instances_per_service: u32,
+    /// Whether apps may scale to zero (`deploy -0`).
+    pub scale_to_zero: bool,
+}
+
+/// One quota: how much is used, and the limit (`null`: none).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct QuotaUsage {
+    pub used: u64,
+    pub limit: Option<u64>,
+}

@@ -12,7 +12,9 @@ use anyhow::Context as _;
 use dormouse_gateway::{App, Gateway, Slot};
 use dormouse_supervisor::Processes;
 
-use crate::api::{AppInfo, DeployReply, InstanceInfo, PolicyInfo, RouteInfo, ScaleInfo, ScaleInit};
+use crate::api::{
+    AppInfo, DeployReply, InstanceInfo, PolicyInfo, QuotaInfo, QuotaUsage, RouteInfo, ScaleInfo, ScaleInit,
+};
 use crate::state::{AppRecord, PolicyRecord, ScaleRecord, StateDb};
 
 /// Why a control request failed; each kind is one status.
@@ -34,6 +36,9 @@ pub enum ControlError {
     /// 413
     #[error("{0}")]
     TooLarge(String),
+    /// 403: a deploy would pass a quota.
+    #[error("{0}")]
+    Quota(String),
     /// 500
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -52,6 +57,13 @@ pub struct DaemonConfig {
     /// How long a replaced or removed app may finish its requests before its
     /// services are stopped. Default 30 s.
     pub drain_timeout: Duration,
+    /// The quotas every instance is admitted under (shared with the wasm
+    /// host and the supervisor).
+    pub quotas: Arc<dormouse_quota::Quotas>,
+    /// Instances that may exist, standby included; `None`: no limit.
+    pub max_total_instances: Option<u64>,
+    /// Apps that may be deployed; `None`: no limit.
+    pub max_apps: Option<u64>,
 }
 
 /// Options a deploy carries beside its bundle.
@@ -211,7 +223,12 @@ impl Platform {
             Ok((record, app, started.elapsed()))
         });
         let (record, app, load_time) = built.await.map_err(anyhow::Error::from)??;
-        daemon.db.put(&record)?;
+        let recorded = self.check_quotas(&app).and_then(|()| daemon.db.put(&record).map_err(ControlError::from));
+        if let Err(error) = recorded {
+            // Instances its minimum started must not outlive it.
+            app.retire(Duration::ZERO).await;
+            return Err(error);
+        }
         app.start();
         if let Some(old) = self.gateway.insert(app.clone()) {
             self.retire(old);
@@ -219,6 +236,63 @@ impl Platform {
         tracing::info!(app = %record.name, version = record.version, "deployed in {load_time:.1?}");
         let memory_bytes = self.gateway.host().config().memory_limit as u64;
         Ok(DeployReply { app: self.info(&app, Some(&record)), load_ms: load_time.as_secs_f64() * 1000.0, memory_bytes })
+    }
+
+    /// Refuses `app` if deploying it would pass a quota: more apps, more
+    /// instances in total, or an instance larger than the active memory
+    /// quota (it could never run).
+    fn check_quotas(&self, app: &App) -> Result<(), ControlError> {
+        let daemon = self.deployer()?;
+        let quotas = &daemon.config.quotas;
+        let table = self.gateway.apps();
+        let replaced = table.get(app.name());
+        if let Some(limit) = daemon.config.max_apps
+            && replaced.is_none()
+            && table.apps().count() as u64 >= limit
+        {
+            return Err(ControlError::Quota(format!("the apps quota is reached ({limit} of {limit} deployed)")));
+        }
+        if let Some(limit) = daemon.config.max_total_instances {
+            let others: u64 = table.apps().filter(|other| other.name() != app.name()).map(|a| total_instances(a)).sum();
+            let total = others + total_instances(app);
+            if total > limit {
+                return Err(ControlError::Quota(format!(
+                    "the total instances quota would be passed ({total} of {limit}): app `{}` has {} instances",
+                    app.name(),
+                    total_instances(app)
+                )));
+            }
+        }
+        let sizes = app
+            .components()
+            .iter()
+            .map(|c| (c.id().to_owned(), c.memory_limit() as u64))
+            .chain(app.supervisor().services().iter().map(|s| (s.config().id.clone(), s.config().memory)));
+        for (id, size) in sizes {
+            if let Err(exceeded) = quotas.fits(size) {
+                return Err(ControlError::Quota(format!("`{id}` can never run: {exceeded}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// What is in use against each quota.
+    pub fn quotas(&self) -> Result<QuotaInfo, ControlError> {
+        let daemon = self.deployer()?;
+        let quotas = &daemon.config.quotas;
+        let (usage, limits) = (quotas.usage(), quotas.limits());
+        let table = self.gateway.apps();
+        Ok(QuotaInfo {
+            active_instances: QuotaUsage { used: usage.active_instances, limit: limits.active_instances },
+            total_instances: QuotaUsage {
+                used: table.apps().map(|app| total_instances(app)).sum(),
+                limit: daemon.config.max_total_instances,
+            },
+            active_memory_bytes: QuotaUsage { used: usage.active_memory, limit: limits.active_memory },
+            apps: QuotaUsage { used: table.apps().count() as u64, limit: daemon.config.max_apps },
+            max_instances_per_service: dormouse_manifest::MAX_SERVICE_INSTANCES,
+            scale_to_zero: true,
+        })
     }
 
     /// Stops routing to `name`, lets its requests finish, stops its services
@@ -516,6 +590,13 @@ impl Platform {
             in_flight: app.in_flight(),
         }
     }
+}
+
+/// Instances of `app` that exist, standby included: one per component, and
+/// per service its live instances, at least one.
+fn total_instances(app: &App) -> u64 {
+    let services: usize = app.supervisor().services().iter().map(|s| s.status().instances.len().max(1)).sum();
+    (app.components().len() + services) as u64
 }
 
 /// Applies `record` over each service's manifest settings. Call within the

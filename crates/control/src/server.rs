@@ -38,6 +38,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("PUT", "/v1/apps/{name}/scale/policies/{policy}"),
     ("DELETE", "/v1/apps/{name}/scale/policies/{policy}"),
     ("GET", "/v1/instances"),
+    ("GET", "/v1/quotas"),
 ];
 
 /// Largest JSON request body the API reads (uploads have their own limit).
@@ -183,6 +184,7 @@ async fn handle(
                 ControlError::Conflict(_) => StatusCode::CONFLICT,
                 ControlError::NotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
                 ControlError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+                ControlError::Quota(_) => StatusCode::FORBIDDEN,
                 ControlError::Internal(error) => {
                     tracing::error!("control API: {error:#}");
                     StatusCode::INTERNAL_SERVER_ERROR
@@ -262,6 +264,7 @@ async fn route(
             json(StatusCode::OK, &platform.scale_remove_policy(name, policy)?)
         }
         (&Method::GET, ["instances"]) => json(StatusCode::OK, &platform.instances()),
+        (&Method::GET, ["quotas"]) => json(StatusCode::OK, &platform.quotas()?),
         _ => {
             let known = ROUTES.iter().any(|(_, template)| matches_template(template, &path));
             if known {

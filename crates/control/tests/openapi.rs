@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use dormouse_control::Platform;
 use dormouse_control::api::{
-    AppInfo, DeployReply, ErrorBody, InstanceInfo, PolicyInfo, RouteInfo, ScaleInfo, ScaleInit,
+    AppInfo, DeployReply, ErrorBody, InstanceInfo, PolicyInfo, QuotaInfo, QuotaUsage, RouteInfo, ScaleInfo, ScaleInit,
 };
 use dormouse_control::client::{Client, Endpoint};
 use dormouse_control::server::{self, ControlConfig, ControlListener, ROUTES};
@@ -90,7 +90,18 @@ fn every_wire_type_has_the_properties_its_schema_names() {
     let policy = PolicyInfo { name: "p".into(), metric: "cpu".into(), adjustment: "change".into(), steps: vec![] };
     let scale = ScaleInfo { min_size: 0, max_size: 1, warmup_ms: 0, cooldown_ms: 1000, policies: vec![policy.clone()] };
     let init = ScaleInit::default();
-    let cases: [(&str, BTreeSet<String>); 8] = [
+    let usage = QuotaUsage { used: 1, limit: None };
+    let quotas = QuotaInfo {
+        active_instances: usage,
+        total_instances: usage,
+        active_memory_bytes: usage,
+        apps: usage,
+        max_instances_per_service: 1000,
+        scale_to_zero: true,
+    };
+    let cases: [(&str, BTreeSet<String>); 10] = [
+        ("QuotaUsage", keys_of(&usage)),
+        ("QuotaInfo", keys_of(&quotas)),
         ("PolicyInfo", keys_of(&policy)),
         ("ScaleInfo", keys_of(&scale)),
         ("ScaleInit", keys_of(&init)),
@@ -117,7 +128,7 @@ async fn the_server_answers_as_documented() {
     let socket = dir.path().join("control.sock");
     let host = Host::new(HostConfig { max_instances: 4, ..HostConfig::default() }).unwrap();
     let gateway = Gateway::new(host, GatewayConfig::default(), AppTable::default());
-    let processes = Processes::new(None, false);
+    let processes = Processes::new(None, false, None);
     let platform = Platform::single(gateway, processes, "127.0.0.1:3000".parse().unwrap());
     let listener = ControlListener::unix(&socket).unwrap();
     let mode = std::fs::metadata(&socket).map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions())).unwrap();

@@ -421,6 +421,10 @@ pub fn rescue(failure: Failure<'_>) -> Response<ResponseBody> {
                 plain(StatusCode::SERVICE_UNAVAILABLE, "overloaded: all instances are busy, retry shortly\n");
             retry(response, 1)
         }
+        Failure::Component(component, HandleError::Quota(exceeded)) => {
+            tracing::warn!(component, "{exceeded}");
+            retry(plain(StatusCode::SERVICE_UNAVAILABLE, &format!("{exceeded}: retry shortly\n")), 1)
+        }
         Failure::Component(component, error @ HandleError::Guest(GuestError::Timeout(limit))) => {
             tracing::warn!(component, "{error}");
             plain(StatusCode::GATEWAY_TIMEOUT, &format!("component `{component}` did not answer within {limit:?}\n"))
@@ -437,7 +441,9 @@ pub fn rescue(failure: Failure<'_>) -> Response<ResponseBody> {
                 WakeError::Failing { retry_after, .. } => {
                     retry(plain(StatusCode::SERVICE_UNAVAILABLE, &text), retry_after.as_secs())
                 }
-                WakeError::Overloaded { .. } => retry(plain(StatusCode::SERVICE_UNAVAILABLE, &text), 1),
+                WakeError::Overloaded { .. } | WakeError::Quota { .. } => {
+                    retry(plain(StatusCode::SERVICE_UNAVAILABLE, &text), 1)
+                }
             }
         }
         Failure::Hop { service, error } => {

@@ -34,6 +34,14 @@ pub const MAX_SERVICE_INSTANCES: u32 = 1000;
 /// The shortest idle cooldown a service may set.
 pub const MIN_COOLDOWN: Duration = Duration::from_millis(100);
 
+/// A service instance's memory size when its manifest gives none: enough
+/// for nginx, a Python or a Node app; a JVM wants `memory` set.
+pub const DEFAULT_SERVICE_MEMORY: u64 = 256 << 20;
+
+/// The smallest memory size a service instance may have: its shell stub and
+/// a small server.
+pub const MIN_SERVICE_MEMORY: u64 = 4 << 20;
+
 /// The file `dormouse up` looks for in a directory.
 pub const DEFAULT_MANIFEST_FILE: &str = "spin.toml";
 
@@ -412,6 +420,24 @@ impl Resolver<'_> {
                 return Err(fail(span, format!("{name} of service `{id}` must be more than 0")));
             }
         }
+        let memory = match &service.memory {
+            None => DEFAULT_SERVICE_MEMORY,
+            Some(text) => {
+                let size = text.get_ref().parse::<bytesize::ByteSize>().map_err(|error| {
+                    fail(
+                        text.span(),
+                        format!("invalid memory `{}` (service `{id}`): {error}: write e.g. `256MiB`", text.get_ref()),
+                    )
+                })?;
+                if size.as_u64() < MIN_SERVICE_MEMORY {
+                    return Err(fail(
+                        text.span(),
+                        format!("memory `{}` of service `{id}` is below the 4MiB minimum", text.get_ref()),
+                    ));
+                }
+                size.as_u64()
+            }
+        };
         Ok(model::Service {
             id: id.to_owned(),
             command,
@@ -426,6 +452,7 @@ impl Resolver<'_> {
             target_concurrency,
             ready_timeout,
             stop_timeout,
+            memory,
         })
     }
 

@@ -114,6 +114,10 @@ pub struct Service {
     pub ready_timeout: Duration,
     /// SIGTERM to SIGKILL. Default 10 s.
     pub stop_timeout: Duration,
+    /// Each instance's memory size in bytes (`memory = "256MiB"`): the
+    /// limit of its cgroup, and what it counts against the active memory
+    /// quota while it runs. Default 256 MiB, at least 4 MiB.
+    pub memory: u64,
 }
 
 /// What an idle instance becomes.

@@ -69,6 +69,7 @@ pub struct Service {
     pub autoscale: Option<Autoscale>,
     pub ready_timeout: Option<Spanned<String>>,
     pub stop_timeout: Option<Spanned<String>>,
+    pub memory: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

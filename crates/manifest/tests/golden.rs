@@ -99,14 +99,15 @@ fn render(app: &App) -> String {
         .unwrap();
         writeln!(
             out,
-            "  cooldown {:?} standby {:?} min {} max {} target_concurrency {} ready_timeout {:?} stop_timeout {:?}",
+            "  cooldown {:?} standby {:?} min {} max {} target_concurrency {} ready_timeout {:?} stop_timeout {:?} memory {}",
             service.cooldown,
             service.standby,
             service.min,
             service.max,
             service.target_concurrency,
             service.ready_timeout,
-            service.stop_timeout
+            service.stop_timeout,
+            service.memory
         )
         .unwrap();
     }

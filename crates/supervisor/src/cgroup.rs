@@ -17,6 +17,13 @@
 //!
 //! Where no writable cgroup v2 hierarchy exists, instances run without one:
 //! stop signals the process group, and a pause uses SIGSTOP.
+//!
+//! Memory sizes: an instance's cgroup gets `memory.max` where the v2
+//! hierarchy has the memory controller. On hybrid hosts (v1 controllers
+//! beside a v2 hierarchy that has none, as on this project's VMs) each
+//! instance also gets a directory of the same name in the v1 memory
+//! hierarchy, `<v1 memory mount><own memory cgroup>/dormouse-<pid>/`, with
+//! `memory.limit_in_bytes`, and its processes join both.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -83,7 +90,7 @@ impl Cgroups {
     /// Kills what is left and removes this run's directory. Blocking.
     pub fn remove(&self) {
         if let Some(run) = &self.run {
-            remove_tree(run);
+            remove_run(run);
         }
     }
 }
@@ -110,6 +117,74 @@ impl Cgroup {
         std::fs::write(self.path.join("cgroup.freeze"), if frozen { "1" } else { "0" })
     }
 
+    /// The cgroup in the v1 memory hierarchy that enforces this one's memory
+    /// size, on a hybrid host.
+    fn v1_memory(&self) -> Option<PathBuf> {
+        let home = v1_memory_home()?;
+        let run = self.path.parent()?.file_name()?;
+        Some(home.join(run).join(self.path.file_name()?))
+    }
+
+    /// Sets the memory size of a new, empty cgroup: `memory.max`, or on a
+    /// hybrid host a v1 memory cgroup beside it, which [`Cgroup::join`]
+    /// then joins too. Without either, the size is not enforced (warned
+    /// once).
+    pub fn limit_memory(&self, bytes: u64) -> std::io::Result<()> {
+        let max = self.path.join("memory.max");
+        if max.exists() {
+            return std::fs::write(max, bytes.to_string());
+        }
+        match self.v1_memory() {
+            Some(v1) => {
+                std::fs::create_dir(&v1).or_else(|error| {
+                    if error.kind() == std::io::ErrorKind::AlreadyExists { Ok(()) } else { Err(error) }
+                })?;
+                std::fs::write(v1.join("memory.limit_in_bytes"), bytes.to_string())
+            }
+            None => {
+                static WARNED: std::sync::Once = std::sync::Once::new();
+                WARNED.call_once(|| {
+                    tracing::warn!(
+                        "no cgroup memory controller is writable here: service memory sizes are not enforced"
+                    );
+                });
+                Ok(())
+            }
+        }
+    }
+
+    /// The `cgroup.procs` files a process writes itself into to join the
+    /// instance: the v2 cgroup's, and the v1 memory cgroup's if it has one.
+    pub fn procs_files(&self) -> Vec<PathBuf> {
+        let mut files = vec![self.path.join("cgroup.procs")];
+        if let Some(v1) = self.v1_memory().filter(|v1| v1.is_dir()) {
+            files.push(v1.join("cgroup.procs"));
+        }
+        files
+    }
+
+    /// Moves process `pid` into the instance (the slow way: ~14 ms per
+    /// hierarchy).
+    pub fn join(&self, pid: u32) -> std::io::Result<()> {
+        for file in self.procs_files() {
+            std::fs::write(file, pid.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// How many times the kernel killed a process of the instance for
+    /// passing its memory size.
+    pub fn oom_kills(&self) -> u64 {
+        let count = |file: PathBuf| {
+            std::fs::read_to_string(file).ok().and_then(|text| {
+                text.lines().find_map(|line| line.strip_prefix("oom_kill ")?.trim().parse::<u64>().ok())
+            })
+        };
+        count(self.path.join("memory.events"))
+            .or_else(|| self.v1_memory().and_then(|v1| count(v1.join("memory.oom_control"))))
+            .unwrap_or(0)
+    }
+
     /// CPU time used by the instance's processes so far, in microseconds
     /// (`cpu.stat` `usage_usec`).
     pub fn cpu_usec(&self) -> Option<u64> {
@@ -123,6 +198,11 @@ impl Cgroup {
     pub fn memory_bytes(&self) -> Option<u64> {
         if let Ok(current) = std::fs::read_to_string(self.path.join("memory.current")) {
             return current.trim().parse().ok();
+        }
+        if let Some(usage) =
+            self.v1_memory().and_then(|v1| std::fs::read_to_string(v1.join("memory.usage_in_bytes")).ok())
+        {
+            return usage.trim().parse().ok();
         }
         let mut total = 0;
         for pid in self.pids() {
@@ -148,6 +228,9 @@ impl Cgroup {
         let _ = std::fs::write(self.path.join("cgroup.freeze"), "0");
         if wait_empty(&self.path, EMPTY_WAIT) {
             let _ = std::fs::remove_dir(&self.path);
+            if let Some(v1) = self.v1_memory() {
+                let _ = std::fs::remove_dir(v1);
+            }
         } else {
             tracing::warn!("cgroup `{}` did not empty; left for clean-up at exit", self.path.display());
         }
@@ -174,6 +257,14 @@ fn wait_empty(path: &Path, limit: Duration) -> bool {
         std::thread::sleep(Duration::from_millis(1));
     }
     true
+}
+
+/// Removes a run directory and, on a hybrid host, its v1 memory mirror.
+pub(crate) fn remove_run(run: &Path) {
+    remove_tree(run);
+    if let (Some(home), Some(name)) = (v1_memory_home(), run.file_name()) {
+        remove_tree(&home.join(name));
+    }
 }
 
 /// Kills what is left in `dir` and its children, then removes them all.
@@ -226,7 +317,51 @@ fn run_directory() -> Option<PathBuf> {
         let _ = std::fs::remove_dir(&run);
         return None;
     }
+    // Memory sizes: the v2 controller where the parent delegates it, else
+    // the v1 hierarchy beside (see the module's comment).
+    let _ = std::fs::write(run.join("cgroup.subtree_control"), "+memory");
+    if !has_v2_memory(&run)
+        && let Some(home) = v1_memory_home()
+    {
+        clean_dead_runs(home);
+        let v1_run = home.join(run.file_name().expect("named above"));
+        if v1_run.exists() {
+            remove_tree(&v1_run);
+        }
+        let _ = std::fs::create_dir(v1_run);
+    }
     Some(run)
+}
+
+/// Whether instances under `run` get the v2 memory controller.
+fn has_v2_memory(run: &Path) -> bool {
+    std::fs::read_to_string(run.join("cgroup.subtree_control"))
+        .is_ok_and(|controllers| controllers.split_whitespace().any(|c| c == "memory"))
+}
+
+/// This process's directory in the v1 memory hierarchy, if the host has
+/// one mounted and it is writable (a hybrid host); the same for dormouse
+/// and its helper, which inherits dormouse's cgroups.
+fn v1_memory_home() -> Option<&'static Path> {
+    static HOME: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    HOME.get_or_init(|| {
+        let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+        let mount = mounts.lines().find_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (_, point, kind, options) = (fields.next()?, fields.next()?, fields.next()?, fields.next()?);
+            (kind == "cgroup" && options.split(',').any(|o| o == "memory")).then(|| PathBuf::from(point))
+        })?;
+        let cgroups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+        let own = cgroups.lines().find_map(|line| {
+            let mut parts = line.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            controllers.split(',').any(|c| c == "memory").then(|| path.to_owned())
+        })?;
+        let home = mount.join(own.trim_start_matches('/'));
+        let writable = rustix::fs::access(&home, rustix::fs::Access::WRITE_OK).is_ok();
+        writable.then_some(home)
+    })
+    .as_deref()
 }
 
 /// Removes run directories of dormouse processes that no longer exist, with

@@ -31,6 +31,9 @@ pub(crate) struct Instance {
     pub served: u64,
     /// Started for requests, not by a policy or a minimum (see `idle.rs`).
     pub on_demand: bool,
+    /// Its share of the platform's quotas while starting or running; given
+    /// back when it is paused (standby) or gone.
+    pub quota: Option<dormouse_quota::QuotaPermit>,
     pub started_at: tokio::time::Instant,
     pub boot_time: Option<Duration>,
     /// When the last lease was dropped (or the instance became ready with
@@ -68,6 +71,7 @@ impl Instance {
             in_flight: 0,
             served: 0,
             on_demand: true,
+            quota: None,
             started_at: tokio::time::Instant::now(),
             boot_time: None,
             idle_since: None,
@@ -92,6 +96,7 @@ impl Instance {
             args: config.command[1..].to_vec(),
             env,
             cwd: config.workdir.clone(),
+            memory: Some(config.memory),
         }
     }
 
@@ -116,6 +121,7 @@ impl Instance {
     pub fn freeze(&mut self) {
         self.set_frozen(true);
         self.phase = Phase::Paused;
+        self.quota = None;
         tracing::info!(instance = self.number, pid = self.pid, freezer = self.freezer_name(), "paused");
     }
 

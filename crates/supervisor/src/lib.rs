@@ -64,6 +64,8 @@ pub enum WakeError {
     Failing { service: String, reason: String, retry_after: Duration },
     #[error("service `{service}` already holds {held} requests while it wakes")]
     Overloaded { service: String, held: usize },
+    #[error("service `{service}` cannot start an instance: {exceeded}")]
+    Quota { service: String, exceeded: dormouse_quota::QuotaExceeded },
 }
 
 /// What the services of every app in one dormouse share: this run's cgroup
@@ -73,6 +75,9 @@ pub enum WakeError {
 pub struct Processes {
     cgroups: Arc<Cgroups>,
     spawner: Spawner,
+    /// The platform's quotas, which every instance is admitted under while
+    /// it is starting or running (not paused); `None` counts nothing.
+    quotas: Option<Arc<dormouse_quota::Quotas>>,
     /// Fixed ports held by an instance, from its start until it is reaped.
     fixed_ports: Mutex<std::collections::HashSet<u16>>,
 }
@@ -85,7 +90,11 @@ impl Processes {
     /// Without it (or with `enabled` false: no app has services) dormouse
     /// spawns services itself and makes no cgroup directory.
     /// Call within a tokio runtime.
-    pub fn new(helper: Option<std::process::Command>, enabled: bool) -> Arc<Processes> {
+    pub fn new(
+        helper: Option<std::process::Command>,
+        enabled: bool,
+        quotas: Option<Arc<dormouse_quota::Quotas>>,
+    ) -> Arc<Processes> {
         let cgroups = Cgroups::new(enabled);
         let spawner = match helper {
             Some(command) if enabled => match HelperClient::start(command, cgroups.run_dir()) {
@@ -99,7 +108,7 @@ impl Processes {
             },
             _ => Spawner::Direct(cgroups.clone()),
         };
-        Arc::new(Processes { cgroups, spawner, fixed_ports: Mutex::default() })
+        Arc::new(Processes { cgroups, spawner, quotas, fixed_ports: Mutex::default() })
     }
 
     /// Removes this run's cgroup directory: call once every supervisor has
@@ -244,6 +253,8 @@ struct State {
     /// The last second of (time, completed, CPU µs of the live instances).
     samples: std::collections::VecDeque<(Instant, u64, u64)>,
     scaler_running: bool,
+    /// Why the last start or thaw was refused by a quota, until one succeeds.
+    quota_blocked: Option<dormouse_quota::QuotaExceeded>,
 }
 
 /// A request's place among those waiting for a service to wake, given back
@@ -466,7 +477,17 @@ impl ServiceHandle {
     /// or thaws a paused one. Returns whether it did anything.
     pub fn start_one(self: &Arc<Self>) -> bool {
         let mut state = self.state.lock().expect("not poisoned");
-        if let Some(paused) = state.instances.iter_mut().find(|i| i.phase == Phase::Paused) {
+        if let Some(index) = state.instances.iter().position(|i| i.phase == Phase::Paused) {
+            if let Some(quotas) = &self.processes.quotas {
+                match quotas.try_admit(self.config.memory) {
+                    Ok(permit) => state.instances[index].quota = Some(permit),
+                    Err(exceeded) => {
+                        state.quota_blocked = Some(exceeded);
+                        return false;
+                    }
+                }
+            }
+            let paused = &mut state.instances[index];
             paused.thaw();
             paused.idle_since = Some(TokioInstant::now());
             paused.activity.notify_one();
@@ -494,6 +515,7 @@ impl ServiceHandle {
         let deadline = tokio::time::Instant::now() + self.config.ready_timeout;
         let mut place: Option<WaitingPlace> = None;
         let mut blocked_on_port;
+        let mut blocked_on_quota;
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
@@ -545,15 +567,35 @@ impl ServiceHandle {
                     }
                 }
                 blocked_on_port = self.blocked_on_port(&state);
+                blocked_on_quota = state.quota_blocked.is_some() && state.live() == 0;
             }
             let wake_at = if blocked_on_port { deadline.min(TokioInstant::now() + PORT_RECHECK) } else { deadline };
-            if tokio::time::timeout_at(wake_at, notified).await.is_err() && TokioInstant::now() >= deadline {
+            // Room another app's instance gives back wakes this one too.
+            let quota_freed = async {
+                match (&self.processes.quotas, blocked_on_quota) {
+                    (Some(quotas), true) => {
+                        let (_waiting, freed) = quotas.watch();
+                        freed.notified().await;
+                    }
+                    _ => std::future::pending().await,
+                }
+            };
+            let woken = tokio::time::timeout_at(wake_at, async {
+                tokio::select! {
+                    () = notified => {}
+                    () = quota_freed => {}
+                }
+            });
+            if woken.await.is_err() && TokioInstant::now() >= deadline {
                 let mut state = self.state.lock().expect("not poisoned");
                 if let Some(place) = place.take() {
                     place.leave(&mut state);
                 }
                 if let Some(lease) = self.try_lease(&mut state) {
                     return Ok(lease);
+                }
+                if let Some(exceeded) = state.quota_blocked.clone().filter(|_| state.live() == 0) {
+                    return Err(WakeError::Quota { service: self.config.id.clone(), exceeded });
                 }
                 return Err(WakeError::Timeout { service: self.config.id.clone(), limit: self.config.ready_timeout });
             }
@@ -586,7 +628,20 @@ impl ServiceHandle {
         {
             Some(instance) => instance,
             None => {
-                let paused = state.instances.iter_mut().find(|i| i.phase == Phase::Paused)?;
+                let index = state.instances.iter().position(|i| i.phase == Phase::Paused)?;
+                // A paused instance is in standby: it counts against the
+                // quotas again only once thawed.
+                if let Some(quotas) = &self.processes.quotas {
+                    match quotas.try_admit(self.config.memory) {
+                        Ok(permit) => state.instances[index].quota = Some(permit),
+                        Err(exceeded) => {
+                            state.quota_blocked = Some(exceeded);
+                            return None;
+                        }
+                    }
+                }
+                state.quota_blocked = None;
+                let paused = &mut state.instances[index];
                 paused.thaw();
                 paused
             }
@@ -601,10 +656,24 @@ impl ServiceHandle {
     /// the service failing) if it cannot even be set up (its fixed port is
     /// taken, no port is free).
     fn start_instance(self: &Arc<Self>, state: &mut State) -> bool {
+        let quota = match &self.processes.quotas {
+            Some(quotas) => match quotas.try_admit(self.config.memory) {
+                Ok(permit) => Some(permit),
+                Err(exceeded) => {
+                    // Not a failure of the service: the request waits for
+                    // room, and says which quota was full if none comes.
+                    state.quota_blocked = Some(exceeded);
+                    return false;
+                }
+            },
+            None => None,
+        };
+        state.quota_blocked = None;
         state.next_number += 1;
         state.starts += 1;
         match Instance::new(&self.key, &self.config, state.next_number) {
-            Ok((instance, request)) => {
+            Ok((mut instance, request)) => {
+                instance.quota = quota;
                 if let Some(port) = self.config.port {
                     self.processes.hold_port(port);
                 }
@@ -713,8 +782,16 @@ impl ServiceHandle {
             tokio::select! {
                 status = child.wait() => {
                     // What the leader started goes with it.
-                    self.with_cgroup(number, |cgroup| instance::kill_rest(group, cgroup));
-                    break format!("exited on its own ({status})");
+                    let mut out_of_memory = false;
+                    self.with_cgroup(number, |cgroup| {
+                        out_of_memory = cgroup.is_some_and(|cgroup| cgroup.oom_kills() > 0);
+                        instance::kill_rest(group, cgroup);
+                    });
+                    break if out_of_memory {
+                        format!("killed for passing its memory size of {} MiB ({status})", self.config.memory >> 20)
+                    } else {
+                        format!("exited on its own ({status})")
+                    };
                 }
                 () = stop.notified() => {
                     let reason = self.stop_reason(number);

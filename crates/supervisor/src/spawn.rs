@@ -26,7 +26,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write as _;
-use std::os::fd::{AsRawFd as _, BorrowedFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
@@ -53,6 +53,8 @@ pub(crate) struct Spawn {
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
     pub cwd: PathBuf,
+    /// The instance's memory size in bytes, set on its cgroup.
+    pub memory: Option<u64>,
 }
 
 impl Spawn {
@@ -132,8 +134,11 @@ impl Spawner {
         match self {
             Spawner::Direct(cgroups) => {
                 let cgroup = cgroups.create();
+                if let (Some(cgroup), Some(memory)) = (&cgroup, request.memory) {
+                    cgroup.limit_memory(memory)?;
+                }
                 let mut command = command_for(&request);
-                let _procs = join_on_exec(&mut command, cgroup.as_ref().map(Cgroup::path))?;
+                let _procs = join_on_exec(&mut command, cgroup.as_ref())?;
                 let mut command = tokio::process::Command::from(command);
                 command.kill_on_drop(true);
                 Ok((Process::Direct(command.spawn()?), cgroup))
@@ -156,25 +161,34 @@ fn command_for(request: &Spawn) -> std::process::Command {
     command
 }
 
-/// Makes the child of `command` join `cgroup` between fork and exec (the
-/// slow way: a migration). The returned file must stay open until the
-/// command has been spawned.
-fn join_on_exec(command: &mut std::process::Command, cgroup: Option<&Path>) -> std::io::Result<Option<std::fs::File>> {
-    let Some(cgroup) = cgroup else { return Ok(None) };
-    let procs_file = std::fs::OpenOptions::new().write(true).open(cgroup.join("cgroup.procs"))?;
-    let procs = procs_file.as_raw_fd();
+/// Makes the child of `command` join `cgroup` (its v2 cgroup and, on a
+/// hybrid host, its v1 memory cgroup) between fork and exec (the slow way: a
+/// migration). The returned files must stay open until the command has been
+/// spawned.
+fn join_on_exec(command: &mut std::process::Command, cgroup: Option<&Cgroup>) -> std::io::Result<Vec<std::fs::File>> {
+    let Some(cgroup) = cgroup else { return Ok(Vec::new()) };
+    let files = cgroup
+        .procs_files()
+        .into_iter()
+        .map(|path| std::fs::OpenOptions::new().write(true).open(path))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let fds: Vec<i32> = files.iter().map(AsRawFd::as_raw_fd).collect();
     // SAFETY: the closure runs in the child between fork and exec. It makes
-    // one write(2) on a descriptor the parent keeps open until the spawn
-    // returned (the caller holds the returned file), allocating nothing and
-    // taking no lock, which is what is allowed there. Writing `0` to
-    // `cgroup.procs` moves the writing process.
+    // one write(2) per descriptor, each kept open by the parent until the
+    // spawn returned (the caller holds the returned files), allocating
+    // nothing (the vector was built before the fork) and taking no lock,
+    // which is what is allowed there. Writing `0` to `cgroup.procs` moves
+    // the writing process.
     unsafe {
         command.pre_exec(move || {
-            let procs = BorrowedFd::borrow_raw(procs);
-            rustix::io::write(procs, b"0").map(drop).map_err(std::io::Error::from)
+            for &fd in &fds {
+                let procs = BorrowedFd::borrow_raw(fd);
+                rustix::io::write(procs, b"0").map(drop).map_err(std::io::Error::from)?;
+            }
+            Ok(())
         });
     }
-    Ok(Some(procs_file))
+    Ok(files)
 }
 
 /// A spawn's answer: the pid, its cgroup and where its exit will be
@@ -441,6 +455,13 @@ impl Stubs {
     fn make(&self, template: &Spawn) -> std::io::Result<Stub> {
         let cgroup = self.run.join(format!("w-{}", self.next.fetch_add(1, Ordering::Relaxed)));
         std::fs::create_dir(&cgroup)?;
+        let instance = Cgroup::at(cgroup.clone());
+        if let Some(memory) = template.memory
+            && let Err(error) = instance.limit_memory(memory)
+        {
+            instance.retire();
+            return Err(error);
+        }
         let mut child = std::process::Command::new("/bin/sh")
             .args(["-c", STUB_SCRIPT, &template.program])
             .args(&template.args)
@@ -450,8 +471,10 @@ impl Stubs {
             .process_group(0)
             .spawn()?;
         let port_pipe = child.stdin.take().expect("piped");
-        if let Err(error) = std::fs::write(cgroup.join("cgroup.procs"), child.id().to_string()) {
-            let _ = std::fs::remove_dir(&cgroup);
+        if let Err(error) = instance.join(child.id()) {
+            drop(port_pipe);
+            let _ = child.wait();
+            instance.retire();
             return Err(error);
         }
         Ok(Stub { pid: child.id(), port_pipe, cgroup })
@@ -551,7 +574,7 @@ pub fn helper_main(run: Option<&Path>) -> std::io::Result<()> {
             }
         }
         if let Some(run) = run.map(Path::to_owned) {
-            let _ = tokio::task::spawn_blocking(move || crate::cgroup::remove_tree(&run)).await;
+            let _ = tokio::task::spawn_blocking(move || crate::cgroup::remove_run(&run)).await;
         }
         // Reap what was killed, for a moment: the helper's own exit hands
         // anything slower to PID 1, dead already.
@@ -585,15 +608,19 @@ fn start(request: Spawn, run: Option<&Path>, stubs: Option<&Arc<Stubs>>) -> std:
         Some(run) => {
             let path = run.join(format!("s-{}-{}", request.id, std::process::id()));
             std::fs::create_dir(&path)?;
-            Some(path)
+            let cgroup = Cgroup::at(path);
+            if let Some(memory) = request.memory {
+                cgroup.limit_memory(memory)?;
+            }
+            Some(cgroup)
         }
         None => None,
     };
     let mut command = command_for(&request);
-    let _procs = join_on_exec(&mut command, cgroup.as_deref())?;
+    let _procs = join_on_exec(&mut command, cgroup.as_ref())?;
     // The child is reaped by `reap`, not through this handle.
     let child = command.spawn()?;
-    Ok((child.id(), cgroup))
+    Ok((child.id(), cgroup.map(|c| c.path().to_owned())))
 }
 
 /// What `execvp` would refuse, found before a stub commits to the command:

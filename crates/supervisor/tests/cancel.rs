@@ -23,12 +23,13 @@ fn never_ready() -> Service {
         target_concurrency: 10,
         ready_timeout: Duration::from_secs(30),
         stop_timeout: Duration::from_secs(1),
+        memory: dormouse_manifest::DEFAULT_SERVICE_MEMORY,
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_waits_give_their_places_back() {
-    let processes = Processes::new(None, true);
+    let processes = Processes::new(None, true, None);
     let supervisor = Supervisor::new("app", [never_ready()], &processes);
     let service = supervisor.service("s").unwrap().clone();
 

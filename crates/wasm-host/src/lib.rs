@@ -80,6 +80,10 @@ pub struct HostConfig {
     /// mappings per instance. The pool reserves address space up front
     /// (`max_instances` slots) and reuses it; off is for comparison only.
     pub pooling: bool,
+    /// The platform's quotas, which every instance is admitted under (as an
+    /// active instance of `memory_limit` bytes) while it lives; `None`
+    /// (default, `dormouse up`) counts nothing.
+    pub quotas: Option<Arc<dormouse_quota::Quotas>>,
 }
 
 impl Default for HostConfig {
@@ -92,6 +96,7 @@ impl Default for HostConfig {
             queue_limit: 1000,
             cache_dir: None,
             pooling: true,
+            quotas: None,
         }
     }
 }
@@ -107,6 +112,9 @@ pub enum HandleError {
     ErrorCode(String),
     #[error("guest returned without setting a response")]
     NoResponse,
+    /// A platform quota stayed full until the request's deadline.
+    #[error(transparent)]
+    Quota(#[from] dormouse_quota::QuotaExceeded),
 }
 
 /// A component's request handler and what it was granted. Anything not
@@ -589,6 +597,10 @@ impl ComponentPre {
         let deadline = tokio::time::Instant::now() + config.wall_limit;
         let hops = request.extensions().get::<Hops>().copied().unwrap_or_default();
         let permit = self.acquire_instance(deadline).await?;
+        let quota = match &config.quotas {
+            Some(quotas) => Some(quotas.admit(config.memory_limit as u64, deadline).await?),
+            None => None,
+        };
         let live = Live::new(&self.stats);
         let ticking = self.shared.ticker.enter();
 
@@ -649,6 +661,7 @@ impl ComponentPre {
             // The store (and with it the response sender) went with `run`, so
             // a waiting receiver sees either a response or a closed channel.
             drop(permit);
+            drop(quota);
             drop(live);
             drop(ticking);
             outcome

@@ -411,3 +411,85 @@ async fn a_step_policy_scales_out_under_a_burst_and_back_to_zero_after() {
     ok(state_dir, &["scale", "rm", "py", "--name", "out"]);
     assert_eq!(json(state_dir, &["scale", "get", "py"])["policies"], serde_json::json!([]));
 }
+
+/// The test service as an app with a manifest: `[service.<name>]` with
+/// `extra` lines.
+fn service_app(name: &str, extra: &str) -> tempfile::TempDir {
+    let dir = service_dir();
+    let manifest = format!(
+        "spin_manifest_version = 2\n[application]\nname = \"{name}\"\n[[trigger.http]]\nroute = \"/...\"\nservice = \"{name}\"\n\
+         [service.{name}]\ncommand = [\"python3\", \"app.py\"]\n{extra}\n"
+    );
+    std::fs::write(dir.path().join("spin.toml"), manifest).unwrap();
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quotas_hold_requests_then_refuse_them_by_name_and_refuse_deploys_past_them() {
+    let state = tempfile::tempdir().unwrap();
+    let state_dir = state.path();
+    let flags = ["--max-active-instances", "1", "--max-active-memory", "300MiB", "--max-apps", "3", "--timeout", "3s"];
+    let server = Server::daemon(state_dir, &flags);
+    let a = service_app("a", "scale_to_zero = { cooldown = \"300ms\" }");
+    let b = service_app("b", "scale_to_zero = { cooldown = \"300ms\" }\nready_timeout = \"1s\"");
+    ok(state_dir, &["deploy", "-0", path_str(a.path())]);
+    ok(state_dir, &["deploy", "-0", path_str(b.path())]);
+
+    // `a` busy for as long as this request hangs: it holds the one active place.
+    let hanging = {
+        let url = server.url("/hang");
+        tokio::spawn(async move { get_with(&url, &[("host", "a.localhost")]).await })
+    };
+    wait_for_state(state_dir, "a", "a", "running");
+    let quotas = json(state_dir, &["quotas"]);
+    assert_eq!(quotas["active_instances"], serde_json::json!({ "used": 1, "limit": 1 }), "{quotas:#}");
+    assert_eq!(quotas["active_memory_bytes"]["used"], 256 << 20, "a service's default size");
+    assert_eq!(quotas["apps"], serde_json::json!({ "used": 2, "limit": 3 }));
+
+    // `b` waits for room until its wake deadline, then is refused by name.
+    let started = Instant::now();
+    let reply = request(&server, "b", "/").await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{}", reply.body);
+    assert!(reply.body.contains("active instances quota"), "{}", reply.body);
+    assert!(reply.headers.contains_key("retry-after"));
+    assert!(started.elapsed() >= Duration::from_millis(900), "it waited in the queue first");
+
+    // Once `a` is idle and in standby, `b` gets its place.
+    hanging.abort();
+    let reply = request(&server, "b", "/").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(instance(state_dir, "a", "a")["state"], "standby");
+
+    // Deploys past a quota are refused, and change nothing.
+    ok(state_dir, &["deploy", "--name", "greet", path_str(&guest("hello"))]);
+    let error = fails(state_dir, &["deploy", "--name", "fourth", path_str(&guest("hello"))]);
+    assert!(error.contains("apps quota") && error.contains("403"), "{error}");
+    let large = service_app("b", "memory = \"512MiB\"");
+    let error = fails(state_dir, &["deploy", "-0", path_str(large.path())]);
+    assert!(error.contains("can never run") && error.contains("active memory quota"), "{error}");
+    assert_eq!(json(state_dir, &["ls"]).as_array().unwrap().len(), 3);
+    let table = ok(state_dir, &["quotas"]);
+    assert!(table.contains("active instances:") && table.contains("/ 1"), "{table}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_past_its_memory_size_is_killed_and_says_so() {
+    let state = tempfile::tempdir().unwrap();
+    let state_dir = state.path();
+    let server = Server::daemon(state_dir, &[]);
+    let app = service_app("small", "memory = \"64MiB\"");
+    ok(state_dir, &["deploy", "-0", path_str(app.path())]);
+    let pid = pid_of(&request(&server, "small", "/").await);
+    let row = instance(state_dir, "small", "small");
+    assert!(row["memory_bytes"].as_u64().is_some_and(|bytes| bytes > 0 && bytes < 64 << 20), "{row:#}");
+
+    let reply = request(&server, "small", "/hog").await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{}", reply.body);
+    wait_gone(pid, "the instance past its memory size");
+    let row = wait_for_state(state_dir, "small", "small", "standby");
+    let reason = row["stop_reason"].as_str().unwrap();
+    assert!(reason.contains("memory size of 64 MiB"), "{reason}");
+
+    // The next request gets a fresh instance.
+    assert_eq!(request(&server, "small", "/").await.status, StatusCode::OK);
+}

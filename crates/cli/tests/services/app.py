@@ -2,7 +2,8 @@
 `pid <pid>`; its first argument picks a behaviour:
 
     serve        (default) answer every request; `/crash` exits mid-request,
-                 `/slow` takes 300 ms, `/hang` 60 s, `/headers` answers the
+                 `/slow` takes 300 ms, `/hang` 60 s, `/hog` touches 200 MiB
+                 of memory, `/headers` answers the
                  request line and headers it got, a POST answers
                  `received <n>` for its body, `Upgrade: echo` switches to an
                  echo of raw bytes
@@ -87,6 +88,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return
         if self.path.startswith("/crash"):
             os._exit(7)
+        if self.path.startswith("/hog"):
+            # Touches 200 MiB, page by page: past a smaller memory size.
+            hog = bytearray(200 << 20)
+            for page in range(0, len(hog), 4096):
+                hog[page] = 1
         if self.path.startswith("/slow"):
             time.sleep(0.3)
         body = f"pid {os.getpid()}\n".encode()
