@@ -45,6 +45,10 @@ enum Command {
     Scale(platform::ScaleArgs),
     /// What is in use against each quota.
     Quotas(platform::QuotasArgs),
+    /// An app's output: its services' and its components' stdout and stderr.
+    Logs(platform::LogsArgs),
+    /// An app's key-value stores: get, set and list keys.
+    Kv(platform::KvArgs),
     /// Remove an app: its requests finish, its instances stop.
     Rm(platform::RemoveArgs),
     /// Internal: the parent of every service process, which kills them when
@@ -82,6 +86,8 @@ fn main() -> ExitCode {
         Command::Instance(args) => platform::instance(args),
         Command::Scale(args) => platform::scale(args),
         Command::Quotas(args) => platform::quotas(args),
+        Command::Logs(args) => platform::logs(args),
+        Command::Kv(args) => platform::kv(args),
         Command::Rm(args) => platform::remove(args),
         Command::ProcessHelper { run_dir } => {
             return match dormouse_supervisor::spawn::helper_main(run_dir.as_deref()) {

@@ -73,6 +73,10 @@ pub struct DeployArgs {
     /// and passes it in PORT].
     #[arg(short = 'p', long)]
     port: Option<u16>,
+    /// Each service instance's memory size, enforced by its cgroup
+    /// [default: the manifest's, or 256MiB].
+    #[arg(short = 'M', long, value_parser = crate::up::positive_size)]
+    memory: Option<bytesize::ByteSize>,
     #[arg(short = 'o', long, value_enum, default_value = "table")]
     output: Output,
     /// A directory holding `spin.toml`, a manifest, or a component (`.wasm`);
@@ -206,6 +210,60 @@ pub enum ScaleCommand {
 }
 
 #[derive(Args, Debug)]
+pub struct KvArgs {
+    #[command(subcommand)]
+    command: KvCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KvCommand {
+    /// Prints a key's value.
+    Get {
+        app: String,
+        key: String,
+        /// The store's label.
+        #[arg(long, default_value = "default")]
+        store: String,
+        #[command(flatten)]
+        connect: Connect,
+    },
+    /// Sets a key.
+    Set {
+        app: String,
+        key: String,
+        value: String,
+        #[arg(long, default_value = "default")]
+        store: String,
+        #[command(flatten)]
+        connect: Connect,
+    },
+    /// Lists the keys.
+    Ls {
+        app: String,
+        #[arg(long, default_value = "default")]
+        store: String,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+        #[command(flatten)]
+        connect: Connect,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct LogsArgs {
+    /// The app.
+    app: String,
+    /// Keep printing lines as they come, until interrupted.
+    #[arg(short = 'f', long)]
+    follow: bool,
+    /// How many of the last lines to print first.
+    #[arg(long, default_value_t = 100)]
+    tail: usize,
+    #[command(flatten)]
+    connect: Connect,
+}
+
+#[derive(Args, Debug)]
 pub struct QuotasArgs {
     #[arg(short = 'o', long, value_enum, default_value = "table")]
     output: Output,
@@ -232,6 +290,7 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
         ("manifest", Some(bundle.manifest.clone())),
         ("scale_to_zero", Some(args.scale_to_zero.to_string())),
         ("cooldown", args.cooldown.map(|d| humantime::format_duration(d).to_string())),
+        ("memory", args.memory.map(|size| size.as_u64().to_string())),
     ]);
     query.insert(0, '?');
     let path = format!("/v1/apps/{}{query}", bundle.name);
@@ -386,6 +445,67 @@ pub fn scale(args: ScaleArgs) -> anyhow::Result<ExitCode> {
         print_table(&table);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+pub fn kv(args: KvArgs) -> anyhow::Result<ExitCode> {
+    let segment =
+        |text: &str| percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string();
+    match args.command {
+        KvCommand::Get { app, key, store, connect } => {
+            let path = format!("/v1/apps/{app}/kv/{}/{}", segment(&store), segment(&key));
+            let value = block_on(connect.client().send(Method::GET, &path, None))?;
+            use std::io::Write as _;
+            std::io::stdout().write_all(&value)?;
+            if std::io::stdout().is_terminal() && !value.ends_with(b"\n") {
+                println!();
+            }
+        }
+        KvCommand::Set { app, key, value, store, connect } => {
+            let path = format!("/v1/apps/{app}/kv/{}/{}", segment(&store), segment(&key));
+            let body = Some(("application/octet-stream", Bytes::from(value.into_bytes())));
+            block_on(connect.client().send(Method::PUT, &path, body))?;
+        }
+        KvCommand::Ls { app, store, output, connect } => {
+            let keys: Vec<String> = block_on(connect.client().get(&format!("/v1/apps/{app}/kv/{}", segment(&store))))?;
+            if output == Output::Json {
+                println!("{}", serde_json::to_string_pretty(&keys)?);
+            } else {
+                for key in keys {
+                    println!("{key}");
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn logs(args: LogsArgs) -> anyhow::Result<ExitCode> {
+    let client = args.connect.client();
+    block_on(async {
+        let mut after: Option<String> = None;
+        // One line more than shown, at least one: its stamp is where
+        // following starts, even with `--tail 0`.
+        let mut fetch = args.tail.max(1);
+        let mut show = args.tail;
+        loop {
+            let mut query = form_query(&[("tail", Some(fetch.to_string())), ("after", after.clone())]);
+            query.insert(0, '?');
+            let lines: Vec<String> = client.get(&format!("/v1/apps/{}/logs{query}", args.app)).await?;
+            for line in &lines[lines.len().saturating_sub(show)..] {
+                println!("{line}");
+            }
+            if let Some(stamp) = lines.last().and_then(|line| line.split(' ').next()) {
+                after = Some(stamp.to_owned());
+            }
+            if !args.follow {
+                return Ok(ExitCode::SUCCESS);
+            }
+            // Following: everything new since the last line seen.
+            fetch = 10_000;
+            show = fetch;
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    })
 }
 
 pub fn quotas(args: QuotasArgs) -> anyhow::Result<ExitCode> {

@@ -177,6 +177,8 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         runtime_config,
         extra_env: args.env.clone(),
         env: Box::new(|name| std::env::var(name).ok()),
+        // `up` runs in a terminal: output stays on it.
+        logs: None,
     };
     let host = Host::new(host_config)?;
     let gateway = Gateway::new(host, gateway_config, AppTable::default());

@@ -57,7 +57,8 @@ pub struct DeployReply {
     /// Preparing grants and compiling (or loading from the compile cache)
     /// every component, in milliseconds.
     pub load_ms: f64,
-    /// Linear memory each component instance may use, in bytes.
+    /// Each instance's memory size, in bytes: the first service's, or for
+    /// an app of components only, their linear-memory cap.
     pub memory_bytes: u64,
 }
 

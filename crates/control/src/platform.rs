@@ -76,6 +76,8 @@ pub struct DeployOptions {
     pub scale_to_zero: bool,
     /// Overrides every service's cooldown.
     pub cooldown: Option<Duration>,
+    /// Overrides every service's memory size, in bytes.
+    pub memory: Option<u64>,
 }
 
 /// The gateway's apps and, in the daemon, what deploys them.
@@ -216,6 +218,7 @@ impl Platform {
                 manifest: options.manifest,
                 scale_to_zero: options.scale_to_zero,
                 cooldown_ms: options.cooldown.map(|d| d.as_millis() as u64),
+                memory: options.memory,
                 deployed_at: now.as_secs(),
             };
             let started = std::time::Instant::now();
@@ -234,7 +237,12 @@ impl Platform {
             self.retire(old);
         }
         tracing::info!(app = %record.name, version = record.version, "deployed in {load_time:.1?}");
-        let memory_bytes = self.gateway.host().config().memory_limit as u64;
+        // A service app's instances are its services'; components have
+        // their linear-memory cap.
+        let memory_bytes = match app.supervisor().services().first() {
+            Some(service) => service.config().memory,
+            None => self.gateway.host().config().memory_limit as u64,
+        };
         Ok(DeployReply { app: self.info(&app, Some(&record)), load_ms: load_time.as_secs_f64() * 1000.0, memory_bytes })
     }
 
@@ -306,6 +314,8 @@ impl Platform {
         if let Some(app) = self.gateway.remove(name) {
             app.retire(daemon.config.drain_timeout).await;
         }
+        // Its logs go with it; its key-value data stays, as a volume would.
+        let _ = std::fs::remove_dir_all(self.logs_dir(name)?);
         Ok(())
     }
 
@@ -320,6 +330,9 @@ impl Platform {
             if let Some(ms) = record.cooldown_ms {
                 service.cooldown = Duration::from_millis(ms);
             }
+            if let Some(bytes) = record.memory {
+                service.memory = bytes;
+            }
         }
         let options = dormouse_loader::Options {
             state_dir: daemon.config.state_dir.join("apps").join(&record.name),
@@ -327,6 +340,7 @@ impl Platform {
             extra_env: Vec::new(),
             // The daemon's own environment is not the apps' to read.
             env: Box::new(|_| None),
+            logs: Some(self.logs_dir(&record.name)?),
         };
         let launched =
             dormouse_loader::launch(&self.gateway, &self.processes, &record.name, &manifest, &options, &|_| {})?;
@@ -334,6 +348,61 @@ impl Platform {
             apply_scale(&launched.app, &scale)?;
         }
         Ok(launched.app)
+    }
+
+    /// Where `name`'s output is captured.
+    fn logs_dir(&self, name: &str) -> Result<PathBuf, ControlError> {
+        Ok(self.deployer()?.config.state_dir.join("apps").join(name).join("logs"))
+    }
+
+    /// The last `limit` lines `name` wrote, after `after` (a timestamp of a
+    /// line already seen) if given.
+    pub fn logs(&self, name: &str, after: Option<&str>, limit: usize) -> Result<Vec<String>, ControlError> {
+        if self.gateway.apps().get(name).is_none() {
+            return Err(not_found(name));
+        }
+        Ok(dormouse_supervisor::logs::tail(&self.logs_dir(name)?, after, limit))
+    }
+
+    /// The key-value store `label` of the app `name`: the very store its
+    /// components use.
+    fn store(&self, name: &str, label: &str) -> Result<dormouse_kv::Store, ControlError> {
+        let table = self.gateway.apps();
+        let app = table.get(name).ok_or_else(|| not_found(name))?;
+        let prepared = app
+            .resources()
+            .downcast_ref::<dormouse_loader::PreparedApp>()
+            .ok_or_else(|| ControlError::Internal(anyhow::anyhow!("app `{name}` was not launched from a manifest")))?;
+        prepared.stores.get(label).cloned().ok_or_else(|| {
+            ControlError::NotFound(format!("app `{name}` has no key-value store `{label}`: no component lists it"))
+        })
+    }
+
+    /// Every key in the store.
+    pub async fn kv_keys(&self, name: &str, label: &str) -> Result<Vec<String>, ControlError> {
+        let store = self.store(name, label)?;
+        store.all_keys().await.map_err(|error| ControlError::Internal(error.into()))
+    }
+
+    /// A key's value.
+    pub async fn kv_get(&self, name: &str, label: &str, key: &str) -> Result<Vec<u8>, ControlError> {
+        let store = self.store(name, label)?;
+        match store.get(key).await {
+            Ok(Some(value)) => Ok(value),
+            Ok(None) => Err(ControlError::NotFound(format!("no key `{key}` in store `{label}` of app `{name}`"))),
+            Err(error) => Err(ControlError::Internal(error.into())),
+        }
+    }
+
+    /// Sets a key; the store's limits (key ≤ 256 bytes, value ≤ 1 MiB) hold.
+    pub async fn kv_set(&self, name: &str, label: &str, key: &str, value: Vec<u8>) -> Result<(), ControlError> {
+        let store = self.store(name, label)?;
+        store.set(key, value).await.map_err(|error| match error {
+            dormouse_kv::Error::KeyTooLong(_) | dormouse_kv::Error::ValueTooLarge(_) => {
+                ControlError::Invalid(error.to_string())
+            }
+            other => ControlError::Internal(other.into()),
+        })
     }
 
     /// The scale settings of `name`'s services (the first service's: they

@@ -32,6 +32,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/apps/{name}/services"),
     ("POST", "/v1/apps/{name}/services/{service}/start"),
     ("POST", "/v1/apps/{name}/services/{service}/stop"),
+    ("GET", "/v1/apps/{name}/kv/{store}"),
+    ("GET", "/v1/apps/{name}/kv/{store}/{key}"),
+    ("PUT", "/v1/apps/{name}/kv/{store}/{key}"),
+    ("GET", "/v1/apps/{name}/logs"),
     ("GET", "/v1/apps/{name}/scale"),
     ("PUT", "/v1/apps/{name}/scale"),
     ("DELETE", "/v1/apps/{name}/scale"),
@@ -249,6 +253,30 @@ async fn route(
             let changed = platform.service_action(name, service, *action == "start")?;
             json(StatusCode::OK, &serde_json::json!({ "changed": changed }))
         }
+        (&Method::GET, ["apps", name, "kv", store]) => json(StatusCode::OK, &platform.kv_keys(name, store).await?),
+        (&Method::GET, ["apps", name, "kv", store, key]) => {
+            let value = platform.kv_get(name, store, &decode_segment(key)?).await?;
+            let mut response = Response::new(Full::new(Bytes::from(value)));
+            response
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/octet-stream"));
+            Ok(response)
+        }
+        (&Method::PUT, ["apps", name, "kv", store, key]) => {
+            let key = decode_segment(key)?;
+            // A value is at most 1 MiB; a little more is read so the store
+            // names the limit.
+            let value = match read_body(request, (1 << 20) + 1).await? {
+                Ok(bytes) => bytes.to_vec(),
+                Err(response) => return Ok(response),
+            };
+            platform.kv_set(name, store, &key, value).await?;
+            Ok(empty(StatusCode::NO_CONTENT))
+        }
+        (&Method::GET, ["apps", name, "logs"]) => {
+            let (after, tail) = log_query(&query)?;
+            json(StatusCode::OK, &platform.logs(name, after.as_deref(), tail)?)
+        }
         (&Method::GET, ["apps", name, "scale"]) => json(StatusCode::OK, &platform.scale(name)?),
         (&Method::PUT, ["apps", name, "scale"]) => {
             let init = read_json(request).await?;
@@ -283,8 +311,36 @@ pub fn matches_template(template: &str, path: &str) -> bool {
         && template.iter().zip(&path).all(|(t, p)| (t.starts_with('{') && !p.is_empty()) || t == p)
 }
 
+/// A path segment, percent-decoded (a key may hold `/` as `%2F`).
+fn decode_segment(segment: &str) -> Result<String, ControlError> {
+    percent_encoding::percent_decode_str(segment)
+        .decode_utf8()
+        .map(|text| text.into_owned())
+        .map_err(|_| ControlError::Invalid(format!("`{segment}` is not UTF-8 once decoded")))
+}
+
+/// `tail` (lines, default 100, at most 10,000) and `after` (a line's
+/// timestamp) of a logs request.
+fn log_query(query: &str) -> Result<(Option<String>, usize), ControlError> {
+    let (mut after, mut tail) = (None, 100);
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        match &*key {
+            "after" => after = Some(value.into_owned()),
+            "tail" => {
+                tail = value
+                    .parse::<usize>()
+                    .map_err(|_| ControlError::Invalid(format!("`tail` must be a number of lines, not `{value}`")))?
+                    .min(10_000);
+            }
+            other => return Err(ControlError::Invalid(format!("unknown query parameter `{other}`"))),
+        }
+    }
+    Ok((after, tail))
+}
+
 /// A deploy's options from its query: `manifest`, `scale_to_zero`
-/// (`true`/`false`), `cooldown` (a duration such as `500ms`).
+/// (`true`/`false`), `cooldown` (a duration such as `500ms`), `memory` (a
+/// size such as `128MiB`).
 fn deploy_options(query: &str) -> Result<DeployOptions, ControlError> {
     let mut options =
         DeployOptions { manifest: dormouse_manifest::DEFAULT_MANIFEST_FILE.to_owned(), ..Default::default() };
@@ -303,6 +359,15 @@ fn deploy_options(query: &str) -> Result<DeployOptions, ControlError> {
                     return Err(ControlError::Invalid(format!("`cooldown` `{value}` is below the minimum of 100ms")));
                 }
                 options.cooldown = Some(cooldown);
+            }
+            "memory" => {
+                let size = value
+                    .parse::<bytesize::ByteSize>()
+                    .map_err(|error| ControlError::Invalid(format!("invalid `memory` `{value}`: {error}")))?;
+                if size.as_u64() < dormouse_manifest::MIN_SERVICE_MEMORY {
+                    return Err(ControlError::Invalid(format!("`memory` `{value}` is below the 4MiB minimum")));
+                }
+                options.memory = Some(size.as_u64());
             }
             other => return Err(ControlError::Invalid(format!("unknown query parameter `{other}`"))),
         }
@@ -393,7 +458,8 @@ mod tests {
         assert!(options.scale_to_zero);
         assert_eq!(options.cooldown, Some(Duration::from_millis(250)));
         assert!(deploy_options("").is_ok_and(|o| o.manifest == "spin.toml" && !o.scale_to_zero));
-        for bad in ["scale_to_zero=yes", "cooldown=10ms", "cooldown=soon", "colour=blue"] {
+        assert_eq!(deploy_options("memory=128MiB").unwrap().memory, Some(128 << 20));
+        for bad in ["scale_to_zero=yes", "cooldown=10ms", "cooldown=soon", "colour=blue", "memory=1KiB", "memory=x"] {
             assert!(deploy_options(bad).is_err(), "{bad}");
         }
     }

@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use rusqlite::{Connection, OptionalExtension as _, params};
 
 /// Schema version, in SQLite's `user_version`.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// One deployed app as the daemon keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +26,9 @@ pub struct AppRecord {
     pub scale_to_zero: bool,
     /// The cooldown given at deploy time, overriding the manifest's.
     pub cooldown_ms: Option<u64>,
+    /// The memory size given at deploy time (`-M`), in bytes, overriding
+    /// every service's.
+    pub memory: Option<u64>,
     /// Seconds since the Unix epoch.
     pub deployed_at: u64,
 }
@@ -80,10 +83,17 @@ impl StateDb {
                             manifest TEXT NOT NULL,
                             scale_to_zero INTEGER NOT NULL,
                             cooldown_ms INTEGER,
-                            deployed_at INTEGER NOT NULL
+                            deployed_at INTEGER NOT NULL,
+                            memory INTEGER
                         );",
                     )
                     .with_context(|| format!("cannot set up `{shown}`"))?;
+                connection.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+            }
+            1 => {
+                connection
+                    .execute_batch("ALTER TABLE apps ADD COLUMN memory INTEGER;")
+                    .with_context(|| format!("cannot upgrade `{shown}`"))?;
                 connection.pragma_update(None, "user_version", SCHEMA_VERSION)?;
             }
             SCHEMA_VERSION => {}
@@ -131,7 +141,7 @@ impl StateDb {
     pub fn apps(&self) -> anyhow::Result<Vec<AppRecord>> {
         let connection = self.connection.lock().expect("not poisoned");
         let mut statement = connection.prepare(
-            "SELECT name, id, version, bundle, manifest, scale_to_zero, cooldown_ms, deployed_at FROM apps ORDER BY name",
+            "SELECT name, id, version, bundle, manifest, scale_to_zero, cooldown_ms, deployed_at, memory FROM apps ORDER BY name",
         )?;
         let rows = statement.query_map([], record)?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -141,7 +151,7 @@ impl StateDb {
         let connection = self.connection.lock().expect("not poisoned");
         Ok(connection
             .query_row(
-                "SELECT name, id, version, bundle, manifest, scale_to_zero, cooldown_ms, deployed_at FROM apps WHERE name = ?1",
+                "SELECT name, id, version, bundle, manifest, scale_to_zero, cooldown_ms, deployed_at, memory FROM apps WHERE name = ?1",
                 [name],
                 record,
             )
@@ -154,10 +164,10 @@ impl StateDb {
         connection.execute(
             // An upsert, not a replace: a replace deletes the row first,
             // and the app's scale settings with it.
-            "INSERT INTO apps (name, id, version, bundle, manifest, scale_to_zero, cooldown_ms, deployed_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+            "INSERT INTO apps (name, id, version, bundle, manifest, scale_to_zero, cooldown_ms, deployed_at, memory)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
              ON CONFLICT (name) DO UPDATE SET id = ?2, version = ?3, bundle = ?4, manifest = ?5,
-                 scale_to_zero = ?6, cooldown_ms = ?7, deployed_at = ?8",
+                 scale_to_zero = ?6, cooldown_ms = ?7, deployed_at = ?8, memory = ?9",
             params![
                 app.name,
                 app.id,
@@ -166,7 +176,8 @@ impl StateDb {
                 app.manifest,
                 app.scale_to_zero,
                 app.cooldown_ms.map(|ms| ms as i64),
-                app.deployed_at as i64
+                app.deployed_at as i64,
+                app.memory.map(|bytes| bytes as i64)
             ],
         )?;
         Ok(())
@@ -195,6 +206,7 @@ fn record(row: &rusqlite::Row<'_>) -> rusqlite::Result<AppRecord> {
         scale_to_zero: row.get(5)?,
         cooldown_ms: row.get::<_, Option<i64>>(6)?.map(|ms| ms as u64),
         deployed_at: row.get::<_, i64>(7)? as u64,
+        memory: row.get::<_, Option<i64>>(8)?.map(|bytes| bytes as u64),
     })
 }
 
@@ -211,6 +223,7 @@ mod tests {
             manifest: "spin.toml".into(),
             scale_to_zero: true,
             cooldown_ms: Some(250),
+            memory: Some(64 << 20),
             deployed_at: 1_800_000_000,
         }
     }

@@ -137,7 +137,12 @@ async fn the_server_answers_as_documented() {
 
     let client = Client::new(Endpoint::Unix(socket));
     for (method, template) in documented_operations(&document) {
-        let path = template.replace("{name}", "nope").replace("{service}", "web").replace("{policy}", "p");
+        let path = template
+            .replace("{name}", "nope")
+            .replace("{service}", "web")
+            .replace("{policy}", "p")
+            .replace("{store}", "default")
+            .replace("{key}", "k");
         let operation = &document["paths"][&template][method.to_lowercase()];
         let listed: BTreeSet<String> = operation["responses"].as_object().unwrap().keys().cloned().collect();
         let response = client.raw(method.parse().unwrap(), &path, None).await.unwrap();

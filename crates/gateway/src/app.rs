@@ -36,7 +36,7 @@ pub struct App {
     /// Notified when `in_flight` drops to zero.
     idle: Notify,
     /// What must live as long as the app: staged files, open stores.
-    _keep: Box<dyn Any + Send + Sync>,
+    keep: Box<dyn Any + Send + Sync>,
 }
 
 /// What an [`App`] is assembled from.
@@ -80,7 +80,7 @@ impl App {
             supervisor,
             in_flight: AtomicUsize::new(0),
             idle: Notify::new(),
-            _keep: keep,
+            keep,
         });
         let policy = outbound::Outbound {
             gateway: Arc::downgrade(gateway),
@@ -110,6 +110,12 @@ impl App {
 
     pub fn supervisor(&self) -> &Supervisor {
         &self.supervisor
+    }
+
+    /// What the app was assembled with to keep (`AppParts::keep`), for its
+    /// embedder to look into (the daemon reads its key-value stores there).
+    pub fn resources(&self) -> &(dyn Any + Send + Sync) {
+        &*self.keep
     }
 
     /// Requests routed to this app whose responses have not ended.

@@ -44,7 +44,8 @@ pub fn launch(
         components.push(gateway.host().load(&component.spec, on_event)?);
     }
     let allowed_hosts = prepared.components.iter().map(|c| (c.spec.id.clone(), c.allowed_hosts.clone())).collect();
-    let supervisor = Supervisor::new(name, manifest.services.values().cloned(), processes);
+    let log = options.logs.as_ref().map(|dir| dir.join("services.log"));
+    let supervisor = Supervisor::new(name, manifest.services.values().cloned(), processes, log);
     let parts = AppParts {
         name: name.to_owned(),
         components,

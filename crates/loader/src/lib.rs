@@ -45,6 +45,19 @@ pub struct Options {
     pub extra_env: Vec<(String, String)>,
     /// Looks up environment variables (the process's own, in the binary).
     pub env: EnvLookup,
+    /// Where the app's output is captured (`services.log`, `guests.log`;
+    /// see `dormouse_supervisor::logs`); `None` leaves it on dormouse's own
+    /// stdout and stderr.
+    pub logs: Option<PathBuf>,
+}
+
+/// Guests' output lines, into the app's `guests.log`.
+struct GuestLog(std::sync::Arc<std::sync::Mutex<dormouse_supervisor::logs::LogFile>>);
+
+impl dormouse_wasm_host::GuestOutput for GuestLog {
+    fn line(&self, component: &str, stream: &'static str, line: &[u8]) {
+        self.0.lock().expect("not poisoned").write_line(component, stream, line);
+    }
 }
 
 /// One component, ready to load.
@@ -82,6 +95,10 @@ pub fn prepare(app: &App, options: &Options) -> anyhow::Result<PreparedApp> {
     let mut stores = BTreeMap::new();
     let mut staging = None;
     let outbound = dormouse_wasm_host::OutboundSlot::default();
+    let output: Option<std::sync::Arc<dyn dormouse_wasm_host::GuestOutput>> = options.logs.as_ref().map(|dir| {
+        let log = dormouse_supervisor::logs::LogFile::shared(&dir.join("guests.log"));
+        std::sync::Arc::new(GuestLog(log)) as std::sync::Arc<dyn dormouse_wasm_host::GuestOutput>
+    });
     let mut components = Vec::with_capacity(app.components.len());
     for component in app.components.values() {
         let id = &component.id;
@@ -150,6 +167,7 @@ pub fn prepare(app: &App, options: &Options) -> anyhow::Result<PreparedApp> {
             key_value,
             preopens,
             outbound: outbound.clone(),
+            output: output.clone(),
         };
         components.push(Prepared { spec, allowed_hosts });
     }
@@ -205,6 +223,7 @@ mod tests {
             runtime_config: RuntimeConfig::default(),
             extra_env: vec![("MODE".into(), "cli".into())],
             env: Box::new(move |key| env.iter().find(|(k, _)| *k == key).map(|(_, v)| v.to_string())),
+            logs: None,
         }
     }
 

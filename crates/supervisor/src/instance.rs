@@ -97,6 +97,7 @@ impl Instance {
             env,
             cwd: config.workdir.clone(),
             memory: Some(config.memory),
+            log: None,
         }
     }
 

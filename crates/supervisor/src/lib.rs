@@ -21,6 +21,7 @@ mod backoff;
 pub mod cgroup;
 mod idle;
 mod instance;
+pub mod logs;
 pub mod scale;
 pub mod spawn;
 pub mod status;
@@ -143,12 +144,18 @@ pub struct Supervisor {
 
 impl Supervisor {
     /// The services of the app `scope` (its name: two apps may both have a
-    /// service `web`), spawned through `processes`. Call within a tokio
-    /// runtime.
-    pub fn new(scope: &str, services: impl IntoIterator<Item = Service>, processes: &Arc<Processes>) -> Supervisor {
+    /// service `web`), spawned through `processes`, their output appended
+    /// to `log` (see `logs.rs`) or, without one, left on dormouse's own.
+    /// Call within a tokio runtime.
+    pub fn new(
+        scope: &str,
+        services: impl IntoIterator<Item = Service>,
+        processes: &Arc<Processes>,
+        log: Option<std::path::PathBuf>,
+    ) -> Supervisor {
         let services: Vec<Arc<ServiceHandle>> = services
             .into_iter()
-            .map(|config| ServiceHandle::new(format!("{scope}/{}", config.id), config, processes.clone()))
+            .map(|config| ServiceHandle::new(format!("{scope}/{}", config.id), config, processes.clone(), log.clone()))
             .collect();
         if let Spawner::Helper(helper) = &processes.spawner {
             for service in &services {
@@ -222,6 +229,8 @@ pub struct ServiceHandle {
     config: Service,
     /// `app/service`: names its processes to the helper, unique in a run.
     key: String,
+    /// Where its processes' output goes (`None`: dormouse's own).
+    log: Option<std::path::PathBuf>,
     processes: Arc<Processes>,
     state: Mutex<State>,
     /// Notified on every state change that could let a waiting request go.
@@ -334,7 +343,12 @@ impl Drop for Lease {
 }
 
 impl ServiceHandle {
-    fn new(key: String, config: Service, processes: Arc<Processes>) -> Arc<ServiceHandle> {
+    fn new(
+        key: String,
+        config: Service,
+        processes: Arc<Processes>,
+        log: Option<std::path::PathBuf>,
+    ) -> Arc<ServiceHandle> {
         let scale = ScaleConfig {
             min: config.min,
             max: config.max,
@@ -345,6 +359,7 @@ impl ServiceHandle {
         Arc::new(ServiceHandle {
             config,
             key,
+            log,
             processes,
             state: Mutex::new(State { scale, ..State::default() }),
             changed: Notify::new(),
@@ -501,7 +516,7 @@ impl ServiceHandle {
 
     /// What starts an instance listening on `port`.
     fn spawn_request(&self, port: u16) -> Spawn {
-        Instance::spawn_request(&self.key, &self.config, port)
+        Spawn { log: self.log.clone(), ..Instance::spawn_request(&self.key, &self.config, port) }
     }
 
     /// A lease on a ready instance, starting or thawing instances as needed.
@@ -673,6 +688,7 @@ impl ServiceHandle {
         state.starts += 1;
         match Instance::new(&self.key, &self.config, state.next_number) {
             Ok((mut instance, request)) => {
+                let request = Spawn { log: self.log.clone(), ..request };
                 instance.quota = quota;
                 if let Some(port) = self.config.port {
                     self.processes.hold_port(port);

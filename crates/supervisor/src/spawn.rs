@@ -25,7 +25,7 @@
 //! process it does not know.
 
 use std::collections::{HashMap, HashSet};
-use std::io::Write as _;
+use std::io::{Read, Write as _};
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt as _;
@@ -55,6 +55,37 @@ pub(crate) struct Spawn {
     pub cwd: PathBuf,
     /// The instance's memory size in bytes, set on its cgroup.
     pub memory: Option<u64>,
+    /// Where its stdout and stderr go, line by line with timestamps
+    /// (`logs.rs`); `None` leaves them on dormouse's own.
+    pub log: Option<PathBuf>,
+}
+
+impl Spawn {
+    /// Pipes the command's output to the log, if it has one.
+    fn pipe_output(&self, command: &mut std::process::Command) {
+        if self.log.is_some() {
+            command.stdout(Stdio::piped()).stderr(Stdio::piped());
+        }
+    }
+
+    /// Starts copying a spawned process's output into the log.
+    fn capture_output(
+        &self,
+        pid: u32,
+        stdout: Option<impl Read + Send + 'static>,
+        stderr: Option<impl Read + Send + 'static>,
+    ) {
+        let Some(path) = &self.log else { return };
+        let log = crate::logs::LogFile::shared(path);
+        let name = self.service.rsplit('/').next().unwrap_or(&self.service);
+        let source = format!("{name}[{pid}]");
+        if let Some(stdout) = stdout {
+            crate::logs::capture(stdout, log.clone(), source.clone(), "stdout");
+        }
+        if let Some(stderr) = stderr {
+            crate::logs::capture(stderr, log, source, "stderr");
+        }
+    }
 }
 
 impl Spawn {
@@ -141,7 +172,11 @@ impl Spawner {
                 let _procs = join_on_exec(&mut command, cgroup.as_ref())?;
                 let mut command = tokio::process::Command::from(command);
                 command.kill_on_drop(true);
-                Ok((Process::Direct(command.spawn()?), cgroup))
+                let mut child = command.spawn()?;
+                let stdout = child.stdout.take().and_then(|out| out.into_owned_fd().ok()).map(std::fs::File::from);
+                let stderr = child.stderr.take().and_then(|err| err.into_owned_fd().ok()).map(std::fs::File::from);
+                request.capture_output(child.id().unwrap_or(0), stdout, stderr);
+                Ok((Process::Direct(child), cgroup))
             }
             Spawner::Helper(helper) => helper.spawn(request).await,
         }
@@ -158,6 +193,7 @@ fn command_for(request: &Spawn) -> std::process::Command {
         .current_dir(&request.cwd)
         .stdin(Stdio::null())
         .process_group(0);
+    request.pipe_output(&mut command);
     command
 }
 
@@ -462,15 +498,18 @@ impl Stubs {
             instance.retire();
             return Err(error);
         }
-        let mut child = std::process::Command::new("/bin/sh")
-            .args(["-c", STUB_SCRIPT, &template.program])
+        let mut stub = std::process::Command::new("/bin/sh");
+        stub.args(["-c", STUB_SCRIPT, &template.program])
             .args(&template.args)
             .envs(template.env.iter().map(|(k, v)| (k, v)))
             .current_dir(&template.cwd)
             .stdin(Stdio::piped())
-            .process_group(0)
-            .spawn()?;
+            .process_group(0);
+        template.pipe_output(&mut stub);
+        let mut child = stub.spawn()?;
         let port_pipe = child.stdin.take().expect("piped");
+        // The stub becomes the app: its pid and its output are the app's.
+        template.capture_output(child.id(), child.stdout.take(), child.stderr.take());
         if let Err(error) = instance.join(child.id()) {
             drop(port_pipe);
             let _ = child.wait();
@@ -619,7 +658,8 @@ fn start(request: Spawn, run: Option<&Path>, stubs: Option<&Arc<Stubs>>) -> std:
     let mut command = command_for(&request);
     let _procs = join_on_exec(&mut command, cgroup.as_ref())?;
     // The child is reaped by `reap`, not through this handle.
-    let child = command.spawn()?;
+    let mut child = command.spawn()?;
+    request.capture_output(child.id(), child.stdout.take(), child.stderr.take());
     Ok((child.id(), cgroup.map(|c| c.path().to_owned())))
 }
 

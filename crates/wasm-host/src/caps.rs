@@ -34,6 +34,8 @@ pub struct ComponentCaps {
     /// The app's outbound policy (see `ComponentSpec::outbound`); empty
     /// means every outbound request is denied.
     pub outbound: crate::OutboundSlot,
+    /// Where its output lines go; `None`: dormouse's own stdout and stderr.
+    pub output: Option<Arc<dyn crate::GuestOutput>>,
 }
 
 /// The part of a request's store data the capability bindings use.

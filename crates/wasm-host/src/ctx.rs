@@ -10,6 +10,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpVi
 
 use crate::caps::{CapsView, ComponentCaps};
 use crate::outbound::Hops;
+use crate::output::GuestStream;
 
 pub struct RequestCtx {
     wasi: WasiCtx,
@@ -24,9 +25,18 @@ impl RequestCtx {
     pub fn new(caps: &Arc<ComponentCaps>, memory_limit: usize, hops: Hops) -> Self {
         // Deny by default: no socket addresses, no name lookups, and only the
         // directories the component was granted, read-only. Guest output goes
-        // to dormouse's own stdout and stderr.
+        // to the app's log where it has one, else to dormouse's own.
         let mut wasi = WasiCtx::builder();
-        wasi.envs(&caps.environment).inherit_stdout().inherit_stderr();
+        wasi.envs(&caps.environment);
+        match &caps.output {
+            Some(output) => {
+                let stream = |stream| GuestStream { output: output.clone(), component: caps.id.clone(), stream };
+                wasi.stdout(stream("stdout")).stderr(stream("stderr"));
+            }
+            None => {
+                wasi.inherit_stdout().inherit_stderr();
+            }
+        }
         for preopen in &caps.preopens {
             // Staged at load time; a directory that vanished since is left out
             // (the guest sees no such file) rather than failing the request.

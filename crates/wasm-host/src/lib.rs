@@ -19,6 +19,7 @@ mod caps;
 mod ctx;
 mod kv;
 mod outbound;
+mod output;
 mod p3;
 mod variables;
 
@@ -46,6 +47,7 @@ use caps::ComponentCaps;
 pub use caps::Preopen;
 use ctx::RequestCtx;
 pub use outbound::{Hops, IoFuture, OutboundHttp, OutgoingFuture};
+pub use output::GuestOutput;
 /// The error type of request bodies handed to a guest.
 pub use wasmtime_wasi_http::Error as WasiHttpError;
 pub use wasmtime_wasi_http::{RequestOptions, WasiBody, default_send_request};
@@ -135,6 +137,8 @@ pub struct ComponentSpec {
     /// app is assembled (the policy needs the app, the app its
     /// components). Empty, as by default, denies every request.
     pub outbound: OutboundSlot,
+    /// Where its stdout and stderr lines go; `None`: dormouse's own.
+    pub output: Option<Arc<dyn GuestOutput>>,
 }
 
 /// An app's outbound HTTP handler, shared by its components and set once.
@@ -344,6 +348,7 @@ impl Host {
             key_value: spec.key_value.clone(),
             preopens: spec.preopens.clone(),
             outbound: spec.outbound.clone(),
+            output: spec.output.clone(),
         };
         Ok(ComponentPre { pre, caps: Arc::new(caps), shared: self.shared.clone(), stats: Arc::default() })
     }

@@ -492,4 +492,123 @@ async fn an_instance_past_its_memory_size_is_killed_and_says_so() {
 
     // The next request gets a fresh instance.
     assert_eq!(request(&server, "small", "/").await.status, StatusCode::OK);
+
+    // `-M` sizes a command's instances.
+    let service = service_dir();
+    let args = ["deploy", "-0", "-M", "96MiB", "--name", "sized", path_str(service.path()), "--", "python3", "app.py"];
+    let mut with_json = args.to_vec();
+    with_json.splice(1..1, ["-o", "json"]);
+    let reply: Value = serde_json::from_str(&ok(state_dir, &with_json)).unwrap();
+    assert_eq!(reply["memory_bytes"], 96 << 20);
+    assert_eq!(request(&server, "sized", "/hog").await.status, StatusCode::BAD_GATEWAY);
+    let row = wait_for_state(state_dir, "sized", "sized", "standby");
+    assert!(row["stop_reason"].as_str().unwrap().contains("memory size of 96 MiB"), "{row:#}");
+}
+
+/// Polls `dormouse logs` until a line contains every text in `wanted`.
+fn wait_for_lines(state_dir: &Path, app: &str, wanted: &[&str]) -> String {
+    let started = Instant::now();
+    loop {
+        let logs = ok(state_dir, &["logs", app]);
+        if wanted.iter().all(|text| logs.contains(text)) {
+            return logs;
+        }
+        assert!(started.elapsed() < PATIENCE, "`dormouse logs {app}` never showed {wanted:?}: {logs}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_hold_what_guests_and_services_wrote_with_timestamps() {
+    let state = tempfile::tempdir().unwrap();
+    let state_dir = state.path();
+    let server = Server::daemon(state_dir, &[]);
+    ok(state_dir, &["deploy", "--name", "noisy", path_str(&guest("log"))]);
+    assert_eq!(request(&server, "noisy", "/").await.body, "logged\n");
+    let logs = wait_for_lines(
+        state_dir,
+        "noisy",
+        &[
+            "noisy stdout: handled a request",
+            "noisy stderr: a warning in two writes",
+            "noisy stderr: and an unfinished line",
+        ],
+    );
+    for line in logs.lines() {
+        let stamp = line.split(' ').next().unwrap();
+        assert!(stamp.len() > 20 && stamp.ends_with('Z'), "every line starts with its time: {line}");
+    }
+
+    // A service's output, by process, in the same stream of lines.
+    let service = service_app("chatty", "");
+    std::fs::write(
+        service.path().join("spin.toml"),
+        "spin_manifest_version = 2\n[application]\nname = \"chatty\"\n[[trigger.http]]\nroute = \"/...\"\nservice = \"chatty\"\n\
+         [service.chatty]\ncommand = [\"sh\", \"-c\", \"echo starting up; echo oops >&2; exec python3 app.py\"]\n",
+    )
+    .unwrap();
+    ok(state_dir, &["deploy", "-0", path_str(service.path())]);
+    let pid = pid_of(&request(&server, "chatty", "/").await);
+    wait_for_lines(
+        state_dir,
+        "chatty",
+        &[&format!("chatty[{pid}] stdout: starting up"), &format!("chatty[{pid}] stderr: oops")],
+    );
+    let last = ok(state_dir, &["logs", "chatty", "--tail", "1"]);
+    assert_eq!(last.lines().count(), 1, "{last}");
+    assert!(fails(state_dir, &["logs", "nope"]).contains("no app `nope`"));
+
+    // `-f` prints what comes next, and only that.
+    let before = ok(state_dir, &["logs", "noisy", "--tail", "1"]);
+    let before = before.split(' ').next().unwrap().to_owned();
+    let mut follow = dormouse()
+        .args(["logs", "noisy", "-f", "--tail", "0"])
+        .env("DORMOUSE_STATE_DIR", state_dir)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    request(&server, "noisy", "/").await;
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(follow.stdout.take().unwrap()));
+    let first = lines.next().unwrap().unwrap();
+    assert!(first.contains("noisy stdout: handled a request"), "{first}");
+    assert!(first.split(' ').next().unwrap() > before.as_str(), "a new line, not history: {first} after {before}");
+    follow.kill().unwrap();
+    follow.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kv_reads_and_writes_the_store_the_components_use() {
+    let state = tempfile::tempdir().unwrap();
+    let state_dir = state.path();
+    let server = Server::daemon(state_dir, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(guest("kv"), dir.path().join("kv.wasm")).unwrap();
+    let manifest = "spin_manifest_version = 2\n[application]\nname = \"store\"\n[[trigger.http]]\nroute = \"/...\"\n\
+                    component = \"kv\"\n[component.kv]\nsource = \"kv.wasm\"\nkey_value_stores = [\"default\"]\n";
+    std::fs::write(dir.path().join("spin.toml"), manifest).unwrap();
+    ok(state_dir, &["deploy", path_str(dir.path())]);
+
+    // Written by the operator, read by the guest.
+    ok(state_dir, &["kv", "set", "store", "greeting", "hello there"]);
+    assert_eq!(request(&server, "store", "/spin/greeting").await.body, "hello there");
+    ok(state_dir, &["kv", "set", "store", "a/b c", "any key"]);
+    assert_eq!(ok(state_dir, &["kv", "get", "store", "a/b c"]), "any key");
+    // Written by the guest, read by the operator.
+    let put = crate::support::send(
+        hyper::Request::put(server.url("/spin/count"))
+            .header("host", "store.localhost")
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(b"42")))
+            .unwrap(),
+    )
+    .await;
+    assert!(put.status.is_success(), "{}", put.body);
+    assert_eq!(ok(state_dir, &["kv", "get", "store", "count"]), "42");
+    let keys = json(state_dir, &["kv", "ls", "store"]);
+    assert_eq!(keys, serde_json::json!(["a/b c", "count", "greeting"]));
+
+    assert!(fails(state_dir, &["kv", "get", "store", "missing"]).contains("no key `missing`"));
+    assert!(fails(state_dir, &["kv", "ls", "store", "--store", "other"]).contains("no key-value store `other`"));
+    let long = "k".repeat(300);
+    assert!(fails(state_dir, &["kv", "set", "store", &long, "v"]).contains("256 bytes"));
 }
