@@ -106,14 +106,10 @@ class Daemon:
         raise RuntimeError("the control API never answered")
 
     def stat(self):
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return suite.process_cpu_seconds(self.process.pid)
 
     def rss_mib(self):
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return 0.0
+        return suite.process_rss_mib(self.process.pid)
 
     def stop(self):
         os.killpg(self.process.pid, signal.SIGTERM)

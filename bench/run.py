@@ -184,6 +184,19 @@ def http_status(port, path):
     return int(head.split()[1]) if head.startswith(b"HTTP/1.1 ") else 0
 
 
+def process_cpu_seconds(pid):
+    """User and system CPU time of process `pid` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def process_rss_mib(pid):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 class Server:
     """A server process on a free port; `ready` waits for its first 200."""
 
@@ -212,14 +225,10 @@ class Server:
         return f"http://127.0.0.1:{self.port}{self.path}"
 
     def cpu_seconds(self):
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return process_cpu_seconds(self.process.pid)
 
     def rss_mib(self):
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return 0.0
+        return process_rss_mib(self.process.pid)
 
     def stop(self):
         try:
