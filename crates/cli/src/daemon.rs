@@ -73,9 +73,22 @@ pub(crate) fn default_state_dir() -> PathBuf {
 
 pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
     let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
-    std::fs::create_dir_all(&state_dir).with_context(|| format!("cannot create `{}`", state_dir.display()))?;
+    create_private_dir(&state_dir)?;
+    // One daemon per state directory: a second would serve the same apps
+    // from the same database and bundles.
+    let _lock = lock_state_dir(&state_dir)?;
     let domain = args.domain.trim_matches('.').to_ascii_lowercase();
-    anyhow::ensure!(!domain.is_empty(), "the domain must not be empty");
+    let label = |label: &str| {
+        (1..=63).contains(&label.len())
+            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+    };
+    anyhow::ensure!(
+        !domain.is_empty() && domain.len() <= 253 && domain.split('.').all(label),
+        "`{}` is not a domain name: use labels of letters, digits and `-` separated by dots",
+        args.domain
+    );
     let quotas = Quotas::new(QuotaLimits {
         active_instances: args.max_active_instances,
         active_memory: args.max_active_memory.map(|size| size.as_u64()),
@@ -92,7 +105,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let address = listener.local_addr()?;
         let (control, control_at) = control_listener(&state_dir, args.control_listen).await?;
-        let processes = Processes::new(Some(crate::helper_command()), true, Some(quotas.clone()));
+        let processes = Processes::with_clean_environment(Some(crate::helper_command()), Some(quotas.clone()));
         let config = DaemonConfig {
             state_dir: state_dir.clone(),
             domain: domain.clone(),
@@ -100,6 +113,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
             quotas,
             max_total_instances: args.max_total_instances,
             max_apps: args.max_apps,
+            max_bundle_bytes: args.max_upload.as_u64(),
         };
         let platform = Platform::for_daemon(gateway.clone(), processes.clone(), address, config)?;
         let started = Instant::now();
@@ -125,6 +139,43 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// Makes the state directory, readable by its owner only (it holds the
+/// token, the database, every app's data).
+fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("cannot create `{}`", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// An exclusive lock on `<dir>/daemon.lock`, held while the returned file is
+/// open (the kernel drops it when the daemon dies, however it dies).
+fn lock_state_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
+    use std::io::{Read as _, Seek as _, Write as _};
+    let path = dir.join("daemon.lock");
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("cannot open `{}`", path.display()))?;
+    if rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+        let mut holder = String::new();
+        let _ = file.read_to_string(&mut holder);
+        anyhow::bail!("another dormouse daemon (pid {}) uses the state directory `{}`", holder.trim(), dir.display());
+    }
+    file.set_len(0)?;
+    file.rewind()?;
+    write!(file, "{}", std::process::id())?;
+    Ok(file)
+}
+
 /// The control API's listener and where it is, for the banner.
 async fn control_listener(state_dir: &Path, tcp: Option<SocketAddr>) -> anyhow::Result<(ControlListener, String)> {
     match tcp {
@@ -147,9 +198,14 @@ async fn control_listener(state_dir: &Path, tcp: Option<SocketAddr>) -> anyhow::
 /// The bearer token in `path`, made (mode 0600) on first use.
 fn token(path: &Path) -> anyhow::Result<String> {
     use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
     match std::fs::read_to_string(path) {
-        Ok(token) if !token.trim().is_empty() => return Ok(token.trim().to_owned()),
+        Ok(token) if !token.trim().is_empty() => {
+            // Whoever reads it is the operator: owner only, whatever it was.
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("cannot make `{}` private", path.display()))?;
+            return Ok(token.trim().to_owned());
+        }
         Ok(_) => {}
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
         Err(error) => return Err(error).with_context(|| format!("cannot read `{}`", path.display())),

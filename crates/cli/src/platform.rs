@@ -50,9 +50,12 @@ impl Connect {
     }
 }
 
+/// How lists print (`-o`).
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Output {
+    /// Columns for people; colour on a terminal.
     Table,
+    /// The control API's own JSON.
     Json,
 }
 
@@ -117,6 +120,7 @@ pub enum InstanceCommand {
     },
     /// Stops a service's instances (`APP/SERVICE`): they go to standby.
     Stop {
+        /// `APP/SERVICE`.
         name: String,
         #[command(flatten)]
         connect: Connect,
@@ -124,6 +128,7 @@ pub enum InstanceCommand {
     /// Starts an instance of a service (`APP/SERVICE`) without waiting for a
     /// request.
     Start {
+        /// `APP/SERVICE`.
         name: String,
         #[command(flatten)]
         connect: Connect,
@@ -157,6 +162,7 @@ pub enum AdjustmentArg {
 pub enum ScaleCommand {
     /// Sets an app's instance range, warmup and cooldown.
     Init {
+        /// The app.
         app: String,
         /// Instances kept up however idle (0: scale to zero).
         #[arg(long)]
@@ -176,6 +182,7 @@ pub enum ScaleCommand {
     },
     /// Adds a step policy (or replaces the one of its name).
     Add {
+        /// The app.
         app: String,
         /// The policy's name.
         #[arg(long)]
@@ -193,6 +200,7 @@ pub enum ScaleCommand {
     },
     /// Shows an app's scale settings and policies.
     Get {
+        /// The app.
         app: String,
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Output,
@@ -201,7 +209,9 @@ pub enum ScaleCommand {
     },
     /// Removes one policy (`--name`), or every setting of the app's own.
     Rm {
+        /// The app.
         app: String,
+        /// Only this policy.
         #[arg(long)]
         name: Option<String>,
         #[command(flatten)]
@@ -219,6 +229,7 @@ pub struct KvArgs {
 pub enum KvCommand {
     /// Prints a key's value.
     Get {
+        /// The app.
         app: String,
         key: String,
         /// The store's label.
@@ -229,9 +240,11 @@ pub enum KvCommand {
     },
     /// Sets a key.
     Set {
+        /// The app.
         app: String,
         key: String,
         value: String,
+        /// The store's label.
         #[arg(long, default_value = "default")]
         store: String,
         #[command(flatten)]
@@ -239,7 +252,9 @@ pub enum KvCommand {
     },
     /// Lists the keys.
     Ls {
+        /// The app.
         app: String,
+        /// The store's label.
         #[arg(long, default_value = "default")]
         store: String,
         #[arg(short = 'o', long, value_enum, default_value = "table")]
@@ -768,19 +783,26 @@ fn target_id(name: &str) -> &str {
     if name.starts_with(|c: char| c.is_ascii_lowercase()) { name } else { "app" }
 }
 
+/// `text` as a TOML string, escaped as TOML escapes it.
+fn toml_string(text: &str) -> String {
+    toml_edit::Value::from(text).to_string().trim().to_owned()
+}
+
 fn component_manifest(name: &str, source: &str) -> String {
     let id = target_id(name);
+    let (name, source) = (toml_string(name), toml_string(source));
     format!(
-        "spin_manifest_version = 2\n[application]\nname = {name:?}\n\n[[trigger.http]]\nroute = \"/...\"\ncomponent = \"{id}\"\n\n[component.{id}]\nsource = {source:?}\n"
+        "spin_manifest_version = 2\n[application]\nname = {name}\n\n[[trigger.http]]\nroute = \"/...\"\ncomponent = \"{id}\"\n\n[component.{id}]\nsource = {source}\n"
     )
 }
 
 fn service_manifest(name: &str, command: &[String], port: Option<u16>) -> String {
     let id = target_id(name);
-    let command = command.iter().map(|part| format!("{part:?}")).collect::<Vec<_>>().join(", ");
+    let name = toml_string(name);
+    let command = command.iter().map(|part| toml_string(part)).collect::<Vec<_>>().join(", ");
     let port = port.map(|port| format!("port = {port}\n")).unwrap_or_default();
     format!(
-        "spin_manifest_version = 2\n[application]\nname = {name:?}\n\n[[trigger.http]]\nroute = \"/...\"\nservice = \"{id}\"\n\n[service.{id}]\ncommand = [{command}]\n{port}"
+        "spin_manifest_version = 2\n[application]\nname = {name}\n\n[[trigger.http]]\nroute = \"/...\"\nservice = \"{id}\"\n\n[service.{id}]\ncommand = [{command}]\n{port}"
     )
 }
 
@@ -834,6 +856,10 @@ mod tests {
         let text = service_manifest("web", &["nginx".into(), "-g".into(), "daemon off;".into()], Some(8080));
         let app = dormouse_manifest::parse(&text, Path::new(GENERATED_MANIFEST), dir).unwrap();
         assert_eq!(app.services["web"].command, ["nginx", "-g", "daemon off;"]);
+        let odd = ["sh".to_owned(), "-c".to_owned(), "echo \"\u{1b}[31m\\ 'x'".to_owned()];
+        let text = service_manifest("web", &odd, None);
+        let parsed = dormouse_manifest::parse(&text, Path::new(GENERATED_MANIFEST), dir).unwrap();
+        assert_eq!(parsed.services["web"].command, odd, "any argument survives the manifest");
         assert_eq!(app.services["web"].port, Some(8080));
         let text = component_manifest("hello", "hello.wasm");
         let app = dormouse_manifest::parse(&text, Path::new(GENERATED_MANIFEST), dir).unwrap();

@@ -62,6 +62,9 @@ pub struct DaemonConfig {
     pub quotas: Arc<dormouse_quota::Quotas>,
     /// Instances that may exist, standby included; `None`: no limit.
     pub max_total_instances: Option<u64>,
+    /// What a bundle may unpack to, in bytes (the upload limit, so a small
+    /// archive cannot expand past it).
+    pub max_bundle_bytes: u64,
     /// Apps that may be deployed; `None`: no limit.
     pub max_apps: Option<u64>,
 }
@@ -80,6 +83,19 @@ pub struct DeployOptions {
     pub memory: Option<u64>,
 }
 
+/// A bundle received: a tar archive in a file of the bundle directory, and
+/// its BLAKE3 hash. The file is removed when this is dropped.
+pub struct Upload {
+    pub path: PathBuf,
+    pub hash: String,
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 /// The gateway's apps and, in the daemon, what deploys them.
 pub struct Platform {
     gateway: Arc<Gateway>,
@@ -94,6 +110,9 @@ struct Daemon {
     db: StateDb,
     /// Apps with a deploy or removal in progress: a second one gets 409.
     busy: Mutex<HashSet<String>>,
+    /// Held from the quota checks to the swap into the table, so that
+    /// concurrent deploys of different apps cannot pass a quota together.
+    commit: tokio::sync::Mutex<()>,
 }
 
 /// An app's place among those being deployed or removed, given back on drop
@@ -141,7 +160,19 @@ impl Platform {
             std::fs::create_dir_all(&dir).with_context(|| format!("cannot create `{}`", dir.display()))?;
         }
         let db = StateDb::open(&config.state_dir.join("state.db"))?;
-        let daemon = Daemon { config, db, busy: Mutex::default() };
+        // Left by a daemon that died mid-deploy.
+        if let Ok(entries) = std::fs::read_dir(config.state_dir.join("bundles")) {
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with(".unpacking-") {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                } else if name.starts_with(".upload-") {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+        let daemon = Daemon { config, db, busy: Mutex::default(), commit: tokio::sync::Mutex::new(()) };
         Ok(Arc::new(Platform { gateway, processes, public, daemon: Some(daemon) }))
     }
 
@@ -197,7 +228,7 @@ impl Platform {
     pub async fn deploy(
         self: &Arc<Self>,
         claim: &DeployClaim,
-        bundle: bytes::Bytes,
+        upload: Upload,
         options: DeployOptions,
     ) -> Result<DeployReply, ControlError> {
         let name = claim.name.as_str();
@@ -208,7 +239,8 @@ impl Platform {
         let name_owned = name.to_owned();
         let built = tokio::task::spawn_blocking(move || -> Result<_, ControlError> {
             let daemon = platform.deployer()?;
-            let hash = store_bundle(&daemon.config.state_dir.join("bundles"), &bundle)?;
+            let hash = store_bundle(&daemon.config.state_dir.join("bundles"), &upload, daemon.config.max_bundle_bytes)?;
+            drop(upload);
             let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
             let record = AppRecord {
                 id: deployment_id(&name_owned, &hash, now),
@@ -225,15 +257,26 @@ impl Platform {
             let app = platform.launch(&record).map_err(|error| ControlError::Invalid(format!("{error:#}")))?;
             Ok((record, app, started.elapsed()))
         });
-        let (record, app, load_time) = built.await.map_err(anyhow::Error::from)??;
+        let (record, app, load_time) = match built.await.map_err(anyhow::Error::from)? {
+            Ok(built) => built,
+            Err(error) => {
+                self.collect_bundles();
+                return Err(error);
+            }
+        };
+        let commit = daemon.commit.lock().await;
         let recorded = self.check_quotas(&app).and_then(|()| daemon.db.put(&record).map_err(ControlError::from));
         if let Err(error) = recorded {
+            drop(commit);
             // Instances its minimum started must not outlive it.
-            app.retire(Duration::ZERO).await;
+            app.retire(Duration::ZERO, "its deploy failed").await;
+            self.collect_bundles();
             return Err(error);
         }
         app.start();
-        if let Some(old) = self.gateway.insert(app.clone()) {
+        let old = self.gateway.insert(app.clone());
+        drop(commit);
+        if let Some(old) = old {
             self.retire(old);
         }
         tracing::info!(app = %record.name, version = record.version, "deployed in {load_time:.1?}");
@@ -312,10 +355,12 @@ impl Platform {
             return Err(not_found(name));
         }
         if let Some(app) = self.gateway.remove(name) {
-            app.retire(daemon.config.drain_timeout).await;
+            app.retire(daemon.config.drain_timeout, "its app was removed").await;
         }
-        // Its logs go with it; its key-value data stays, as a volume would.
-        let _ = std::fs::remove_dir_all(self.logs_dir(name)?);
+        // Everything of it goes: logs, key-value data, its bundle if no
+        // other app runs from it.
+        let _ = std::fs::remove_dir_all(daemon.config.state_dir.join("apps").join(name));
+        self.collect_bundles();
         Ok(())
     }
 
@@ -324,6 +369,25 @@ impl Platform {
         let daemon = self.deployer().map_err(anyhow::Error::from)?;
         let bundle = daemon.config.state_dir.join("bundles").join(&record.bundle);
         let mut manifest = load_manifest(&bundle, &record.manifest)?;
+        // An app runs from its bundle alone: nothing it names may lead out
+        // of it (a link, `..`, an absolute path), or it would read the host's
+        // files, or another app's.
+        let inside = bundle.canonicalize()?;
+        let within = |path: &Path, what: &str| -> anyhow::Result<()> {
+            let resolved =
+                path.canonicalize().with_context(|| format!("{what} `{}` does not exist", shown(&bundle, path)))?;
+            anyhow::ensure!(resolved.starts_with(&inside), "{what} `{}` is outside the bundle", shown(&bundle, path));
+            Ok(())
+        };
+        within(&manifest.manifest_path, "the manifest")?;
+        for component in manifest.components.values() {
+            within(&component.source, &format!("component `{}`: source", component.id))?;
+        }
+        for service in manifest.services.values() {
+            within(&service.workdir, &format!("service `{}`: workdir", service.id))?;
+            dormouse_supervisor::check_command(&service.command[0], &service.workdir, &service.environment)
+                .map_err(|error| anyhow::anyhow!("service `{}`: {error}", service.id))?;
+        }
         for service in manifest.services.values_mut() {
             // `-0` puts idle instances on standby; without it one stays up.
             service.min = if record.scale_to_zero { 0 } else { service.min.max(1) };
@@ -348,6 +412,11 @@ impl Platform {
             apply_scale(&launched.app, &scale)?;
         }
         Ok(launched.app)
+    }
+
+    /// Where uploads are received (the daemon's bundle directory).
+    pub fn bundles_dir(&self) -> Result<PathBuf, ControlError> {
+        Ok(self.deployer()?.config.state_dir.join("bundles"))
     }
 
     /// Where `name`'s output is captured.
@@ -396,6 +465,9 @@ impl Platform {
 
     /// Sets a key; the store's limits (key ≤ 256 bytes, value ≤ 1 MiB) hold.
     pub async fn kv_set(&self, name: &str, label: &str, key: &str, value: Vec<u8>) -> Result<(), ControlError> {
+        if key.is_empty() {
+            return Err(ControlError::Invalid("the key is empty".to_owned()));
+        }
         let store = self.store(name, label)?;
         store.set(key, value).await.map_err(|error| match error {
             dormouse_kv::Error::KeyTooLong(_) | dormouse_kv::Error::ValueTooLarge(_) => {
@@ -447,6 +519,21 @@ impl Platform {
         }
         if init.cooldown_ms.is_some_and(|ms| ms < 100) {
             return Err(ControlError::Invalid("the cooldown must be at least 100ms".to_owned()));
+        }
+        let most = dormouse_manifest::MAX_SERVICE_INSTANCES;
+        if init.max_size.is_some_and(|max| max > most) {
+            return Err(ControlError::Invalid(format!("max size is at most {most} instances per service")));
+        }
+        const DAY_MS: u64 = 86_400_000;
+        if init.cooldown_ms.is_some_and(|ms| ms > DAY_MS) || init.warmup_ms.is_some_and(|ms| ms > DAY_MS) {
+            return Err(ControlError::Invalid("warmup and cooldown are at most a day".to_owned()));
+        }
+        if let (Some(min), Some(limit)) = (init.min_size, self.deployer()?.config.quotas.limits().active_instances)
+            && u64::from(min) > limit
+        {
+            return Err(ControlError::Quota(format!(
+                "min size {min} can never be met: the active instances quota is {limit}"
+            )));
         }
         self.change_scale(name, |record| {
             record.min = init.min_size.or(record.min);
@@ -501,13 +588,37 @@ impl Platform {
 
     /// Retires `app` in the background: its requests finish, then its
     /// services stop.
-    fn retire(&self, app: Arc<App>) {
+    fn retire(self: &Arc<Self>, app: Arc<App>) {
         let timeout = self.daemon.as_ref().map_or(Duration::from_secs(30), |d| d.config.drain_timeout);
+        let platform = self.clone();
         tokio::spawn(async move {
-            if !app.retire(timeout).await {
+            if !app.retire(timeout, "replaced by a new version").await {
                 tracing::warn!(app = app.name(), "replaced while requests were still in flight past {timeout:?}");
             }
+            drop(app);
+            platform.collect_bundles();
         });
+    }
+
+    /// Removes the bundles no recorded app runs from (and no app in the
+    /// table: a retiring version may still run from its own).
+    fn collect_bundles(&self) {
+        let Some(daemon) = &self.daemon else { return };
+        let bundles = daemon.config.state_dir.join("bundles");
+        let Ok(entries) = std::fs::read_dir(&bundles) else { return };
+        let recorded: HashSet<String> = match daemon.db.apps() {
+            Ok(apps) => apps.into_iter().map(|app| app.bundle).collect(),
+            Err(_) => return,
+        };
+        let busy = !daemon.busy.lock().expect("not poisoned").is_empty();
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            // Another deploy may be unpacking or about to record its bundle.
+            if busy || name.starts_with('.') || recorded.contains(&name) {
+                continue;
+            }
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
     }
 
     /// Every app, by name.
@@ -527,6 +638,9 @@ impl Platform {
     }
 
     pub fn app(&self, name: &str) -> Result<AppInfo, ControlError> {
+        if self.daemon.is_some() {
+            check_name(name)?;
+        }
         let table = self.gateway.apps();
         let app = table.get(name).ok_or_else(|| not_found(name))?;
         let record = match &self.daemon {
@@ -709,6 +823,11 @@ fn parse_policy(record: &PolicyRecord) -> Result<dormouse_supervisor::StepPolicy
         other => return Err(format!("unknown adjustment `{other}`: use `change`, `percent` or `exact`")),
     };
     let steps = record.steps.iter().map(|step| Step::parse(step)).collect::<Result<Vec<_>, _>>()?;
+    // Larger would only overflow: the count is clamped to the max size anyway.
+    const MOST: i64 = 100_000;
+    if let Some(step) = steps.iter().find(|step| step.adjustment.abs() > MOST) {
+        return Err(format!("step `{step}`: an adjustment is at most {MOST} in size"));
+    }
     let policy = dormouse_supervisor::StepPolicy { name: record.name.clone(), metric, adjustment, steps };
     policy.check()?;
     Ok(policy)
@@ -784,7 +903,9 @@ pub fn check_name(name: &str) -> Result<(), ControlError> {
 /// The manifest path inside a bundle: relative, without `..`.
 fn check_manifest_path(path: &str) -> Result<(), ControlError> {
     let relative = Path::new(path);
-    let inside = !path.is_empty() && relative.components().all(|part| matches!(part, std::path::Component::Normal(_)));
+    use std::path::Component::{CurDir, Normal};
+    let inside = relative.components().any(|part| matches!(part, Normal(_)))
+        && relative.components().all(|part| matches!(part, Normal(_) | CurDir));
     if inside {
         Ok(())
     } else {
@@ -792,48 +913,91 @@ fn check_manifest_path(path: &str) -> Result<(), ControlError> {
     }
 }
 
+/// `path` as the user wrote it: relative to the bundle where it is in it.
+fn shown(bundle: &Path, path: &Path) -> String {
+    path.strip_prefix(bundle).unwrap_or(path).display().to_string()
+}
+
 /// Loads the manifest at `manifest` inside `bundle`; errors name the file as
 /// the user knows it (its path in the bundle).
 fn load_manifest(bundle: &Path, manifest: &str) -> anyhow::Result<dormouse_manifest::App> {
     let file = bundle.join(manifest);
     let base_dir = file.parent().unwrap_or(bundle).to_owned();
-    let text = dormouse_manifest::read_regular_file(&file)
-        .map_err(|_| anyhow::anyhow!("the bundle has no manifest `{manifest}`"))?;
+    let text = match dormouse_manifest::read_regular_file(&file) {
+        Ok(text) => text,
+        Err(dormouse_manifest::ManifestError::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            anyhow::bail!("the bundle has no manifest `{manifest}`")
+        }
+        Err(dormouse_manifest::ManifestError::Read { source, .. }) => {
+            anyhow::bail!("cannot read the manifest `{manifest}`: {source}")
+        }
+        Err(other) => return Err(other.into()),
+    };
     let mut app = dormouse_manifest::parse(&text, Path::new(manifest), &base_dir)?;
     app.manifest_path = file;
     Ok(app)
 }
 
-/// Unpacks `bundle` into `bundles/<hash>` unless an identical one is there,
-/// and returns the hash. A bundle is unpacked into a fresh directory first
-/// and renamed into place, so a half-unpacked one is never used.
-fn store_bundle(bundles: &Path, bundle: &[u8]) -> Result<String, ControlError> {
-    let hash = blake3::hash(bundle).to_hex().to_string();
-    let target = bundles.join(&hash);
+/// Unpacks the uploaded bundle into `bundles/<hash>` unless an identical one
+/// is there, and returns the hash. A bundle is unpacked into a fresh
+/// directory first and renamed into place, so a half-unpacked one is never
+/// used; one that would unpack to more than `max_bytes`, or holds a sparse
+/// file (a small archive of a huge file), is refused before anything is
+/// written.
+fn store_bundle(bundles: &Path, upload: &Upload, max_bytes: u64) -> Result<String, ControlError> {
+    let target = bundles.join(&upload.hash);
     if target.is_dir() {
-        return Ok(hash);
+        return Ok(upload.hash.clone());
     }
     let staging = tempfile_dir(bundles)?;
-    let mut archive = tar::Archive::new(bundle);
-    archive.set_preserve_permissions(true);
-    archive.set_overwrite(false);
-    // `unpack` refuses entries that would land outside the directory (`..`,
-    // absolute paths, writes through links).
-    archive
-        .unpack(&staging)
-        .map_err(|error| ControlError::Invalid(format!("the bundle is not a valid tar archive: {error}")))?;
+    let unpacked = unpack(&upload.path, &staging, max_bytes);
+    if let Err(error) = unpacked {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(error);
+    }
     match std::fs::rename(&staging, &target) {
-        Ok(()) => Ok(hash),
+        Ok(()) => Ok(upload.hash.clone()),
         // A concurrent deploy of the same bundle (another app) won.
         Err(_) if target.is_dir() => {
             let _ = std::fs::remove_dir_all(&staging);
-            Ok(hash)
+            Ok(upload.hash.clone())
         }
         Err(error) => {
             let _ = std::fs::remove_dir_all(&staging);
             Err(ControlError::Internal(anyhow::Error::from(error).context("cannot store the bundle")))
         }
     }
+}
+
+fn unpack(archive: &Path, into: &Path, max_bytes: u64) -> Result<(), ControlError> {
+    let invalid =
+        |error: std::io::Error| ControlError::Invalid(format!("the bundle is not a valid tar archive: {error}"));
+    let file = std::fs::File::open(archive).map_err(|error| ControlError::Internal(error.into()))?;
+    let mut archive = tar::Archive::new(std::io::BufReader::new(file));
+    archive.set_preserve_permissions(true);
+    archive.set_overwrite(false);
+    let mut total = 0u64;
+    for entry in archive.entries().map_err(invalid)? {
+        let mut entry = entry.map_err(invalid)?;
+        let header = entry.header();
+        if header.entry_type().is_gnu_sparse() {
+            return Err(ControlError::Invalid(format!(
+                "the bundle holds a sparse file (`{}`): archive it without `--sparse`",
+                String::from_utf8_lossy(&entry.path_bytes())
+            )));
+        }
+        total = total.saturating_add(entry.size().max(header.size().unwrap_or(0)));
+        if total > max_bytes {
+            return Err(ControlError::TooLarge(format!(
+                "the bundle unpacks to more than the limit of {} MiB",
+                max_bytes >> 20
+            )));
+        }
+        // `unpack_in` skips entries that would land outside the directory
+        // (`..`, absolute paths) and refuses to write through links.
+        entry.unpack_in(into).map_err(invalid)?;
+    }
+    Ok(())
 }
 
 /// A new, empty directory in `parent`, named so that it is never taken for
@@ -871,10 +1035,51 @@ mod tests {
     }
 
     #[test]
+    fn a_bundle_that_unpacks_past_the_limit_or_holds_a_sparse_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = dir.path().join("bundle.tar");
+        let mut builder = tar::Builder::new(std::fs::File::create(&archive).unwrap());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(4096);
+        header.set_mode(0o644);
+        header.set_cksum();
+        builder.append_data(&mut header, "spin.toml", &[b'x'; 4096][..]).unwrap();
+        builder.finish().unwrap();
+        drop(builder);
+        let into = dir.path().join("out");
+        std::fs::create_dir(&into).unwrap();
+        assert!(matches!(unpack(&archive, &into, 1024), Err(ControlError::TooLarge(_))));
+        assert!(unpack(&archive, &into, 8192).is_ok());
+
+        // 1 GiB of nothing in a few KiB of archive (GNU tar's --sparse).
+        let sparse = dir.path().join("big.wasm");
+        std::fs::File::create(&sparse).unwrap().set_len(1 << 30).unwrap();
+        let archive = dir.path().join("sparse.tar");
+        let packed = std::process::Command::new("tar")
+            .args(["--sparse", "-cf"])
+            .arg(&archive)
+            .arg("-C")
+            .arg(dir.path())
+            .arg("big.wasm")
+            .status()
+            .unwrap();
+        assert!(packed.success());
+        assert!(std::fs::metadata(&archive).unwrap().len() < 1 << 20);
+        let into = dir.path().join("sparse-out");
+        std::fs::create_dir(&into).unwrap();
+        match unpack(&archive, &into, 256 << 20) {
+            Err(ControlError::Invalid(message)) => assert!(message.contains("sparse"), "{message}"),
+            other => panic!("a sparse file was unpacked: {:?}", other.map(|()| "ok")),
+        }
+        assert!(!into.join("big.wasm").exists());
+    }
+
+    #[test]
     fn manifest_paths_stay_in_the_bundle() {
         assert!(check_manifest_path("spin.toml").is_ok());
         assert!(check_manifest_path("app/spin.toml").is_ok());
-        for bad in ["", "../spin.toml", "/etc/spin.toml", "a/../../b"] {
+        assert!(check_manifest_path("./spin.toml").is_ok());
+        for bad in ["", ".", "../spin.toml", "/etc/spin.toml", "a/../../b"] {
             assert!(check_manifest_path(bad).is_err(), "{bad}");
         }
     }

@@ -116,6 +116,15 @@ impl Default for ControlConfig {
     }
 }
 
+/// Control connections open at once; more wait in the listen backlog, so a
+/// flood of them (on TCP, from anyone who can reach the port) cannot take
+/// the file descriptors the public listener needs.
+const MAX_CONNECTIONS: usize = 64;
+
+/// Time a control connection has to send a request head; past it, it is
+/// closed (an upload then has `ControlConfig::upload_timeout` for its body).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Serves the control API until `shutdown` resolves.
 pub async fn serve(
     platform: Arc<Platform>,
@@ -128,27 +137,40 @@ pub async fn serve(
         ControlListener::Unix(_) => None,
     };
     let config = Arc::new(config);
+    let places = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut accept_errors = dormouse_gateway::AcceptErrors::default();
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
+    let builder = Arc::new(builder);
     tokio::pin!(shutdown);
     loop {
+        let place = tokio::select! {
+            () = &mut shutdown => return,
+            place = places.clone().acquire_owned() => place.expect("never closed"),
+        };
         let io = tokio::select! {
             () = &mut shutdown => return,
             accepted = accept(&listener) => match accepted {
                 Ok(io) => io,
                 Err(error) => {
-                    tracing::warn!("control API: accept failed: {error}");
+                    accept_errors.record(&error);
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
         };
+        // A connection lives at most as long as the longest request may:
+        // one that idles between requests cannot keep its place forever.
+        let lifetime = config.upload_timeout + HEADER_TIMEOUT;
         let (platform, token, config) = (platform.clone(), token.clone(), config.clone());
         let service = hyper::service::service_fn(move |request| {
             let (platform, token, config) = (platform.clone(), token.clone(), config.clone());
             async move { Ok::<_, Infallible>(handle(&platform, token.as_deref(), &config, request).await) }
         });
+        let builder = builder.clone();
         tokio::spawn(async move {
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            let _ = builder.serve_connection(io, service).await;
+            let _place = place;
+            let _ = tokio::time::timeout(lifetime, builder.serve_connection(io, service)).await;
         });
     }
 }
@@ -206,7 +228,9 @@ fn authorized<B>(request: &Request<B>, token: &str) -> bool {
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
+        .and_then(|value| value.split_once(' '))
+        // The scheme is case-insensitive (RFC 9110 §11.1).
+        .and_then(|(scheme, token)| scheme.eq_ignore_ascii_case("bearer").then_some(token))
     else {
         return false;
     };
@@ -231,10 +255,11 @@ async fn route(
         (&Method::PUT, ["apps", name]) => {
             let options = deploy_options(&query)?;
             let claim = platform.claim(name)?;
-            let upload = tokio::time::timeout(config.upload_timeout, read_body(request, config.max_upload_bytes));
+            let dir = platform.bundles_dir()?;
+            let upload = tokio::time::timeout(config.upload_timeout, receive(request, config.max_upload_bytes, &dir));
             let bundle = match upload.await {
-                Ok(read) => match read? {
-                    Ok(bytes) => bytes,
+                Ok(received) => match received? {
+                    Ok(upload) => upload,
                     Err(response) => return Ok(response),
                 },
                 Err(_) => {
@@ -375,6 +400,49 @@ fn deploy_options(query: &str) -> Result<DeployOptions, ControlError> {
     Ok(options)
 }
 
+/// Receives an upload into a new file in `dir`, hashing it on the way (it
+/// is never held whole in memory); past `limit` bytes, the 413 to answer
+/// with. A dropped upload (its client left) removes its file.
+async fn receive(
+    request: Request<Incoming>,
+    limit: usize,
+    dir: &Path,
+) -> Result<Result<crate::platform::Upload, Response<Full<Bytes>>>, ControlError> {
+    use http_body_util::BodyExt as _;
+    use tokio::io::AsyncWriteExt as _;
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let too_large =
+        || error(StatusCode::PAYLOAD_TOO_LARGE, &format!("the upload is larger than the limit of {} MiB", limit >> 20));
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return Ok(Err(too_large()));
+    }
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = dir.join(format!(".upload-{}-{n}", std::process::id()));
+    let mut upload = crate::platform::Upload { path: path.clone(), hash: String::new() };
+    let mut file = tokio::fs::File::create(&path).await.map_err(|error| ControlError::Internal(error.into()))?;
+    let mut hasher = blake3::Hasher::new();
+    let mut body = request.into_body();
+    let mut received = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|error| ControlError::Invalid(format!("the upload broke off: {error}")))?;
+        let Ok(data) = frame.into_data() else { continue };
+        received += data.len();
+        if received > limit {
+            return Ok(Err(too_large()));
+        }
+        hasher.update(&data);
+        file.write_all(&data).await.map_err(|error| ControlError::Internal(error.into()))?;
+    }
+    file.flush().await.map_err(|error| ControlError::Internal(error.into()))?;
+    upload.hash = hasher.finalize().to_hex().to_string();
+    Ok(Ok(upload))
+}
+
 /// The request body, read to at most `limit` bytes; past it, the 413 to
 /// answer with.
 async fn read_body(
@@ -468,6 +536,7 @@ mod tests {
     fn tokens_are_checked_whole() {
         let with = |value: &str| Request::builder().header(header::AUTHORIZATION, value).body(()).unwrap();
         assert!(authorized(&with("Bearer abc"), "abc"));
+        assert!(authorized(&with("bearer abc"), "abc"));
         assert!(!authorized(&with("Bearer abd"), "abc"));
         assert!(!authorized(&with("Bearer ab"), "abc"));
         assert!(!authorized(&with("abc"), "abc"));

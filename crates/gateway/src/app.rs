@@ -129,10 +129,10 @@ impl App {
     }
 
     /// Waits until no request is in flight, at most `timeout`, then stops
-    /// every service instance and waits until they are reaped. Call once the
-    /// app is out of the table: nothing new reaches it. Returns whether the
-    /// requests ended in time.
-    pub async fn retire(&self, timeout: Duration) -> bool {
+    /// every service instance for `reason` and waits until they are reaped.
+    /// Call once the app is out of the table: nothing new reaches it.
+    /// Returns whether the requests ended in time.
+    pub async fn retire(&self, timeout: Duration, reason: &str) -> bool {
         let drained = tokio::time::timeout(timeout, async {
             loop {
                 let notified = self.idle.notified();
@@ -144,7 +144,7 @@ impl App {
         })
         .await
         .is_ok();
-        self.supervisor.shutdown().await;
+        self.supervisor.stop(reason).await;
         drained
     }
 }
@@ -252,13 +252,24 @@ pub fn app_name(authority: Option<&str>, domain: &str) -> Result<String, Unroute
 
 /// The host of an authority: without its port, without the brackets of an
 /// IPv6 literal, without a trailing dot.
+/// A bracketed host must be an IPv6 literal and a port must be a port;
+/// anything else is returned whole, which names no app.
 fn host_of(authority: &str) -> &str {
-    let host = match authority.strip_prefix('[') {
-        Some(rest) => rest.split(']').next().unwrap_or(rest),
-        None => authority
-            .rsplit_once(':')
-            .map_or(authority, |(host, port)| if port.bytes().all(|b| b.is_ascii_digit()) { host } else { authority }),
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((literal, after)) if literal.parse::<std::net::Ipv6Addr>().is_ok() => {
+                (literal, after.strip_prefix(':'))
+            }
+            _ => return authority,
+        },
+        None => match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        },
     };
+    if port.is_some_and(|port| port.parse::<u16>().is_err()) {
+        return authority;
+    }
     host.strip_suffix('.').unwrap_or(host)
 }
 
@@ -273,6 +284,8 @@ mod tests {
         assert_eq!(host_of("hello.localhost.:80"), "hello.localhost");
         assert_eq!(host_of("[::1]:3000"), "::1");
         assert_eq!(host_of("[::1]"), "::1");
+        assert_eq!(host_of("[hello.localhost]"), "[hello.localhost]", "brackets hold an IPv6 literal only");
+        assert_eq!(host_of("hello.localhost:99999"), "hello.localhost:99999", "not a port");
     }
 
     #[test]
@@ -286,5 +299,6 @@ mod tests {
         assert_eq!(app_name(Some("hellolocalhost"), "localhost"), other);
         assert_eq!(app_name(None, "localhost"), other);
         assert_eq!(app_name(Some("é.localhost"), "localhost"), Ok("é".into()));
+        assert_eq!(app_name(Some("hello.localhost:99999"), "localhost"), other);
     }
 }

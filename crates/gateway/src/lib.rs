@@ -30,6 +30,7 @@ use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
 pub use app::{App, AppParts, AppTable, Unrouted, app_name};
+pub use conn::AcceptErrors;
 pub use limits::Rejection;
 pub use outbound::{Destination, OutboundConfig};
 pub use router::{RouteEntry, Router, Slot, normalize_path};
@@ -267,11 +268,18 @@ impl Gateway {
         if request.uri().path() == HEALTH_PATH {
             return (plain(StatusCode::OK, "OK\n"), None);
         }
+        // A malformed request (no `Host`, two) is refused before it is
+        // routed to any app.
+        if let Err(rejection) = limits::check_head(&request, &self.config) {
+            return (rescue(Failure::Limit(rejection)), None);
+        }
         let app = {
             let table = self.apps.load();
-            let authority = match request.headers().get(header::HOST) {
-                Some(host) => host.to_str().ok(),
-                None => request.uri().authority().map(http::uri::Authority::as_str),
+            // The target's own authority wins over `Host` (RFC 9112 §3.2.2:
+            // absolute-form, and HTTP/2's :authority).
+            let authority = match request.uri().authority() {
+                Some(authority) => Some(authority.as_str()),
+                None => request.headers().get(header::HOST).and_then(|host| host.to_str().ok()),
             };
             match table.route(authority) {
                 Ok(app) => app::AppGuard::new(app.clone()),
@@ -294,9 +302,6 @@ impl Gateway {
         B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<WasiHttpError>,
     {
-        if let Err(rejection) = limits::check_head(&request, &self.config) {
-            return rescue(Failure::Limit(rejection));
-        }
         // Dot segments are resolved before routing, and the request goes on
         // as routed: `/app/../admin` is `/admin` for the router and the app.
         if let Some(normalized) = normalize_path(request.uri().path()) {
@@ -335,6 +340,9 @@ impl Gateway {
     ) -> Response<ResponseBody> {
         let local = self.local_addr.get().copied();
         let client = local.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)));
+        if let Err(rejection) = limits::check_head(&request, &self.config) {
+            return rescue(Failure::Limit(rejection));
+        }
         match target {
             Some(id) => {
                 let Some(component) = app.components().iter().find(|component| component.id() == id) else {

@@ -25,6 +25,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use crate::limits::{self, CheckedResponse};
 use crate::{Failure, Gateway, ResponseBody, rescue};
+use dormouse_supervisor::WakeError;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -88,7 +89,13 @@ where
     let lease = match tokio::time::timeout_at(deadline, service.acquire()).await {
         Ok(Ok(lease)) => lease,
         Ok(Err(error)) => return rescue(Failure::Wake(&error)),
-        Err(_) => return rescue(Failure::ServiceTimeout { service: id, limit }),
+        // Held past the wall-clock limit by a full quota: that is the reason.
+        Err(_) => match service.quota_blocked() {
+            Some(exceeded) => {
+                return rescue(Failure::Wake(&WakeError::Quota { service: id.to_owned(), exceeded }));
+            }
+            None => return rescue(Failure::ServiceTimeout { service: id, limit }),
+        },
     };
 
     let client_upgrade = (request.version() == Version::HTTP_11 && request.headers().contains_key(header::UPGRADE))
@@ -131,6 +138,10 @@ where
         return upgrade(gateway, service, response, client_upgrade, lease);
     }
     let (mut parts, body) = response.into_parts();
+    // A proxy answers in its own HTTP version, not the app's (RFC 9110
+    // §6.2): an HTTP/1.0 app (Python's http.server) must not make the
+    // client's keep-alive connection an HTTP/1.0 one.
+    parts.version = Version::HTTP_11;
     remove_hop_by_hop(&mut parts.headers);
     // Only a 101 switches protocols; an `Upgrade` elsewhere is the app's
     // offer for its own hop.

@@ -41,6 +41,8 @@ pub enum QuotaExceeded {
     ActiveInstances { limit: u64 },
     #[error("the active memory quota is reached ({used} MiB of {limit} MiB active; this instance needs {size} MiB)", used = used >> 20, limit = limit >> 20, size = size >> 20)]
     ActiveMemory { used: u64, limit: u64, size: u64 },
+    #[error("its memory size of {size} MiB is larger than the whole active memory quota of {limit} MiB", size = size >> 20, limit = limit >> 20)]
+    LargerThanQuota { limit: u64, size: u64 },
 }
 
 /// The platform's quotas and their usage.
@@ -97,7 +99,7 @@ impl Quotas {
     /// is within the active memory quota.
     pub fn fits(&self, memory: u64) -> Result<(), QuotaExceeded> {
         match self.limits.active_memory {
-            Some(limit) if memory > limit => Err(QuotaExceeded::ActiveMemory { used: 0, limit, size: memory }),
+            Some(limit) if memory > limit => Err(QuotaExceeded::LargerThanQuota { limit, size: memory }),
             _ => Ok(()),
         }
     }

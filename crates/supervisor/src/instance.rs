@@ -98,6 +98,7 @@ impl Instance {
             cwd: config.workdir.clone(),
             memory: Some(config.memory),
             log: None,
+            clean_env: false,
         }
     }
 

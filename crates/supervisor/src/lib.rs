@@ -69,6 +69,18 @@ pub enum WakeError {
     Quota { service: String, exceeded: dormouse_quota::QuotaExceeded },
 }
 
+/// Whether a service's command would start: its program an executable (on
+/// `PATH`, its own from `environment` or dormouse's, unless it names a path),
+/// its working directory a directory. For refusing a deploy that could
+/// never start, before its first request finds out.
+pub fn check_command(
+    program: &str,
+    workdir: &std::path::Path,
+    environment: &std::collections::BTreeMap<String, String>,
+) -> std::io::Result<()> {
+    spawn::runnable(program, workdir, environment.get("PATH").map(String::as_str))
+}
+
 /// What the services of every app in one dormouse share: this run's cgroup
 /// directory, the process helper (or in-process spawning), and the fixed
 /// ports their instances hold, so that an app deployed again on the same
@@ -79,6 +91,8 @@ pub struct Processes {
     /// The platform's quotas, which every instance is admitted under while
     /// it is starting or running (not paused); `None` counts nothing.
     quotas: Option<Arc<dormouse_quota::Quotas>>,
+    /// Services start from a clean environment (see `spawn::KEPT_ENVIRONMENT`).
+    clean_env: bool,
     /// Fixed ports held by an instance, from its start until it is reaped.
     fixed_ports: Mutex<std::collections::HashSet<u16>>,
 }
@@ -109,7 +123,19 @@ impl Processes {
             },
             _ => Spawner::Direct(cgroups.clone()),
         };
-        Arc::new(Processes { cgroups, spawner, quotas, fixed_ports: Mutex::default() })
+        Arc::new(Processes { cgroups, spawner, quotas, clean_env: false, fixed_ports: Mutex::default() })
+    }
+
+    /// The same, but services start from a clean environment: only
+    /// `PATH`, the locale, the time zone and `TMPDIR` of dormouse's, then
+    /// their own (the daemon, whose environment is not its apps').
+    pub fn with_clean_environment(
+        helper: Option<std::process::Command>,
+        quotas: Option<Arc<dormouse_quota::Quotas>>,
+    ) -> Arc<Processes> {
+        let mut processes = Arc::into_inner(Processes::new(helper, true, quotas)).expect("just made");
+        processes.clean_env = true;
+        Arc::new(processes)
     }
 
     /// Removes this run's cgroup directory: call once every supervisor has
@@ -193,11 +219,17 @@ impl Supervisor {
     /// Stops every instance (SIGTERM, SIGKILL after the stop timeout) and
     /// waits until all are reaped.
     pub async fn shutdown(&self) {
+        self.stop("dormouse shutting down").await;
+    }
+
+    /// Stops every instance for `reason` (what `instance ls` shows), starts
+    /// none again, and waits until all are reaped.
+    pub async fn stop(&self, reason: &str) {
         for service in &self.services {
             service.shutting_down.store(true, std::sync::atomic::Ordering::Release);
             let mut state = service.state.lock().expect("not poisoned");
             for instance in &mut state.instances {
-                instance.stop("dormouse shutting down");
+                instance.stop(reason);
             }
         }
         for service in &self.services {
@@ -369,6 +401,13 @@ impl ServiceHandle {
         })
     }
 
+    /// The quota that refused this service's last start or thaw, while no
+    /// instance of it is up.
+    pub fn quota_blocked(&self) -> Option<dormouse_quota::QuotaExceeded> {
+        let state = self.state.lock().expect("not poisoned");
+        state.quota_blocked.clone().filter(|_| state.live() == 0)
+    }
+
     /// The scale settings in force.
     pub fn scale(&self) -> ScaleConfig {
         self.state.lock().expect("not poisoned").scale.clone()
@@ -516,7 +555,11 @@ impl ServiceHandle {
 
     /// What starts an instance listening on `port`.
     fn spawn_request(&self, port: u16) -> Spawn {
-        Spawn { log: self.log.clone(), ..Instance::spawn_request(&self.key, &self.config, port) }
+        Spawn {
+            log: self.log.clone(),
+            clean_env: self.processes.clean_env,
+            ..Instance::spawn_request(&self.key, &self.config, port)
+        }
     }
 
     /// A lease on a ready instance, starting or thawing instances as needed.
@@ -688,7 +731,7 @@ impl ServiceHandle {
         state.starts += 1;
         match Instance::new(&self.key, &self.config, state.next_number) {
             Ok((mut instance, request)) => {
-                let request = Spawn { log: self.log.clone(), ..request };
+                let request = Spawn { log: self.log.clone(), clean_env: self.processes.clean_env, ..request };
                 instance.quota = quota;
                 if let Some(port) = self.config.port {
                     self.processes.hold_port(port);
@@ -742,12 +785,18 @@ impl ServiceHandle {
         }
         tracing::info!(service = %self.config.id, instance = number, pid, "starting");
         let ready = instance::wait_ready(port, self.config.ready_path.as_deref());
+        // Stopped on request (`instance stop`, a retiring app) is not a
+        // failure of the service: no back-off for it.
+        let mut asked_to_stop = false;
         let mut outcome = tokio::select! {
             status = child.wait() => Err(format!("exited before it was ready ({status})")),
             ready = tokio::time::timeout(self.config.ready_timeout, ready) => {
                 ready.map_err(|_| format!("not ready within {:?}", self.config.ready_timeout))
             }
-            () = stop.notified() => Err("stopped while starting".to_owned()),
+            () = stop.notified() => {
+                asked_to_stop = true;
+                Err(self.stop_reason(number))
+            }
         };
         // Whatever answered must be this instance's own listener: another
         // process may hold a fixed port, or take a picked one first.
@@ -783,7 +832,7 @@ impl ServiceHandle {
                 // The loop below terminates it: a stop that came while it was
                 // starting was consumed above, so signal again.
                 stop.notify_one();
-                if !self.shutting_down.load(std::sync::atomic::Ordering::Acquire) {
+                if !asked_to_stop && !self.shutting_down.load(std::sync::atomic::Ordering::Acquire) {
                     self.fail(&mut state, reason);
                 }
             }
@@ -826,8 +875,12 @@ impl ServiceHandle {
             retire(cgroup).await;
         }
         let mut state = self.state.lock().expect("not poisoned");
+        let mut went_on_its_own = false;
         if let Some(position) = state.instances.iter().position(|i| i.number == number) {
             let instance = state.instances.remove(position);
+            // Only one that had been up a while: an instance that keeps
+            // crashing soon after its start must not be restarted in a loop.
+            went_on_its_own = instance.stop_reason.is_none() && instance.started_at.elapsed() >= Duration::from_secs(5);
             self.release_fixed_port();
             tracing::info!(service = %self.config.id, instance = number, "stopped: {reason}");
             if state.stops.len() == status::STOPS_KEPT {
@@ -839,6 +892,21 @@ impl ServiceHandle {
                 served: instance.served,
                 boot_time_ms: instance.boot_time.map(|d| d.as_secs_f64() * 1000.0),
             });
+        }
+        // An instance the minimum keeps up that went away on its own (it
+        // crashed, the process helper was killed) is replaced at once,
+        // unless the service is failing (its back-off decides) or going
+        // away; one stopped on purpose (`instance stop`) is not.
+        if went_on_its_own && !self.shutting_down.load(std::sync::atomic::Ordering::Acquire) && state.failing.is_none()
+        {
+            while state.live() < state.min_up() && self.may_start(&state) {
+                if !self.start_instance(&mut state) {
+                    break;
+                }
+                if let Some(started) = state.instances.last_mut() {
+                    started.on_demand = false;
+                }
+            }
         }
         drop(state);
         self.changed.notify_waiters();

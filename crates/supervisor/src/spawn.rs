@@ -58,9 +58,33 @@ pub(crate) struct Spawn {
     /// Where its stdout and stderr go, line by line with timestamps
     /// (`logs.rs`); `None` leaves them on dormouse's own.
     pub log: Option<PathBuf>,
+    /// Start from an empty environment but for [`KEPT_ENVIRONMENT`] (the
+    /// daemon's apps), rather than from dormouse's (`dormouse up`).
+    #[serde(default)]
+    pub clean_env: bool,
 }
 
+/// What a service started from a clean environment still gets of
+/// dormouse's: where programs are, the home directory, the locale, the time
+/// zone and the temporary directory. Nothing else of the daemon's (its state
+/// directory, tokens, credentials) reaches an app.
+pub const KEPT_ENVIRONMENT: [&str; 6] = ["PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR"];
+
 impl Spawn {
+    /// Sets the command's environment: dormouse's (or, clean, only the kept
+    /// part of it), then the service's own.
+    fn set_environment(&self, command: &mut std::process::Command) {
+        if self.clean_env {
+            command.env_clear();
+            for name in KEPT_ENVIRONMENT {
+                if let Some(value) = std::env::var_os(name) {
+                    command.env(name, value);
+                }
+            }
+        }
+        command.envs(self.env.iter().map(|(k, v)| (k, v)));
+    }
+
     /// Pipes the command's output to the log, if it has one.
     fn pipe_output(&self, command: &mut std::process::Command) {
         if self.log.is_some() {
@@ -187,12 +211,8 @@ impl Spawner {
 /// with nothing on standard input.
 fn command_for(request: &Spawn) -> std::process::Command {
     let mut command = std::process::Command::new(&request.program);
-    command
-        .args(&request.args)
-        .envs(request.env.iter().map(|(k, v)| (k, v)))
-        .current_dir(&request.cwd)
-        .stdin(Stdio::null())
-        .process_group(0);
+    request.set_environment(&mut command);
+    command.args(&request.args).current_dir(&request.cwd).stdin(Stdio::null()).process_group(0);
     request.pipe_output(&mut command);
     command
 }
@@ -499,9 +519,9 @@ impl Stubs {
             return Err(error);
         }
         let mut stub = std::process::Command::new("/bin/sh");
+        template.set_environment(&mut stub);
         stub.args(["-c", STUB_SCRIPT, &template.program])
             .args(&template.args)
-            .envs(template.env.iter().map(|(k, v)| (k, v)))
             .current_dir(&template.cwd)
             .stdin(Stdio::piped())
             .process_group(0);
@@ -666,26 +686,27 @@ fn start(request: Spawn, run: Option<&Path>, stubs: Option<&Arc<Stubs>>) -> std:
 /// What `execvp` would refuse, found before a stub commits to the command:
 /// a program not on `PATH` (or not executable), a missing directory.
 fn check_runnable(request: &Spawn) -> std::io::Result<()> {
+    let path = request.env.iter().find(|(key, _)| key == "PATH").map(|(_, value)| value.as_str());
+    runnable(&request.program, &request.cwd, path)
+}
+
+/// Whether `program` would start in `cwd`: a path (with a `/`, relative to
+/// `cwd`) to an executable file, or an executable on `path` (dormouse's
+/// `PATH` when `None`); and `cwd` a directory.
+pub(crate) fn runnable(program: &str, cwd: &Path, path: Option<&str>) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
     let not_found = |what: String| std::io::Error::new(std::io::ErrorKind::NotFound, what);
-    if !request.cwd.is_dir() {
-        return Err(not_found(format!("working directory `{}` does not exist", request.cwd.display())));
+    if !cwd.is_dir() {
+        return Err(not_found(format!("working directory `{}` does not exist", cwd.display())));
     }
     let executable = |path: &Path| path.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
-    let program = Path::new(&request.program);
-    let found = if request.program.contains('/') {
-        executable(&request.cwd.join(program))
+    let found = if program.contains('/') {
+        executable(&cwd.join(program))
     } else {
-        let path = request
-            .env
-            .iter()
-            .find(|(key, _)| key == "PATH")
-            .map(|(_, value)| value.clone())
-            .or_else(|| std::env::var("PATH").ok())
-            .unwrap_or_default();
+        let path = path.map(str::to_owned).or_else(|| std::env::var("PATH").ok()).unwrap_or_default();
         std::env::split_paths(&path).any(|dir| executable(&dir.join(program)))
     };
-    if found { Ok(()) } else { Err(not_found(format!("`{}` is not an executable on PATH", request.program))) }
+    if found { Ok(()) } else { Err(not_found(format!("`{program}` is not an executable on PATH"))) }
 }
 
 async fn send(writer: &mut tokio::net::unix::OwnedWriteHalf, reply: &Reply) {

@@ -612,3 +612,102 @@ async fn kv_reads_and_writes_the_store_the_components_use() {
     let long = "k".repeat(300);
     assert!(fails(state_dir, &["kv", "set", "store", &long, "v"]).contains("256 bytes"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_owns_its_state_and_its_apps_only_their_bundles() {
+    let state = tempfile::tempdir().unwrap();
+    let state_dir = state.path();
+    let server = Server::daemon(state_dir, &[]);
+
+    // One daemon per state directory.
+    let second = dormouse().args(["daemon", "--listen", "127.0.0.1:0", "--state-dir"]).arg(state_dir).output().unwrap();
+    let error = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success() && error.contains("another dormouse daemon"), "{error}");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(state_dir).unwrap().permissions());
+    let fresh = tempfile::tempdir().unwrap();
+    let private = fresh.path().join("state");
+    let _other = Server::daemon(&private, &[]);
+    let mode_of_new = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&private).unwrap().permissions());
+    assert_eq!(mode_of_new & 0o777, 0o700, "a state directory it makes is its owner's only (was {mode:o})");
+
+    // Nothing a bundle names may lead out of it; a command must exist.
+    let outside = component_app("hello");
+    std::fs::write(
+        outside.path().join("spin.toml"),
+        format!(
+            "spin_manifest_version = 2\n[application]\nname = \"out\"\n[[trigger.http]]\nroute = \"/...\"\ncomponent = \"c\"\n[component.c]\nsource = \"{}\"\n",
+            guest("hello").display()
+        ),
+    )
+    .unwrap();
+    std::fs::remove_file(outside.path().join("app.wasm")).unwrap();
+    // The CLI packs a source outside the directory into the bundle; through
+    // the API, an absolute path is refused.
+    ok(state_dir, &["deploy", path_str(outside.path())]);
+    let manifest = std::fs::read(outside.path().join("spin.toml")).unwrap();
+    let mut bundle = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(manifest.len() as u64);
+    header.set_mode(0o644);
+    header.set_cksum();
+    bundle.append_data(&mut header, "spin.toml", &manifest[..]).unwrap();
+    let body = bytes::Bytes::from(bundle.into_inner().unwrap());
+    let (status, answer) =
+        server.control().raw(hyper::Method::PUT, "/v1/apps/escape", Some(("application/x-tar", body))).await.unwrap();
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(String::from_utf8_lossy(&answer).contains("is outside the bundle"), "{answer:?}");
+    let service = service_dir();
+    let error = fails(state_dir, &["deploy", "--name", "nope", path_str(service.path()), "--", "no-such-program"]);
+    assert!(error.contains("`no-such-program` is not an executable on PATH"), "{error}");
+
+    // A service starts from a clean environment: the daemon's RUST_LOG does
+    // not reach it.
+    ok(
+        state_dir,
+        &[
+            "deploy",
+            "-0",
+            "--name",
+            "env",
+            path_str(service.path()),
+            "--",
+            "sh",
+            "-c",
+            "echo log=[$RUST_LOG] path=[${PATH:+set}]; exec python3 app.py",
+        ],
+    );
+    assert_eq!(request(&server, "env", "/").await.status, StatusCode::OK);
+    let logs = wait_for_lines(state_dir, "env", &["path=[set]"]);
+    assert!(logs.contains("log=[]"), "the daemon's environment leaked: {logs}");
+
+    // An HTTP/1.0 app (Python's http.server) still answers in HTTP/1.1.
+    ok(
+        state_dir,
+        &[
+            "deploy",
+            "-0",
+            "--name",
+            "old",
+            path_str(service.path()),
+            "--",
+            "sh",
+            "-c",
+            "exec python3 -m http.server --bind 127.0.0.1 $PORT",
+        ],
+    );
+    let answer =
+        crate::support::raw(server.addr, b"GET /app.py HTTP/1.1\r\nHost: old.localhost\r\nConnection: close\r\n\r\n");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{}", &answer[..answer.len().min(200)]);
+
+    // Requests routed by their target's authority, refused without a Host.
+    let absolute = crate::support::raw(
+        server.addr,
+        b"GET http://out.localhost/ HTTP/1.1\r\nHost: nope.localhost\r\nConnection: close\r\n\r\n",
+    );
+    assert!(absolute.starts_with("HTTP/1.1 200") && absolute.contains("Hello from dormouse!"), "{absolute}");
+    let no_host = crate::support::raw(server.addr, b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n");
+    assert!(no_host.starts_with("HTTP/1.1 400"), "{no_host}");
+    let bracketed =
+        crate::support::raw(server.addr, b"GET / HTTP/1.1\r\nHost: [out.localhost]\r\nConnection: close\r\n\r\n");
+    assert!(!bracketed.starts_with("HTTP/1.1 200"), "{bracketed}");
+}
