@@ -329,6 +329,7 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
         ("url", app.url.clone()),
         ("routes", routes.join(", ")),
         ("load time", format!("{:.1} ms", reply.load_ms)),
+        ("boot time", reply.boot_ms.map_or_else(|| "at its first request".to_owned(), |ms| format!("{ms:.1} ms"))),
         ("memory", format!("{}", bytesize::ByteSize(reply.memory_bytes))),
         ("scale to zero", if app.scale_to_zero { "on" } else { "off" }.to_owned()),
     ];

@@ -57,6 +57,10 @@ pub struct DeployReply {
     /// Preparing grants and compiling (or loading from the compile cache)
     /// every component, in milliseconds.
     pub load_ms: f64,
+    /// For an app that keeps an instance up (deployed without `-0`), its
+    /// first instance's start to ready, in milliseconds; `null` for one in
+    /// standby (its boot happens at its first request).
+    pub boot_ms: Option<f64>,
     /// Each instance's memory size, in bytes: the first service's, or for
     /// an app of components only, their linear-memory cap.
     pub memory_bytes: u64,

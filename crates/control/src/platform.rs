@@ -286,7 +286,13 @@ impl Platform {
             Some(service) => service.config().memory,
             None => self.gateway.host().config().memory_limit as u64,
         };
-        Ok(DeployReply { app: self.info(&app, Some(&record)), load_ms: load_time.as_secs_f64() * 1000.0, memory_bytes })
+        let boot_ms = first_boot(&app).await;
+        Ok(DeployReply {
+            app: self.info(&app, Some(&record)),
+            load_ms: load_time.as_secs_f64() * 1000.0,
+            boot_ms,
+            memory_bytes,
+        })
     }
 
     /// Refuses `app` if deploying it would pass a quota: more apps, more
@@ -773,6 +779,25 @@ impl Platform {
             in_flight: app.in_flight(),
         }
     }
+}
+
+/// The boot time of the first instance of `app` that its scale settings keep
+/// up, once it is ready (at most its ready timeout); `None` if none is kept
+/// up or none got ready.
+async fn first_boot(app: &App) -> Option<f64> {
+    let service = app.supervisor().services().iter().find(|s| s.scale().min > 0)?;
+    let deadline = tokio::time::Instant::now() + service.config().ready_timeout;
+    while tokio::time::Instant::now() < deadline {
+        let status = service.status();
+        if let Some(boot) = status.instances.iter().find_map(|i| i.boot_time_ms) {
+            return Some(boot);
+        }
+        if status.failing.is_some() || status.instances.is_empty() {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    None
 }
 
 /// Instances of `app` that exist, standby included: one per component, and

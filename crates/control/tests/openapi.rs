@@ -85,7 +85,7 @@ fn every_wire_type_has_the_properties_its_schema_names() {
         pid: Some(1),
         port: Some(1),
     };
-    let reply = DeployReply { app: app.clone(), load_ms: 1.0, memory_bytes: 1 };
+    let reply = DeployReply { app: app.clone(), load_ms: 1.0, boot_ms: None, memory_bytes: 1 };
     let error = ErrorBody { message: "m".into() };
     let policy = PolicyInfo { name: "p".into(), metric: "cpu".into(), adjustment: "change".into(), steps: vec![] };
     let scale = ScaleInfo { min_size: 0, max_size: 1, warmup_ms: 0, cooldown_ms: 1000, policies: vec![policy.clone()] };

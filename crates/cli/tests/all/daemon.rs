@@ -150,6 +150,13 @@ async fn deploy_scale_to_zero_wakes_on_a_request_and_sleeps_after_the_cooldown()
     );
     assert!(!table.contains('\x1b'), "no colour off a terminal");
 
+    // Without `-0`, an instance is up from the deploy on, and its boot time
+    // is in the deploy's answer.
+    let args = ["deploy", "-o", "json", "--name", "always", path_str(service.path()), "--", "python3", "app.py"];
+    let reply: Value = serde_json::from_str(&ok(state_dir, &args)).unwrap();
+    assert!(reply["boot_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{reply:#}");
+    assert_eq!(instance(state_dir, "always", "always")["state"], "running");
+
     ok(state_dir, &["rm", "py"]);
     assert_eq!(request(&server, "py", "/").await.status, StatusCode::NOT_FOUND);
     assert!(fails(state_dir, &["rm", "py"]).contains("no app `py`"));
