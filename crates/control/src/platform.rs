@@ -510,6 +510,8 @@ impl Platform {
         change(&mut record)?;
         apply_scale(app, &record).map_err(|error| ControlError::Invalid(format!("{error:#}")))?;
         daemon.db.set_scale(name, Some(&record))?;
+        // A higher minimum is met at once.
+        app.start();
         self.scale(name)
     }
 

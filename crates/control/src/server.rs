@@ -121,6 +121,10 @@ impl Default for ControlConfig {
 /// the file descriptors the public listener needs.
 const MAX_CONNECTIONS: usize = 64;
 
+/// Uploads received at once; more get 503 with `Retry-After`. Each may take
+/// `--max-upload` of disk until it is unpacked.
+const MAX_UPLOADS: usize = 4;
+
 /// Time a control connection has to send a request head; past it, it is
 /// closed (an upload then has `ControlConfig::upload_timeout` for its body).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -255,6 +259,15 @@ async fn route(
         (&Method::PUT, ["apps", name]) => {
             let options = deploy_options(&query)?;
             let claim = platform.claim(name)?;
+            static UPLOADS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_UPLOADS);
+            let Ok(_uploading) = UPLOADS.try_acquire() else {
+                let mut response = error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("{MAX_UPLOADS} uploads are in progress already: retry shortly"),
+                );
+                response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+                return Ok(response);
+            };
             let dir = platform.bundles_dir()?;
             let upload = tokio::time::timeout(config.upload_timeout, receive(request, config.max_upload_bytes, &dir));
             let bundle = match upload.await {

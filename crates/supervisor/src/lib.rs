@@ -204,7 +204,8 @@ impl Supervisor {
         &self.services
     }
 
-    /// Starts the `min` instances of every service.
+    /// Starts the instances every service keeps up (its minimum, or a
+    /// policy's floor) that are not up yet.
     pub fn start(&self) {
         for service in &self.services {
             let mut state = service.state.lock().expect("not poisoned");
@@ -414,8 +415,10 @@ impl ServiceHandle {
     }
 
     /// Replaces the scale settings (`scale init`, `scale add`): instances
-    /// start to meet a higher minimum at once, and those above a lower one
-    /// go to standby when idle for the cooldown. Call within a tokio runtime.
+    /// above a lower minimum go to standby when idle for the cooldown; a
+    /// higher minimum is met by [`Supervisor::start`] (so that an app being
+    /// launched starts nothing before it is routed to). Call within a tokio
+    /// runtime.
     pub fn set_scale(self: &Arc<Self>, scale: ScaleConfig) {
         let mut state = self.state.lock().expect("not poisoned");
         let has_policies = !scale.policies.is_empty();
@@ -424,11 +427,6 @@ impl ServiceHandle {
             state.floor = 0;
         }
         self.has_policies.store(has_policies, std::sync::atomic::Ordering::Release);
-        while state.live() < state.min_up() && self.may_start(&state) {
-            if !self.start_instance(&mut state) {
-                break;
-            }
-        }
         // Idle instances look again at the (maybe lower) minimum.
         for instance in &state.instances {
             instance.activity.notify_one();
