@@ -17,6 +17,25 @@ use http::Method;
 use crate::daemon::{TOKEN_FILE, default_state_dir};
 use crate::up::{CONTROL_SOCKET, positive_duration};
 
+/// `println!` for a command's output: when the reader went away (`| head`)
+/// the command ends quietly, as a Unix tool does, instead of panicking.
+macro_rules! out {
+    () => { out!("") };
+    ($($arg:tt)*) => { write_out(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+fn write_out(text: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(error) = stdout.write_fmt(text).and_then(|()| stdout.flush()) {
+        if error.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write the output: {error}");
+        std::process::exit(1);
+    }
+}
+
 /// How to reach the daemon: its state directory's socket by default.
 #[derive(Args, Debug, Clone)]
 pub struct Connect {
@@ -314,13 +333,13 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
     let reply: DeployReply =
         serde_json::from_slice(&body).context("the daemon's answer is not what this CLI expects")?;
     if args.output == Output::Json {
-        println!("{}", String::from_utf8_lossy(&body));
+        out!("{}", String::from_utf8_lossy(&body));
         return Ok(ExitCode::SUCCESS);
     }
     let app = &reply.app;
     let routes: Vec<String> = app.routes.iter().map(|r| format!("{} → {} ({})", r.route, r.target, r.kind)).collect();
     let style = Style::detect();
-    println!("{} deployed {}", style.good("●"), app.name);
+    out!("{} deployed {}", style.good("●"), app.name);
     let rows = [
         ("name", app.name.clone()),
         ("id", app.id.clone()),
@@ -335,7 +354,7 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
     ];
     for (index, (key, value)) in rows.iter().enumerate() {
         let branch = if index + 1 == rows.len() { "└" } else { "├" };
-        println!(" {branch}{:─>15}: {value}", format!(" {key}"));
+        out!(" {branch}{:─>15}: {value}", format!(" {key}"));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -344,7 +363,7 @@ pub fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
     let client = args.connect.client();
     let apps: Vec<AppInfo> = block_on(client.get("/v1/apps"))?;
     if args.output == Output::Json {
-        println!("{}", serde_json::to_string_pretty(&apps)?);
+        out!("{}", serde_json::to_string_pretty(&apps)?);
         return Ok(ExitCode::SUCCESS);
     }
     let style = Style::detect();
@@ -370,11 +389,11 @@ pub fn instance(args: InstanceArgs) -> anyhow::Result<ExitCode> {
             loop {
                 let rows: Vec<InstanceInfo> = block_on(client.get("/v1/instances"))?;
                 if output == Output::Json {
-                    println!("{}", serde_json::to_string_pretty(&rows)?);
+                    out!("{}", serde_json::to_string_pretty(&rows)?);
                 } else {
                     if watch && style.terminal {
                         // Clear the screen and go home, as `watch` does.
-                        print!("\x1b[2J\x1b[H");
+                        write_out(format_args!("\x1b[2J\x1b[H"));
                     }
                     print_instances(&rows, &style);
                 }
@@ -397,10 +416,10 @@ fn service_action(connect: &Connect, name: &str, action: &str) -> anyhow::Result
     let body = block_on(connect.client().send(Method::POST, &path, None))?;
     let changed = serde_json::from_slice::<serde_json::Value>(&body)?.get("changed").and_then(|v| v.as_bool());
     match (action, changed) {
-        ("stop", Some(false)) => println!("{name}: no instance was running"),
-        ("stop", _) => println!("{name}: stopped"),
-        (_, Some(false)) => println!("{name}: already running"),
-        _ => println!("{name}: starting"),
+        ("stop", Some(false)) => out!("{name}: no instance was running"),
+        ("stop", _) => out!("{name}: stopped"),
+        (_, Some(false)) => out!("{name}: already running"),
+        _ => out!("{name}: starting"),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -439,14 +458,14 @@ pub fn scale(args: ScaleArgs) -> anyhow::Result<ExitCode> {
     let body = body.map(|bytes| ("application/json", Bytes::from(bytes)));
     let reply = block_on(connect.client().send(method, &path, body))?;
     if output == Output::Json {
-        println!("{}", String::from_utf8_lossy(&reply));
+        out!("{}", String::from_utf8_lossy(&reply));
         return Ok(ExitCode::SUCCESS);
     }
     let scale: dormouse_control::api::ScaleInfo = serde_json::from_slice(&reply)?;
-    println!("min size: {}", scale.min_size);
-    println!("max size: {}", scale.max_size);
-    println!("warmup:   {}", humantime::format_duration(Duration::from_millis(scale.warmup_ms)));
-    println!("cooldown: {}", humantime::format_duration(Duration::from_millis(scale.cooldown_ms)));
+    out!("min size: {}", scale.min_size);
+    out!("max size: {}", scale.max_size);
+    out!("warmup:   {}", humantime::format_duration(Duration::from_millis(scale.warmup_ms)));
+    out!("cooldown: {}", humantime::format_duration(Duration::from_millis(scale.cooldown_ms)));
     if !scale.policies.is_empty() {
         let mut table = vec![["POLICY", "METRIC", "ADJUSTMENT", "STEPS"].map(String::from).to_vec()];
         for policy in &scale.policies {
@@ -457,7 +476,7 @@ pub fn scale(args: ScaleArgs) -> anyhow::Result<ExitCode> {
                 policy.steps.join(" "),
             ]);
         }
-        println!();
+        out!();
         print_table(&table);
     }
     Ok(ExitCode::SUCCESS)
@@ -473,7 +492,7 @@ pub fn kv(args: KvArgs) -> anyhow::Result<ExitCode> {
             use std::io::Write as _;
             std::io::stdout().write_all(&value)?;
             if std::io::stdout().is_terminal() && !value.ends_with(b"\n") {
-                println!();
+                out!();
             }
         }
         KvCommand::Set { app, key, value, store, connect } => {
@@ -484,10 +503,10 @@ pub fn kv(args: KvArgs) -> anyhow::Result<ExitCode> {
         KvCommand::Ls { app, store, output, connect } => {
             let keys: Vec<String> = block_on(connect.client().get(&format!("/v1/apps/{app}/kv/{}", segment(&store))))?;
             if output == Output::Json {
-                println!("{}", serde_json::to_string_pretty(&keys)?);
+                out!("{}", serde_json::to_string_pretty(&keys)?);
             } else {
                 for key in keys {
-                    println!("{key}");
+                    out!("{key}");
                 }
             }
         }
@@ -508,7 +527,7 @@ pub fn logs(args: LogsArgs) -> anyhow::Result<ExitCode> {
             query.insert(0, '?');
             let lines: Vec<String> = client.get(&format!("/v1/apps/{}/logs{query}", args.app)).await?;
             for line in &lines[lines.len().saturating_sub(show)..] {
-                println!("{line}");
+                out!("{line}");
             }
             if let Some(stamp) = lines.last().and_then(|line| line.split(' ').next()) {
                 after = Some(stamp.to_owned());
@@ -527,7 +546,7 @@ pub fn logs(args: LogsArgs) -> anyhow::Result<ExitCode> {
 pub fn quotas(args: QuotasArgs) -> anyhow::Result<ExitCode> {
     let quotas: dormouse_control::api::QuotaInfo = block_on(args.connect.client().get("/v1/quotas"))?;
     if args.output == Output::Json {
-        println!("{}", serde_json::to_string_pretty(&quotas)?);
+        out!("{}", serde_json::to_string_pretty(&quotas)?);
         return Ok(ExitCode::SUCCESS);
     }
     let style = Style::detect();
@@ -540,17 +559,17 @@ pub fn quotas(args: QuotasArgs) -> anyhow::Result<ExitCode> {
     for (name, usage, in_bytes) in rows {
         let show = |n: u64| if in_bytes { bytesize::ByteSize(n).to_string() } else { n.to_string() };
         let limit = usage.limit.map_or_else(|| "unlimited".to_owned(), show);
-        println!("{name:>17}: {}{} / {limit}", style.bar(usage), show(usage.used));
+        out!("{name:>17}: {}{} / {limit}", style.bar(usage), show(usage.used));
     }
-    println!("{:>17}: {} instances per service", "autoscale", quotas.max_instances_per_service);
-    println!("{:>17}: {}", "scale to zero", if quotas.scale_to_zero { "enabled" } else { "disabled" });
+    out!("{:>17}: {} instances per service", "autoscale", quotas.max_instances_per_service);
+    out!("{:>17}: {}", "scale to zero", if quotas.scale_to_zero { "enabled" } else { "disabled" });
     Ok(ExitCode::SUCCESS)
 }
 
 pub fn remove(args: RemoveArgs) -> anyhow::Result<ExitCode> {
     let path = format!("/v1/apps/{}", args.name);
     block_on(args.connect.client().send(Method::DELETE, &path, None))?;
-    println!("removed {}", args.name);
+    out!("removed {}", args.name);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -592,7 +611,7 @@ fn print_table(rows: &[Vec<String>]) {
                 line.push_str(&" ".repeat(widths[c] - width(cell) + 2));
             }
         }
-        println!("{}", line.trim_end());
+        out!("{}", line.trim_end());
     }
 }
 

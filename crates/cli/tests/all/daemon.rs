@@ -149,6 +149,17 @@ async fn deploy_scale_to_zero_wakes_on_a_request_and_sleeps_after_the_cooldown()
         ["NAME", "APP", "KIND", "STATE", "BOOT-TIME", "MEMORY", "REQUESTS", "UPTIME", "STOP-REASON"]
     );
     assert!(!table.contains('\x1b'), "no colour off a terminal");
+    // A reader that goes away (`| head`) ends the command quietly.
+    let mut gone = dormouse()
+        .args(["instance", "ls"])
+        .env("DORMOUSE_STATE_DIR", state_dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(gone.stdout.take());
+    let ended = gone.wait_with_output().unwrap();
+    assert!(ended.status.success(), "{}", String::from_utf8_lossy(&ended.stderr));
 
     // Without `-0`, an instance is up from the deploy on, and its boot time
     // is in the deploy's answer.
