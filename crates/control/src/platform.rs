@@ -113,6 +113,9 @@ struct Daemon {
     /// Held from the quota checks to the swap into the table, so that
     /// concurrent deploys of different apps cannot pass a quota together.
     commit: tokio::sync::Mutex<()>,
+    /// Bundles of versions still draining (their services run from them),
+    /// counted: never collected until they are done.
+    retiring: Mutex<std::collections::HashMap<String, usize>>,
 }
 
 /// An app's place among those being deployed or removed, given back on drop
@@ -172,7 +175,13 @@ impl Platform {
                 }
             }
         }
-        let daemon = Daemon { config, db, busy: Mutex::default(), commit: tokio::sync::Mutex::new(()) };
+        let daemon = Daemon {
+            config,
+            db,
+            busy: Mutex::default(),
+            commit: tokio::sync::Mutex::new(()),
+            retiring: Mutex::default(),
+        };
         Ok(Arc::new(Platform { gateway, processes, public, daemon: Some(daemon) }))
     }
 
@@ -202,7 +211,7 @@ impl Platform {
                 Ok(app) => {
                     app.start();
                     if let Some(old) = self.gateway.insert(app) {
-                        self.retire(old);
+                        self.retire(old, None, "replaced by a new version");
                     }
                     restored += 1;
                 }
@@ -235,6 +244,7 @@ impl Platform {
         check_manifest_path(&options.manifest)?;
         let daemon = self.deployer()?;
         let previous = daemon.db.get(name)?;
+        let previous_bundle = previous.as_ref().map(|p| p.bundle.clone());
         let platform = self.clone();
         let name_owned = name.to_owned();
         let built = tokio::task::spawn_blocking(move || -> Result<_, ControlError> {
@@ -254,13 +264,16 @@ impl Platform {
                 deployed_at: now.as_secs(),
             };
             let started = std::time::Instant::now();
-            let app = platform.launch(&record).map_err(|error| ControlError::Invalid(format!("{error:#}")))?;
+            let app = platform.launch(&record).map_err(|error| {
+                tracing::warn!(app = %record.name, "deploy refused: {error:#}");
+                ControlError::Invalid(format!("{error:#}"))
+            })?;
             Ok((record, app, started.elapsed()))
         });
         let (record, app, load_time) = match built.await.map_err(anyhow::Error::from)? {
             Ok(built) => built,
             Err(error) => {
-                self.collect_bundles();
+                self.collect_bundles(Some(name));
                 return Err(error);
             }
         };
@@ -270,14 +283,22 @@ impl Platform {
             drop(commit);
             // Instances its minimum started must not outlive it.
             app.retire(Duration::ZERO, "its deploy failed").await;
-            self.collect_bundles();
+            self.collect_bundles(Some(name));
             return Err(error);
         }
         app.start();
         let old = self.gateway.insert(app.clone());
         drop(commit);
         if let Some(old) = old {
-            self.retire(old);
+            let retired = self.retire(old, previous_bundle, "replaced by a new version");
+            // A service on a fixed port could not start its kept-up
+            // instance while the old version held the port: once that is
+            // gone, it can.
+            let started = app.clone();
+            tokio::spawn(async move {
+                let _ = retired.await;
+                started.start();
+            });
         }
         tracing::info!(app = %record.name, version = record.version, "deployed in {load_time:.1?}");
         // A service app's instances are its services'; components have
@@ -355,19 +376,48 @@ impl Platform {
     /// Stops routing to `name`, lets its requests finish, stops its services
     /// and forgets it.
     pub async fn remove(self: &Arc<Self>, name: &str) -> Result<(), ControlError> {
-        let _claim = self.claim(name)?;
+        let claim = self.claim(name)?;
         let daemon = self.deployer()?;
+        let bundle = daemon.db.get(name)?.map(|record| record.bundle);
         if !daemon.db.remove(name)? {
             return Err(not_found(name));
         }
-        if let Some(app) = self.gateway.remove(name) {
-            app.retire(daemon.config.drain_timeout, "its app was removed").await;
+        // The drain and the clean-up run to the end even if the client
+        // hangs up: its app is already out of the table.
+        let platform = self.clone();
+        let name = name.to_owned();
+        let done = tokio::spawn(async move {
+            if let Some(app) = platform.gateway.remove(&name) {
+                platform.mark_retiring(bundle.as_deref(), true);
+                let timeout = platform.deployer().map(|d| d.config.drain_timeout).unwrap_or_default();
+                app.retire(timeout, "its app was removed").await;
+                platform.mark_retiring(bundle.as_deref(), false);
+            }
+            // Everything of it goes: logs, key-value data, its bundle if no
+            // other app runs from it.
+            if let Ok(daemon) = platform.deployer() {
+                let _ = std::fs::remove_dir_all(daemon.config.state_dir.join("apps").join(&name));
+            }
+            drop(claim);
+            platform.collect_bundles(None);
+        });
+        done.await.map_err(|error| ControlError::Internal(error.into()))
+    }
+
+    /// Counts `bundle` as in use by a version that is draining (or no
+    /// longer).
+    fn mark_retiring(&self, bundle: Option<&str>, retiring: bool) {
+        let (Some(daemon), Some(bundle)) = (&self.daemon, bundle) else { return };
+        let mut counts = daemon.retiring.lock().expect("not poisoned");
+        let count = counts.entry(bundle.to_owned()).or_default();
+        if retiring {
+            *count += 1;
+        } else {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                counts.remove(bundle);
+            }
         }
-        // Everything of it goes: logs, key-value data, its bundle if no
-        // other app runs from it.
-        let _ = std::fs::remove_dir_all(daemon.config.state_dir.join("apps").join(name));
-        self.collect_bundles();
-        Ok(())
     }
 
     /// Builds the app `record` describes from its bundle. Blocking.
@@ -594,23 +644,32 @@ impl Platform {
         })
     }
 
-    /// Retires `app` in the background: its requests finish, then its
-    /// services stop.
-    fn retire(self: &Arc<Self>, app: Arc<App>) {
+    /// Retires `app` (which ran from `bundle`) in the background: its
+    /// requests finish, then its services stop; the returned handle ends
+    /// when they have.
+    fn retire(
+        self: &Arc<Self>,
+        app: Arc<App>,
+        bundle: Option<String>,
+        reason: &'static str,
+    ) -> tokio::task::JoinHandle<()> {
         let timeout = self.daemon.as_ref().map_or(Duration::from_secs(30), |d| d.config.drain_timeout);
         let platform = self.clone();
+        self.mark_retiring(bundle.as_deref(), true);
         tokio::spawn(async move {
-            if !app.retire(timeout, "replaced by a new version").await {
+            if !app.retire(timeout, reason).await {
                 tracing::warn!(app = app.name(), "replaced while requests were still in flight past {timeout:?}");
             }
             drop(app);
-            platform.collect_bundles();
-        });
+            platform.mark_retiring(bundle.as_deref(), false);
+            platform.collect_bundles(None);
+        })
     }
 
-    /// Removes the bundles no recorded app runs from (and no app in the
-    /// table: a retiring version may still run from its own).
-    fn collect_bundles(&self) {
+    /// Removes the bundles no recorded app and no draining version runs
+    /// from; not while another app's deploy is under way (`own`, the
+    /// caller's, aside): it may be unpacking or about to record its bundle.
+    fn collect_bundles(&self, own: Option<&str>) {
         let Some(daemon) = &self.daemon else { return };
         let bundles = daemon.config.state_dir.join("bundles");
         let Ok(entries) = std::fs::read_dir(&bundles) else { return };
@@ -618,11 +677,14 @@ impl Platform {
             Ok(apps) => apps.into_iter().map(|app| app.bundle).collect(),
             Err(_) => return,
         };
-        let busy = !daemon.busy.lock().expect("not poisoned").is_empty();
+        let busy = daemon.busy.lock().expect("not poisoned").iter().any(|name| Some(name.as_str()) != own);
+        if busy {
+            return;
+        }
+        let retiring = daemon.retiring.lock().expect("not poisoned").clone();
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            // Another deploy may be unpacking or about to record its bundle.
-            if busy || name.starts_with('.') || recorded.contains(&name) {
+            if name.starts_with('.') || recorded.contains(&name) || retiring.contains_key(&name) {
                 continue;
             }
             let _ = std::fs::remove_dir_all(entry.path());
@@ -852,7 +914,7 @@ fn parse_policy(record: &PolicyRecord) -> Result<dormouse_supervisor::StepPolicy
     let steps = record.steps.iter().map(|step| Step::parse(step)).collect::<Result<Vec<_>, _>>()?;
     // Larger would only overflow: the count is clamped to the max size anyway.
     const MOST: i64 = 100_000;
-    if let Some(step) = steps.iter().find(|step| step.adjustment.abs() > MOST) {
+    if let Some(step) = steps.iter().find(|step| step.adjustment.unsigned_abs() > MOST as u64) {
         return Err(format!("step `{step}`: an adjustment is at most {MOST} in size"));
     }
     let policy = dormouse_supervisor::StepPolicy { name: record.name.clone(), metric, adjustment, steps };

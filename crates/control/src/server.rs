@@ -121,6 +121,10 @@ impl Default for ControlConfig {
 /// the file descriptors the public listener needs.
 const MAX_CONNECTIONS: usize = 64;
 
+/// What a deploy may take once its upload is in: unpacking, compiling every
+/// component, starting what it keeps up.
+const DEPLOY_TIME: Duration = Duration::from_secs(600);
+
 /// Uploads received at once; more get 503 with `Retry-After`. Each may take
 /// `--max-upload` of disk until it is unpacked.
 const MAX_UPLOADS: usize = 4;
@@ -163,9 +167,10 @@ pub async fn serve(
                 }
             },
         };
-        // A connection lives at most as long as the longest request may:
-        // one that idles between requests cannot keep its place forever.
-        let lifetime = config.upload_timeout + HEADER_TIMEOUT;
+        // A connection lives at most as long as the longest request may (an
+        // upload, then compiling and starting what it holds): one that idles
+        // between requests cannot keep its place forever.
+        let lifetime = config.upload_timeout + DEPLOY_TIME;
         let (platform, token, config) = (platform.clone(), token.clone(), config.clone());
         let service = hyper::service::service_fn(move |request| {
             let (platform, token, config) = (platform.clone(), token.clone(), config.clone());

@@ -54,6 +54,10 @@ pub struct Quotas {
     /// Admissions waiting for room: permits dropped notify only if some wait.
     waiting: AtomicUsize,
     freed: Notify,
+    /// With limits, one admission is counted and checked at a time: two
+    /// counted at once could each make the other fail its check, both be
+    /// refused, and leave room nobody took.
+    admitting: std::sync::Mutex<()>,
 }
 
 /// One active instance's share of the quotas, given back on drop.
@@ -81,6 +85,7 @@ impl Quotas {
             active_memory: AtomicU64::new(0),
             waiting: AtomicUsize::new(0),
             freed: Notify::new(),
+            admitting: std::sync::Mutex::new(()),
         })
     }
 
@@ -106,6 +111,8 @@ impl Quotas {
 
     /// Admits an instance of `memory` bytes now, or says which quota is full.
     pub fn try_admit(self: &Arc<Self>, memory: u64) -> Result<QuotaPermit, QuotaExceeded> {
+        let _one_at_a_time =
+            (self.limits != QuotaLimits::default()).then(|| self.admitting.lock().expect("not poisoned"));
         let instances = self.active_instances.fetch_add(1, Ordering::AcqRel) + 1;
         let used = self.active_memory.fetch_add(memory, Ordering::AcqRel) + memory;
         // Counted first, so two admissions racing for the last room cannot

@@ -228,6 +228,8 @@ impl Supervisor {
     pub async fn stop(&self, reason: &str) {
         for service in &self.services {
             service.shutting_down.store(true, std::sync::atomic::Ordering::Release);
+            // Its scaler, if it waits for an event, sees the stop and ends.
+            service.scale_events.notify_one();
             let mut state = service.state.lock().expect("not poisoned");
             for instance in &mut state.instances {
                 instance.stop(reason);
@@ -343,6 +345,13 @@ impl State {
     }
 }
 
+impl Drop for ServiceHandle {
+    fn drop(&mut self) {
+        // A scaler waiting for an event finds the service gone and ends.
+        self.scale_events.notify_one();
+    }
+}
+
 /// A request's claim on an instance: its address, held until the response is
 /// over. Dropping the last lease of an instance starts its cooldown.
 pub struct Lease {
@@ -402,11 +411,10 @@ impl ServiceHandle {
         })
     }
 
-    /// The quota that refused this service's last start or thaw, while no
-    /// instance of it is up.
+    /// The quota that refused this service's last start or thaw, until one
+    /// succeeds.
     pub fn quota_blocked(&self) -> Option<dormouse_quota::QuotaExceeded> {
-        let state = self.state.lock().expect("not poisoned");
-        state.quota_blocked.clone().filter(|_| state.live() == 0)
+        self.state.lock().expect("not poisoned").quota_blocked.clone()
     }
 
     /// The scale settings in force.
@@ -577,6 +585,14 @@ impl ServiceHandle {
             tokio::pin!(notified);
             // Registered before the state is read, so no change is missed.
             notified.as_mut().enable();
+            // Room another app's instance gives back wakes this one too;
+            // registered now for the same reason.
+            let quota_watch = self.processes.quotas.as_ref().map(|quotas| quotas.watch());
+            let quota_freed = quota_watch.as_ref().map(|(_, freed)| freed.notified());
+            tokio::pin!(quota_freed);
+            if let Some(freed) = quota_freed.as_mut().as_pin_mut() {
+                freed.enable();
+            }
             {
                 let mut state = self.state.lock().expect("not poisoned");
                 if let Some(lease) = self.try_lease(&mut state) {
@@ -623,16 +639,12 @@ impl ServiceHandle {
                     }
                 }
                 blocked_on_port = self.blocked_on_port(&state);
-                blocked_on_quota = state.quota_blocked.is_some() && state.live() == 0;
+                blocked_on_quota = state.quota_blocked.is_some();
             }
             let wake_at = if blocked_on_port { deadline.min(TokioInstant::now() + PORT_RECHECK) } else { deadline };
-            // Room another app's instance gives back wakes this one too.
             let quota_freed = async {
-                match (&self.processes.quotas, blocked_on_quota) {
-                    (Some(quotas), true) => {
-                        let (_waiting, freed) = quotas.watch();
-                        freed.notified().await;
-                    }
+                match quota_freed.as_mut().as_pin_mut() {
+                    Some(freed) if blocked_on_quota => freed.await,
                     _ => std::future::pending().await,
                 }
             };
@@ -650,7 +662,7 @@ impl ServiceHandle {
                 if let Some(lease) = self.try_lease(&mut state) {
                     return Ok(lease);
                 }
-                if let Some(exceeded) = state.quota_blocked.clone().filter(|_| state.live() == 0) {
+                if let Some(exceeded) = state.quota_blocked.clone() {
                     return Err(WakeError::Quota { service: self.config.id.clone(), exceeded });
                 }
                 return Err(WakeError::Timeout { service: self.config.id.clone(), limit: self.config.ready_timeout });
@@ -994,8 +1006,13 @@ async fn scaler(service: std::sync::Weak<ServiceHandle>, events: Arc<Notify>) {
             if service.shutting_down.load(std::sync::atomic::Ordering::Acquire)
                 || !service.has_policies.load(std::sync::atomic::Ordering::Acquire)
             {
-                service.state.lock().expect("not poisoned").scaler_running = false;
-                return;
+                // Looked at again under the lock `set_scale` takes, so that
+                // policies set just now are not left without a scaler.
+                let mut state = service.state.lock().expect("not poisoned");
+                if service.shutting_down.load(std::sync::atomic::Ordering::Acquire) || state.scale.policies.is_empty() {
+                    state.scaler_running = false;
+                    return;
+                }
             }
             service.evaluate()
         };

@@ -55,6 +55,11 @@ impl LogFile {
             rotated.push(".1");
             let _ = std::fs::rename(&self.path, rotated);
         }
+        // The file went away (the app was removed): a new one is started,
+        // not written past its end in the dark.
+        if self.file.is_some() && !self.path.exists() {
+            self.file = None;
+        }
         if self.file.is_none() {
             if let Some(dir) = self.path.parent() {
                 let _ = std::fs::create_dir_all(dir);

@@ -189,14 +189,28 @@ impl Spawner {
         match self {
             Spawner::Direct(cgroups) => {
                 let cgroup = cgroups.create();
-                if let (Some(cgroup), Some(memory)) = (&cgroup, request.memory) {
-                    cgroup.limit_memory(memory)?;
-                }
-                let mut command = command_for(&request);
-                let _procs = join_on_exec(&mut command, cgroup.as_ref())?;
-                let mut command = tokio::process::Command::from(command);
-                command.kill_on_drop(true);
-                let mut child = command.spawn()?;
+                let spawned = (|| {
+                    if let (Some(cgroup), Some(memory)) = (&cgroup, request.memory) {
+                        cgroup.limit_memory(memory)?;
+                    }
+                    let mut command = command_for(&request);
+                    let procs = join_on_exec(&mut command, cgroup.as_ref())?;
+                    let mut command = tokio::process::Command::from(command);
+                    command.kill_on_drop(true);
+                    let child = command.spawn();
+                    drop(procs);
+                    child
+                })();
+                let mut child = match spawned {
+                    Ok(child) => child,
+                    Err(error) => {
+                        // Nothing runs in it: it goes (with its v1 mirror).
+                        if let Some(cgroup) = cgroup {
+                            cgroup.retire();
+                        }
+                        return Err(error);
+                    }
+                };
                 let stdout = child.stdout.take().and_then(|out| out.into_owned_fd().ok()).map(std::fs::File::from);
                 let stderr = child.stderr.take().and_then(|err| err.into_owned_fd().ok()).map(std::fs::File::from);
                 request.capture_output(child.id().unwrap_or(0), stdout, stderr);
@@ -660,25 +674,38 @@ fn start(request: Spawn, run: Option<&Path>, stubs: Option<&Arc<Stubs>>) -> std:
             if writeln!(stub.port_pipe, "{port}").is_ok() {
                 return Ok((stub.pid, Some(stub.cgroup)));
             }
-            let _ = std::fs::remove_dir(&stub.cgroup);
+            Cgroup::at(stub.cgroup).retire();
         }
     }
     let cgroup = match run {
         Some(run) => {
             let path = run.join(format!("s-{}-{}", request.id, std::process::id()));
             std::fs::create_dir(&path)?;
-            let cgroup = Cgroup::at(path);
-            if let Some(memory) = request.memory {
-                cgroup.limit_memory(memory)?;
-            }
-            Some(cgroup)
+            Some(Cgroup::at(path))
         }
         None => None,
     };
-    let mut command = command_for(&request);
-    let _procs = join_on_exec(&mut command, cgroup.as_ref())?;
-    // The child is reaped by `reap`, not through this handle.
-    let mut child = command.spawn()?;
+    let spawned = (|| {
+        if let (Some(cgroup), Some(memory)) = (&cgroup, request.memory) {
+            cgroup.limit_memory(memory)?;
+        }
+        let mut command = command_for(&request);
+        let procs = join_on_exec(&mut command, cgroup.as_ref())?;
+        // The child is reaped by `reap`, not through this handle.
+        let child = command.spawn();
+        drop(procs);
+        child
+    })();
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(error) => {
+            // Nothing runs in it: it goes (with its v1 mirror).
+            if let Some(cgroup) = cgroup {
+                cgroup.retire();
+            }
+            return Err(error);
+        }
+    };
     request.capture_output(child.id(), child.stdout.take(), child.stderr.take());
     Ok((child.id(), cgroup.map(|c| c.path().to_owned())))
 }

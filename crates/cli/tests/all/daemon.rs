@@ -168,8 +168,12 @@ async fn deploy_scale_to_zero_wakes_on_a_request_and_sleeps_after_the_cooldown()
     assert!(reply["boot_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{reply:#}");
     assert_eq!(instance(state_dir, "always", "always")["state"], "running");
 
+    let bundles = || std::fs::read_dir(state_dir.join("bundles")).unwrap().count();
+    let before = bundles();
     ok(state_dir, &["rm", "py"]);
     assert_eq!(request(&server, "py", "/").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(bundles(), before - 1, "its bundle goes with it");
+    assert!(!state_dir.join("apps/py").exists(), "and its data");
     assert!(fails(state_dir, &["rm", "py"]).contains("no app `py`"));
 }
 
@@ -697,6 +701,23 @@ async fn the_daemon_owns_its_state_and_its_apps_only_their_bundles() {
     assert_eq!(request(&server, "env", "/").await.status, StatusCode::OK);
     let logs = wait_for_lines(state_dir, "env", &["path=[set]"]);
     assert!(logs.contains("log=[]"), "the daemon's environment leaked: {logs}");
+
+    // Redeployed on its fixed port, an app that keeps an instance up gets
+    // it back as soon as the old version has let the port go.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
+    let fixed = ["deploy", "--name", "fixed", "-p", &port, path_str(service.path()), "--", "python3", "app.py"];
+    ok(state_dir, &fixed);
+    let first = wait_for_state(state_dir, "fixed", "fixed", "running")["pid"].clone();
+    ok(state_dir, &fixed);
+    let started = Instant::now();
+    loop {
+        let row = instance(state_dir, "fixed", "fixed");
+        if row["state"] == "running" && row["pid"] != first {
+            break;
+        }
+        assert!(started.elapsed() < PATIENCE, "the new version's instance never came up: {row:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // An HTTP/1.0 app (Python's http.server) still answers in HTTP/1.1.
     ok(
