@@ -189,28 +189,11 @@ impl Spawner {
         match self {
             Spawner::Direct(cgroups) => {
                 let cgroup = cgroups.create();
-                let spawned = (|| {
-                    if let (Some(cgroup), Some(memory)) = (&cgroup, request.memory) {
-                        cgroup.limit_memory(memory)?;
-                    }
-                    let mut command = command_for(&request);
-                    let procs = join_on_exec(&mut command, cgroup.as_ref())?;
+                let mut child = spawn_joined(&request, cgroup.as_ref(), |command| {
                     let mut command = tokio::process::Command::from(command);
                     command.kill_on_drop(true);
-                    let child = command.spawn();
-                    drop(procs);
-                    child
-                })();
-                let mut child = match spawned {
-                    Ok(child) => child,
-                    Err(error) => {
-                        // Nothing runs in it: it goes (with its v1 mirror).
-                        if let Some(cgroup) = cgroup {
-                            cgroup.retire();
-                        }
-                        return Err(error);
-                    }
-                };
+                    command.spawn()
+                })?;
                 let stdout = child.stdout.take().and_then(|out| out.into_owned_fd().ok()).map(std::fs::File::from);
                 let stderr = child.stderr.take().and_then(|err| err.into_owned_fd().ok()).map(std::fs::File::from);
                 request.capture_output(child.id().unwrap_or(0), stdout, stderr);
@@ -219,6 +202,32 @@ impl Spawner {
             Spawner::Helper(helper) => helper.spawn(request).await,
         }
     }
+}
+
+/// Spawns `request`'s command with `spawn`, joined to `cgroup` (its memory
+/// size set first). If that fails, the cgroup, with nothing in it, is
+/// removed (and its v1 memory mirror).
+fn spawn_joined<T>(
+    request: &Spawn,
+    cgroup: Option<&Cgroup>,
+    spawn: impl FnOnce(std::process::Command) -> std::io::Result<T>,
+) -> std::io::Result<T> {
+    let spawned = (|| {
+        if let (Some(cgroup), Some(memory)) = (cgroup, request.memory) {
+            cgroup.limit_memory(memory)?;
+        }
+        let mut command = command_for(request);
+        let procs = join_on_exec(&mut command, cgroup)?;
+        let child = spawn(command);
+        drop(procs);
+        child
+    })();
+    if spawned.is_err()
+        && let Some(cgroup) = cgroup
+    {
+        Cgroup::at(cgroup.path().to_owned()).retire();
+    }
+    spawned
 }
 
 /// The command a spawn request describes, in a process group of its own and
@@ -685,27 +694,8 @@ fn start(request: Spawn, run: Option<&Path>, stubs: Option<&Arc<Stubs>>) -> std:
         }
         None => None,
     };
-    let spawned = (|| {
-        if let (Some(cgroup), Some(memory)) = (&cgroup, request.memory) {
-            cgroup.limit_memory(memory)?;
-        }
-        let mut command = command_for(&request);
-        let procs = join_on_exec(&mut command, cgroup.as_ref())?;
-        // The child is reaped by `reap`, not through this handle.
-        let child = command.spawn();
-        drop(procs);
-        child
-    })();
-    let mut child = match spawned {
-        Ok(child) => child,
-        Err(error) => {
-            // Nothing runs in it: it goes (with its v1 mirror).
-            if let Some(cgroup) = cgroup {
-                cgroup.retire();
-            }
-            return Err(error);
-        }
-    };
+    // The child is reaped by `reap`, not through this handle.
+    let mut child = spawn_joined(&request, cgroup.as_ref(), |mut command| command.spawn())?;
     request.capture_output(child.id(), child.stdout.take(), child.stderr.take());
     Ok((child.id(), cgroup.map(|c| c.path().to_owned())))
 }
