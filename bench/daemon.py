@@ -96,6 +96,19 @@ class Daemon:
             [dormouse, "daemon", "--listen", f"127.0.0.1:{port}", "--state-dir", state],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
+    @classmethod
+    def fresh(cls, dormouse, name):
+        """A daemon on a free port with an empty state directory of its own, its API up."""
+        state = suite.BUILD / name
+        subprocess.run(["rm", "-rf", str(state)], check=True)
+        daemon = cls(dormouse, state, suite.free_port())
+        daemon.wait_api()
+        return daemon
+
+    def env(self):
+        """The environment for CLI commands against this daemon."""
+        return dict(os.environ, DORMOUSE_STATE_DIR=str(self.state))
+
     def wait_api(self, timeout=300):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -117,11 +130,8 @@ class Daemon:
 
 
 def density(dormouse, apps):
-    state = suite.BUILD / "platform-density"
-    subprocess.run(["rm", "-rf", str(state)], check=True)
-    port = suite.free_port()
-    daemon = Daemon(dormouse, state, port)
-    daemon.wait_api()
+    daemon = Daemon.fresh(dormouse, "platform-density")
+    state, port = daemon.state, daemon.port
     empty_rss = daemon.rss_mib()
     started = time.monotonic()
     for index in range(apps):
@@ -137,7 +147,7 @@ def density(dormouse, apps):
     time.sleep(10)
     idle_cpu = daemon.stat() - cpu
     cli, raw = [], []
-    env = dict(os.environ, DORMOUSE_STATE_DIR=str(state))
+    env = daemon.env()
     for _ in range(5):
         t = time.monotonic()
         subprocess.run([dormouse, "instance", "ls", "-o", "json"], env=env, check=True, stdout=subprocess.DEVNULL)
@@ -173,12 +183,9 @@ def density(dormouse, apps):
 
 
 def deploy_to_first_response(dormouse, samples=5):
-    state = suite.BUILD / "platform-deploy"
-    subprocess.run(["rm", "-rf", str(state)], check=True)
-    port = suite.free_port()
-    daemon = Daemon(dormouse, state, port)
-    daemon.wait_api()
-    env = dict(os.environ, DORMOUSE_STATE_DIR=str(state))
+    daemon = Daemon.fresh(dormouse, "platform-deploy")
+    state, port = daemon.state, daemon.port
+    env = daemon.env()
     totals, firsts = [], []
     for index in range(samples):
         directory = suite.BUILD / f"platform-deploy-app-{index}"
@@ -202,12 +209,9 @@ def deploy_to_first_response(dormouse, samples=5):
 
 
 def scale_out(dormouse, samples=5):
-    state = suite.BUILD / "platform-scale"
-    subprocess.run(["rm", "-rf", str(state)], check=True)
-    port = suite.free_port()
-    daemon = Daemon(dormouse, state, port)
-    daemon.wait_api()
-    env = dict(os.environ, DORMOUSE_STATE_DIR=str(state))
+    daemon = Daemon.fresh(dormouse, "platform-scale")
+    state, port = daemon.state, daemon.port
+    env = daemon.env()
     app = suite.ROOT / "crates/cli/tests/services"
     cli = lambda *args: subprocess.run([dormouse, *args], env=env, check=True, stdout=subprocess.DEVNULL)
     cli("deploy", "-0", "--name", "py", "--cooldown", "300ms", app, "--", sys.executable, "app.py")

@@ -83,17 +83,11 @@ pub struct DeployOptions {
     pub memory: Option<u64>,
 }
 
-/// A bundle received: a tar archive in a file of the bundle directory, and
-/// its BLAKE3 hash. The file is removed when this is dropped.
+/// A bundle received: a tar archive in a file of the bundle directory
+/// (`.upload-*`, removed when this is dropped), and its BLAKE3 hash.
 pub struct Upload {
-    pub path: PathBuf,
+    pub path: tempfile::TempPath,
     pub hash: String,
-}
-
-impl Drop for Upload {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
 }
 
 /// The gateway's apps and, in the daemon, what deploys them.
@@ -829,7 +823,7 @@ impl Platform {
             .collect();
         let running = app.in_flight() > 0
             || app.components().iter().any(|c| c.live_instances() > 0)
-            || app.supervisor().services().iter().any(|s| !s.status().instances.is_empty());
+            || app.supervisor().services().iter().any(|s| s.instance_count() > 0);
         AppInfo {
             name: app.name().to_owned(),
             id: record.map(|r| r.id.clone()).unwrap_or_default(),
@@ -867,7 +861,7 @@ async fn first_boot(app: &App) -> Option<f64> {
 /// Instances of `app` that exist, standby included: one per component, and
 /// per service its live instances, at least one.
 fn total_instances(app: &App) -> u64 {
-    let services: usize = app.supervisor().services().iter().map(|s| s.status().instances.len().max(1)).sum();
+    let services: usize = app.supervisor().services().iter().map(|s| s.instance_count().max(1)).sum();
     (app.components().len() + services) as u64
 }
 
@@ -1038,23 +1032,18 @@ fn store_bundle(bundles: &Path, upload: &Upload, max_bytes: u64) -> Result<Strin
     if target.is_dir() {
         return Ok(upload.hash.clone());
     }
-    let staging = tempfile_dir(bundles)?;
-    let unpacked = unpack(&upload.path, &staging, max_bytes);
-    if let Err(error) = unpacked {
-        let _ = std::fs::remove_dir_all(&staging);
-        return Err(error);
-    }
-    match std::fs::rename(&staging, &target) {
+    // Removed when dropped, whatever happens; once renamed into place,
+    // there is nothing left to remove.
+    let staging = tempfile::Builder::new()
+        .prefix(".unpacking-")
+        .tempdir_in(bundles)
+        .map_err(|error| ControlError::Internal(anyhow::Error::from(error).context("cannot unpack the bundle")))?;
+    unpack(&upload.path, staging.path(), max_bytes)?;
+    match std::fs::rename(staging.path(), &target) {
         Ok(()) => Ok(upload.hash.clone()),
         // A concurrent deploy of the same bundle (another app) won.
-        Err(_) if target.is_dir() => {
-            let _ = std::fs::remove_dir_all(&staging);
-            Ok(upload.hash.clone())
-        }
-        Err(error) => {
-            let _ = std::fs::remove_dir_all(&staging);
-            Err(ControlError::Internal(anyhow::Error::from(error).context("cannot store the bundle")))
-        }
+        Err(_) if target.is_dir() => Ok(upload.hash.clone()),
+        Err(error) => Err(ControlError::Internal(anyhow::Error::from(error).context("cannot store the bundle"))),
     }
 }
 
@@ -1087,17 +1076,6 @@ fn unpack(archive: &Path, into: &Path, max_bytes: u64) -> Result<(), ControlErro
         entry.unpack_in(into).map_err(invalid)?;
     }
     Ok(())
-}
-
-/// A new, empty directory in `parent`, named so that it is never taken for
-/// a bundle.
-fn tempfile_dir(parent: &Path) -> Result<PathBuf, ControlError> {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = parent.join(format!(".unpacking-{}-{n}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir(&dir).with_context(|| format!("cannot create `{}`", dir.display()))?;
-    Ok(dir)
 }
 
 /// A deployment's id: short, and different for every deploy.

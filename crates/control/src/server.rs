@@ -428,7 +428,6 @@ async fn receive(
 ) -> Result<Result<crate::platform::Upload, Response<Full<Bytes>>>, ControlError> {
     use http_body_util::BodyExt as _;
     use tokio::io::AsyncWriteExt as _;
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let too_large =
         || error(StatusCode::PAYLOAD_TOO_LARGE, &format!("the upload is larger than the limit of {} MiB", limit >> 20));
     let declared = request
@@ -439,10 +438,13 @@ async fn receive(
     if declared.is_some_and(|length| length > limit as u64) {
         return Ok(Err(too_large()));
     }
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let path = dir.join(format!(".upload-{}-{n}", std::process::id()));
-    let mut upload = crate::platform::Upload { path: path.clone(), hash: String::new() };
-    let mut file = tokio::fs::File::create(&path).await.map_err(|error| ControlError::Internal(error.into()))?;
+    let (file, path) = tempfile::Builder::new()
+        .prefix(".upload-")
+        .tempfile_in(dir)
+        .map_err(|error| ControlError::Internal(error.into()))?
+        .into_parts();
+    let mut upload = crate::platform::Upload { path, hash: String::new() };
+    let mut file = tokio::fs::File::from_std(file);
     let mut hasher = blake3::Hasher::new();
     let mut body = request.into_body();
     let mut received = 0usize;

@@ -209,11 +209,8 @@ impl Supervisor {
     pub fn start(&self) {
         for service in &self.services {
             let mut state = service.state.lock().expect("not poisoned");
-            while state.live() < state.min_up() && service.may_start(&state) {
-                if !service.start_instance(&mut state) {
-                    break;
-                }
-            }
+            let wanted = state.min_up();
+            service.start_kept_up(&mut state, wanted);
         }
     }
 
@@ -417,6 +414,12 @@ impl ServiceHandle {
         self.state.lock().expect("not poisoned").quota_blocked.clone()
     }
 
+    /// Instances that exist now, in any phase (without reading their
+    /// cgroups, as [`ServiceHandle::status`] does).
+    pub fn instance_count(&self) -> usize {
+        self.state.lock().expect("not poisoned").instances.len()
+    }
+
     /// The scale settings in force.
     pub fn scale(&self) -> ScaleConfig {
         self.state.lock().expect("not poisoned").scale.clone()
@@ -493,14 +496,7 @@ impl ServiceHandle {
                     tracing::info!(service = %self.config.id, ?metrics, "scaling out to {desired} instances");
                     state.floor = state.floor.max(desired);
                     state.last_scale_out = Some(now);
-                    while (state.live() as u32) < desired && self.may_start(&state) {
-                        if !self.start_instance(&mut state) {
-                            break;
-                        }
-                        if let Some(started) = state.instances.last_mut() {
-                            started.on_demand = false;
-                        }
-                    }
+                    self.start_kept_up(&mut state, desired as usize);
                 }
             }
             _ => {
@@ -538,19 +534,12 @@ impl ServiceHandle {
     pub fn start_one(self: &Arc<Self>) -> bool {
         let mut state = self.state.lock().expect("not poisoned");
         if let Some(index) = state.instances.iter().position(|i| i.phase == Phase::Paused) {
-            if let Some(quotas) = &self.processes.quotas {
-                match quotas.try_admit(self.config.memory) {
-                    Ok(permit) => state.instances[index].quota = Some(permit),
-                    Err(exceeded) => {
-                        state.quota_blocked = Some(exceeded);
-                        return false;
-                    }
-                }
+            if !self.thaw(&mut state, index) {
+                return false;
             }
-            let paused = &mut state.instances[index];
-            paused.thaw();
-            paused.idle_since = Some(TokioInstant::now());
-            paused.activity.notify_one();
+            let thawed = &mut state.instances[index];
+            thawed.idle_since = Some(TokioInstant::now());
+            thawed.activity.notify_one();
             return true;
         }
         if state.live() > 0 || !self.may_start(&state) {
@@ -697,27 +686,48 @@ impl ServiceHandle {
             Some(instance) => instance,
             None => {
                 let index = state.instances.iter().position(|i| i.phase == Phase::Paused)?;
-                // A paused instance is in standby: it counts against the
-                // quotas again only once thawed.
-                if let Some(quotas) = &self.processes.quotas {
-                    match quotas.try_admit(self.config.memory) {
-                        Ok(permit) => state.instances[index].quota = Some(permit),
-                        Err(exceeded) => {
-                            state.quota_blocked = Some(exceeded);
-                            return None;
-                        }
-                    }
+                if !self.thaw(state, index) {
+                    return None;
                 }
-                state.quota_blocked = None;
-                let paused = &mut state.instances[index];
-                paused.thaw();
-                paused
+                &mut state.instances[index]
             }
         };
         instance.in_flight += 1;
         instance.idle_since = None;
         self.scale_event();
         Some(Lease { service: self.clone(), number: instance.number, addr: instance.addr() })
+    }
+
+    /// Thaws the paused instance at `index`, once admitted under the
+    /// quotas again (a paused instance is in standby and counts for
+    /// nothing); false, and the quota noted, if one is full.
+    fn thaw(&self, state: &mut State, index: usize) -> bool {
+        if let Some(quotas) = &self.processes.quotas {
+            match quotas.try_admit(self.config.memory) {
+                Ok(permit) => state.instances[index].quota = Some(permit),
+                Err(exceeded) => {
+                    state.quota_blocked = Some(exceeded);
+                    return false;
+                }
+            }
+        }
+        state.quota_blocked = None;
+        state.instances[index].thaw();
+        true
+    }
+
+    /// Starts instances until `wanted` are live (or none may start): ones
+    /// kept up by the minimum or a policy, not started for requests, so
+    /// they get no start-up grace.
+    fn start_kept_up(self: &Arc<Self>, state: &mut State, wanted: usize) {
+        while state.live() < wanted && self.may_start(state) {
+            if !self.start_instance(state) {
+                break;
+            }
+            if let Some(started) = state.instances.last_mut() {
+                started.on_demand = false;
+            }
+        }
     }
 
     /// Adds one more instance, whose task spawns its process; false (and
@@ -909,14 +919,8 @@ impl ServiceHandle {
         // away; one stopped on purpose (`instance stop`) is not.
         if went_on_its_own && !self.shutting_down.load(std::sync::atomic::Ordering::Acquire) && state.failing.is_none()
         {
-            while state.live() < state.min_up() && self.may_start(&state) {
-                if !self.start_instance(&mut state) {
-                    break;
-                }
-                if let Some(started) = state.instances.last_mut() {
-                    started.on_demand = false;
-                }
-            }
+            let wanted = state.min_up();
+            self.start_kept_up(&mut state, wanted);
         }
         drop(state);
         self.changed.notify_waiters();
