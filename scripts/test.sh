@@ -17,6 +17,8 @@ command -v redis-server >/dev/null || missing+=(redis-server)
 command -v npm >/dev/null || missing+=(nodejs npm)
 # pgrep and kill: the containment tests find and signal processes.
 command -v pgrep >/dev/null || missing+=(procps)
+# GNU tar: the control crate's test packs a sparse file with `tar --sparse`.
+command -v tar >/dev/null || missing+=(tar)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "== installing ${missing[*]}"
   apt-get update -qq
