@@ -25,6 +25,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null ||
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]/nginx-light/nginx}" >/dev/null
 fi
+# Prometheus: the metrics test has Debian's server scrape dormouse and
+# evaluates KEDA's query through its HTTP API. Without its recommends (node
+# exporter and friends), which would only start servers the tests do not use.
+if ! command -v prometheus >/dev/null; then
+  echo "== installing prometheus"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
 
 echo "== fmt"
 cargo fmt --all -- --check

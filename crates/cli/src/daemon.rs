@@ -12,12 +12,12 @@ use bytesize::ByteSize;
 use clap::Args;
 use dormouse_control::server::{self, ControlConfig, ControlListener};
 use dormouse_control::{DaemonConfig, Platform};
-use dormouse_gateway::{AppTable, Gateway};
+use dormouse_gateway::{AppTable, Gateway, GatewayConfig, Metrics};
 use dormouse_quota::{QuotaLimits, Quotas};
 use dormouse_supervisor::Processes;
 use dormouse_wasm_host::{Host, HostConfig};
 
-use crate::up::{CONTROL_SOCKET, Limits, Signals, serve_until_signalled};
+use crate::up::{CONTROL_SOCKET, Limits, Signals, serve_admin, serve_until_signalled};
 
 /// The bearer token's file in the state directory (TCP control only).
 pub(crate) const TOKEN_FILE: &str = "token";
@@ -56,8 +56,24 @@ pub struct DaemonArgs {
     /// Quota: apps that may be deployed [default: no limit].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     max_apps: Option<u64>,
+    /// Serve `/metrics`, `/healthz` and `/readyz` on this address, never the
+    /// apps' one; `off` keeps no metrics. The default port is the one
+    /// OpenTelemetry's Prometheus exporters use.
+    #[arg(long, value_name = "ADDR|off", default_value = "127.0.0.1:9464", value_parser = admin_address)]
+    admin_listen: AdminAddress,
     #[command(flatten)]
     limits: Limits,
+}
+
+/// `--admin-listen`: an address, or `off`.
+#[derive(Clone, Copy, Debug)]
+struct AdminAddress(Option<SocketAddr>);
+
+fn admin_address(text: &str) -> Result<AdminAddress, String> {
+    if text == "off" {
+        return Ok(AdminAddress(None));
+    }
+    text.parse().map(|address| AdminAddress(Some(address))).map_err(|_| format!("`{text}` is not ADDR:PORT or `off`"))
 }
 
 /// The state directory when none is given: XDG's state home.
@@ -96,7 +112,9 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
     let host_config =
         HostConfig { quotas: Some(quotas.clone()), ..args.limits.host_config(Some(state_dir.join("cache")))? };
     let host = Host::new(host_config)?;
-    let gateway = Gateway::new(host, args.limits.gateway_config()?, AppTable::for_domain(&domain));
+    let gateway_config =
+        GatewayConfig { metrics: args.admin_listen.0.map(|_| Metrics::new()), ..args.limits.gateway_config()? };
+    let gateway = Gateway::new(host, gateway_config, AppTable::for_domain(&domain));
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let signals = Signals::install()?;
@@ -127,6 +145,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
         tokio::spawn(server::serve(platform.clone(), control, control_config, async {
             let _ = control_stopped.await;
         }));
+        serve_admin(&gateway, args.admin_listen.0).await?;
         println!("Control API at {control_at}");
         println!("Serving apps at http://<app>.{domain}:{}", address.port());
 

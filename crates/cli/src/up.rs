@@ -12,7 +12,7 @@ use bytesize::ByteSize;
 use clap::Args;
 use dormouse_control::Platform;
 use dormouse_control::server::{self, ControlConfig, ControlListener};
-use dormouse_gateway::{AppTable, Gateway, GatewayConfig};
+use dormouse_gateway::{Admin, AppTable, Gateway, GatewayConfig, Metrics};
 use dormouse_manifest::{App, RuntimeConfig};
 use dormouse_supervisor::Processes;
 use dormouse_wasm_host::{CacheOutcome, Host, HostConfig, LoadEvent};
@@ -47,6 +47,10 @@ pub struct UpArgs {
     /// Compile every component on start, reading and writing no cache.
     #[arg(long, conflicts_with = "cache_dir")]
     no_cache: bool,
+    /// Serve `/metrics`, `/healthz` and `/readyz` on this address (never the
+    /// public one) [default: off: no metrics are kept].
+    #[arg(long, value_name = "ADDR")]
+    admin_listen: Option<SocketAddr>,
     #[command(flatten)]
     limits: Limits,
 }
@@ -169,7 +173,8 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         (None, false) => Some(state_dir.join("cache")),
     };
     let host_config = args.limits.host_config(cache_dir)?;
-    let gateway_config = args.limits.gateway_config()?;
+    let gateway_config =
+        GatewayConfig { metrics: args.admin_listen.map(|_| Metrics::new()), ..args.limits.gateway_config()? };
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let options = dormouse_loader::Options {
@@ -217,6 +222,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             }
             Err(error) => tracing::warn!("no control API for `dormouse instance ls`: {error:#}"),
         }
+        serve_admin(&gateway, args.admin_listen).await?;
         print_banner(&app, address);
         let code = serve_until_signalled(gateway, listener, signals, &processes).await;
         drop(control_stop);
@@ -225,6 +231,23 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         }
         Ok(code)
     })
+}
+
+/// Starts the admin listener on `address`, if any (the gateway keeps
+/// metrics then), and says where it is. It serves until the process exits,
+/// through the drain, when `/readyz` says the gateway is not ready.
+pub(crate) async fn serve_admin(gateway: &Arc<Gateway>, address: Option<SocketAddr>) -> anyhow::Result<()> {
+    let (Some(address), Some(metrics)) = (address, gateway.config().metrics.clone()) else {
+        return Ok(());
+    };
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot listen for the admin endpoints on {address}"))?;
+    let bound = listener.local_addr()?;
+    let admin = Admin { gateway: gateway.clone(), metrics };
+    tokio::spawn(dormouse_gateway::serve_admin(listener, admin, std::future::pending()));
+    println!("Admin at http://{bound} (/metrics, /healthz, /readyz)");
+    Ok(())
 }
 
 /// Serves until the first signal, then drains (a second signal kills every

@@ -19,6 +19,7 @@ use std::time::Duration;
 use dormouse_manifest::AllowedHosts;
 use dormouse_manifest::model::Target;
 use dormouse_supervisor::Supervisor;
+use dormouse_telemetry::{TargetKind, TargetMetrics};
 use dormouse_wasm_host::{ComponentPre, OutboundSlot};
 use tokio::sync::Notify;
 
@@ -37,6 +38,8 @@ pub struct App {
     idle: Notify,
     /// What must live as long as the app: staged files, open stores.
     keep: Box<dyn Any + Send + Sync>,
+    /// Where its requests that no route took are counted (`target=""`).
+    unrouted: Option<Arc<TargetMetrics>>,
 }
 
 /// What an [`App`] is assembled from.
@@ -73,6 +76,12 @@ impl App {
             );
         }
         let router = Router::new(manifest, |target| slot_of(target).expect("checked above"));
+        let unrouted =
+            gateway.config.metrics.as_ref().map(|metrics| metrics.app(&name).target("", TargetKind::Unrouted));
+        let counted = components
+            .iter()
+            .filter_map(|component| Some((component.id().to_owned(), component.metrics()?.clone())))
+            .collect();
         let app = Arc::new(App {
             name,
             router,
@@ -81,12 +90,14 @@ impl App {
             in_flight: AtomicUsize::new(0),
             idle: Notify::new(),
             keep,
+            unrouted,
         });
         let policy = outbound::Outbound {
             gateway: Arc::downgrade(gateway),
             app: Arc::downgrade(&app),
             allowed: allowed_hosts,
             config: gateway.config.outbound.clone(),
+            metrics: counted,
         };
         anyhow::ensure!(
             outbound.set(Arc::new(policy)).is_ok(),
@@ -116,6 +127,28 @@ impl App {
     /// embedder to look into (the daemon reads its key-value stores there).
     pub fn resources(&self) -> &(dyn Any + Send + Sync) {
         &*self.keep
+    }
+
+    /// Where requests of this app that no route took are counted, if
+    /// metrics are kept.
+    pub fn unrouted_metrics(&self) -> Option<&Arc<TargetMetrics>> {
+        self.unrouted.as_ref()
+    }
+
+    /// Where a request for `path` is counted when it is refused before it is
+    /// routed (a limit): its route's component or service, else the app's
+    /// unrouted requests; `None` if no metrics are kept.
+    pub(crate) fn counted_for(&self, path: &str) -> Option<Arc<TargetMetrics>> {
+        let unrouted = self.unrouted.as_ref()?;
+        let normalized = crate::router::normalize_path(path);
+        let counted = match self.router.route(normalized.as_deref().unwrap_or(path)) {
+            Some((entry, _)) => match entry.target {
+                Slot::Component(index) => self.components[index].metrics(),
+                Slot::Service(index) => self.supervisor.services()[index].metrics(),
+            },
+            None => None,
+        };
+        Some(counted.unwrap_or(unrouted).clone())
     }
 
     /// Requests routed to this app whose responses have not ended.

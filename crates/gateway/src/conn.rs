@@ -7,7 +7,9 @@
 //! protocols, because hyper's own header timeout starts only once it has read
 //! enough bytes to tell HTTP/1.1 from HTTP/2, and HTTP/2 has none.
 
+use crate::Refused;
 use crate::app::AppGuard;
+use dormouse_telemetry::TargetMetrics;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -117,13 +119,37 @@ pub async fn idle(activity: &Activity, header_timeout: Duration, idle_timeout: D
 /// ends or is dropped.
 pub struct TrackedBody<B> {
     inner: B,
-    /// The connection's mark and the app's, given back at the body's end.
-    in_flight: Option<(InFlight, Option<AppGuard>)>,
+    /// The connection's mark and the app's, given back at the body's end,
+    /// when the request is also counted.
+    in_flight: Option<(InFlight, Option<AppGuard>, Option<Record>)>,
 }
 
 impl<B> TrackedBody<B> {
-    pub fn new(inner: B, in_flight: InFlight, app: Option<AppGuard>) -> Self {
-        TrackedBody { inner, in_flight: Some((in_flight, app)) }
+    pub fn new(inner: B, in_flight: InFlight, app: Option<AppGuard>, record: Option<Record>) -> Self {
+        TrackedBody { inner, in_flight: Some((in_flight, app, record)) }
+    }
+}
+
+/// A request to count in its target's metrics when its response body ends
+/// (or is dropped: the client hung up): its status, why dormouse refused
+/// it if it did, and how long it took from its arrival.
+pub struct Record {
+    target: Arc<TargetMetrics>,
+    status: u16,
+    refused: Option<dormouse_telemetry::Rejection>,
+    arrived: std::time::Instant,
+}
+
+impl Record {
+    pub fn new<B>(target: Arc<TargetMetrics>, response: &http::Response<B>, arrived: std::time::Instant) -> Record {
+        let refused = response.extensions().get::<Refused>().map(|refused| refused.0);
+        Record { target, status: response.status().as_u16(), refused, arrived }
+    }
+}
+
+impl Drop for Record {
+    fn drop(&mut self) {
+        self.target.request(self.status, self.arrived.elapsed(), self.refused);
     }
 }
 

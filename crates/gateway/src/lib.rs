@@ -6,6 +6,7 @@
 //! error response from `rescue`; the gateway itself runs no guest code and
 //! holds no per-request state after the response body ends.
 
+mod admin;
 mod app;
 mod conn;
 mod limits;
@@ -28,9 +29,12 @@ use http_body_util::{Either, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
+use tracing::{Instrument as _, field};
 
+pub use admin::{Admin, serve_admin};
 pub use app::{App, AppParts, AppTable, Unrouted, app_name};
 pub use conn::AcceptErrors;
+pub use dormouse_telemetry::Metrics;
 pub use limits::Rejection;
 pub use outbound::{Destination, OutboundConfig};
 pub use router::{RouteEntry, Router, Slot, normalize_path};
@@ -66,6 +70,10 @@ pub struct GatewayConfig {
     pub drain_timeout: Duration,
     /// Components' outbound HTTP.
     pub outbound: OutboundConfig,
+    /// Where requests, instances, wakes and key-value operations are
+    /// counted. `None` (the default): nothing is counted, and a request pays
+    /// nothing for metrics.
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 impl Default for GatewayConfig {
@@ -79,6 +87,7 @@ impl Default for GatewayConfig {
             max_body_bytes: 10 << 20,
             drain_timeout: Duration::from_secs(30),
             outbound: OutboundConfig::default(),
+            metrics: None,
         }
     }
 }
@@ -108,6 +117,8 @@ pub struct Gateway {
     /// The address the gateway serves on, once it does: in-process requests
     /// report it as their client address.
     local_addr: std::sync::OnceLock<SocketAddr>,
+    /// Set while the accept loop runs: what `/readyz` reports.
+    accepting: std::sync::atomic::AtomicBool,
 }
 
 impl Gateway {
@@ -122,6 +133,7 @@ impl Gateway {
             config,
             upgrades: TaskTracker::new(),
             local_addr: Default::default(),
+            accepting: Default::default(),
         })
     }
 
@@ -154,9 +166,20 @@ impl Gateway {
         self.update(|table| table.with(app))
     }
 
-    /// Stops routing to the app `name`; returns it, to be retired.
+    /// Stops routing to the app `name`; returns it, to be retired. Its
+    /// metrics go from the exposition.
     pub fn remove(&self, name: &str) -> Option<Arc<App>> {
-        self.update(|table| table.without(name))
+        let removed = self.update(|table| table.without(name));
+        if let Some(metrics) = &self.config.metrics {
+            metrics.forget(name);
+        }
+        removed
+    }
+
+    /// Whether the gateway is accepting connections (its listener is bound
+    /// and it is not shutting down).
+    pub fn accepting(&self) -> bool {
+        self.accepting.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Serves connections from `listener` until `shutdown` resolves, then
@@ -191,6 +214,8 @@ impl Gateway {
         let (header_timeout, idle_timeout) = (config.header_read_timeout, config.idle_timeout);
         let wall_limit = self.host.config().wall_limit;
         tokio::pin!(shutdown);
+        let metrics_on = self.config.metrics.is_some();
+        self.accepting.store(true, std::sync::atomic::Ordering::Release);
 
         loop {
             // A place first: at the cap, connections wait in the backlog.
@@ -220,10 +245,32 @@ impl Gateway {
             let service = hyper::service::service_fn(move |request| {
                 let in_flight = requests.request(wall_limit);
                 let gateway = gateway.clone();
+                // One span per request, at debug level: off by default, so
+                // that a request pays nothing for it (`RUST_LOG=
+                // dormouse_gateway=debug` logs a line per request).
+                let span = tracing::debug_span!(
+                    "request",
+                    app = field::Empty,
+                    route = field::Empty,
+                    target = field::Empty,
+                    start = field::Empty,
+                    status = field::Empty,
+                    ms = field::Empty,
+                );
+                let arrived = (metrics_on || !span.is_disabled()).then(std::time::Instant::now);
+                let instrumented = span.clone();
                 async move {
-                    let (response, app) = gateway.handle(request, client, local_addr).await;
-                    Ok::<_, Infallible>(response.map(|body| conn::TrackedBody::new(body, in_flight, app)))
+                    let (response, app, counted) = gateway.handle(request, client, local_addr, &span).await;
+                    if let Some(arrived) = arrived.filter(|_| !span.is_disabled()) {
+                        span.record("status", response.status().as_u16());
+                        span.record("ms", arrived.elapsed().as_secs_f64() * 1000.0);
+                        tracing::debug!(parent: &span, "answered");
+                    }
+                    let record =
+                        counted.zip(arrived).map(|(target, arrived)| conn::Record::new(target, &response, arrived));
+                    Ok::<_, Infallible>(response.map(|body| conn::TrackedBody::new(body, in_flight, app, record)))
                 }
+                .instrument(instrumented)
             });
             let io = TokioIo::new(stream);
             let connection = builder.serve_connection_with_upgrades(io, service).into_owned();
@@ -241,6 +288,7 @@ impl Gateway {
             });
         }
 
+        self.accepting.store(false, std::sync::atomic::Ordering::Release);
         drop(listener);
         let drain = async {
             graceful.shutdown().await;
@@ -254,50 +302,54 @@ impl Gateway {
 
     /// Routes a request to its app, and within the app to its component or
     /// service. The response comes with the request's mark on its app, to be
-    /// held until the response body ends.
+    /// held until the response body ends, and where to count it.
     async fn handle<B>(
         &self,
         request: Request<B>,
         client: SocketAddr,
         local: Option<SocketAddr>,
-    ) -> (Response<ResponseBody>, Option<app::AppGuard>)
+        span: &tracing::Span,
+    ) -> (Response<ResponseBody>, Option<app::AppGuard>, Counted)
     where
         B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<WasiHttpError>,
     {
         if request.uri().path() == HEALTH_PATH {
-            return (plain(StatusCode::OK, "OK\n"), None);
+            return (plain(StatusCode::OK, "OK\n"), None, None);
         }
-        // A malformed request (no `Host`, two) is refused before it is
-        // routed to any app.
-        if let Err(rejection) = limits::check_head(&request, &self.config) {
-            return (rescue(Failure::Limit(rejection)), None);
-        }
-        let app = {
-            let table = self.apps.load();
-            // The target's own authority wins over `Host` (RFC 9112 §3.2.2:
-            // absolute-form, and HTTP/2's :authority).
-            let authority = match request.uri().authority() {
-                Some(authority) => Some(authority.as_str()),
-                None => request.headers().get(header::HOST).and_then(|host| host.to_str().ok()),
-            };
-            match table.route(authority) {
-                Ok(app) => app::AppGuard::new(app.clone()),
-                Err(unrouted) => return (unrouted_response(unrouted), None),
-            }
+        let table = self.apps.load();
+        // The target's own authority wins over `Host` (RFC 9112 §3.2.2:
+        // absolute-form, and HTTP/2's :authority).
+        let authority = match request.uri().authority() {
+            Some(authority) => Some(authority.as_str()),
+            None => request.headers().get(header::HOST).and_then(|host| host.to_str().ok()),
         };
-        let response = self.handle_in(&app.0, request, client, local).await;
-        (response, Some(app))
+        let routed = table.route(authority);
+        // A malformed request (no `Host`, two) is refused before it reaches
+        // any app; counted as its app's, if it names one.
+        if let Err(rejection) = limits::check_head(&request, &self.config) {
+            let counted = routed.ok().and_then(|app| app.counted_for(request.uri().path()));
+            return (rescue(Failure::Limit(rejection)), None, counted);
+        }
+        let app = match routed {
+            Ok(app) => app::AppGuard::new(app.clone()),
+            Err(unrouted) => return (unrouted_response(unrouted), None, None),
+        };
+        drop(table);
+        span.record("app", app.0.name());
+        let (response, counted) = self.handle_in(&app.0, request, client, local, span).await;
+        (response, Some(app), counted)
     }
 
-    /// Handles a request within `app`.
+    /// Handles a request within `app`; says where to count it.
     async fn handle_in<B>(
         &self,
         app: &App,
         mut request: Request<B>,
         client: SocketAddr,
         local: Option<SocketAddr>,
-    ) -> Response<ResponseBody>
+        span: &tracing::Span,
+    ) -> (Response<ResponseBody>, Counted)
     where
         B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<WasiHttpError>,
@@ -311,23 +363,29 @@ impl Gateway {
             };
             match uri.parse() {
                 Ok(uri) => *request.uri_mut() = uri,
-                Err(_) => return rescue(Failure::Limit(Rejection::BadRequest("invalid request target"))),
+                Err(_) => {
+                    let response = rescue(Failure::Limit(Rejection::BadRequest("invalid request target")));
+                    return (response, app.unrouted_metrics().cloned());
+                }
             }
         }
         let path = request.uri().path();
         let Some((entry, matched)) = app.router().route(path) else {
-            return empty(StatusCode::NOT_FOUND);
+            return (empty(StatusCode::NOT_FOUND), app.unrouted_metrics().cloned());
         };
+        span.record("route", entry.matched_route.as_str());
+        span.record("target", entry.target_id.as_str());
         let component = match entry.target {
             Slot::Component(index) => &app.components()[index],
             Slot::Service(index) => {
                 let service = &app.supervisor().services()[index];
-                return proxy::forward(self, service, request, client).await;
+                return (proxy::forward(self, service, request, client, span).await, service.metrics().cloned());
             }
         };
         let headers = spin::request_headers(&request, Some((entry, &matched)), client, local);
         spin::apply(request.headers_mut(), headers);
-        self.call(component, request).await
+        span.record("start", "warm");
+        (self.call(component, request).await, component.metrics().cloned())
     }
 
     /// A request a component sent to the app itself (`target` is `None`) or
@@ -348,7 +406,7 @@ impl Gateway {
                 let Some(component) = app.components().iter().find(|component| component.id() == id) else {
                     // dormouse's addition to service chaining: a service by id.
                     return match app.supervisor().service(&id) {
-                        Some(service) => proxy::forward(self, service, request, client).await,
+                        Some(service) => proxy::forward(self, service, request, client, &tracing::Span::none()).await,
                         None => plain(StatusCode::NOT_FOUND, &format!("no component or service `{id}` in this app\n")),
                     };
                 };
@@ -365,7 +423,7 @@ impl Gateway {
                 spin::apply(request.headers_mut(), headers);
                 self.call(component, request).await
             }
-            None => self.handle_in(app, request, client, local).await,
+            None => self.handle_in(app, request, client, local, &tracing::Span::none()).await.0,
         }
     }
 
@@ -392,6 +450,10 @@ impl Gateway {
     }
 }
 
+/// Where a request is counted, when metrics are kept: its component's or
+/// service's metrics, or its app's for requests no route took.
+type Counted = Option<Arc<dormouse_telemetry::TargetMetrics>>;
+
 /// Why a request got no response from its component or service.
 pub enum Failure<'a> {
     /// A limit or a malformed request: the client's doing, 4xx.
@@ -412,8 +474,37 @@ pub enum Failure<'a> {
 
 /// The one place a failed request becomes a response, and is logged: the
 /// status names whose fault it is (4xx the client's, 500 the component's,
-/// 502 the service's, 503 capacity with `Retry-After`, 504 time).
+/// 502 the service's, 503 capacity with `Retry-After`, 504 time). A request
+/// dormouse refused rather than handled carries why ([`Refused`]) to its
+/// metrics.
 pub fn rescue(failure: Failure<'_>) -> Response<ResponseBody> {
+    use dormouse_telemetry::Rejection as Reason;
+    let reason = match &failure {
+        Failure::Limit(Rejection::UrlTooLong(_)) => Some(Reason::UrlLimit),
+        Failure::Limit(Rejection::HeadersTooLarge(_)) => Some(Reason::HeaderLimit),
+        Failure::Limit(Rejection::BodyTooLarge(_)) => Some(Reason::BodyLimit),
+        Failure::Limit(Rejection::BadRequest(_) | Rejection::TransferCodingNotImplemented) => Some(Reason::BadRequest),
+        Failure::Component(_, HandleError::Overloaded(_)) | Failure::Wake(WakeError::Overloaded { .. }) => {
+            Some(Reason::QueueFull)
+        }
+        Failure::Component(_, HandleError::Quota(_)) | Failure::Wake(WakeError::Quota { .. }) => Some(Reason::Quota),
+        Failure::Wake(WakeError::Timeout { .. }) => Some(Reason::WakeTimeout),
+        Failure::Wake(WakeError::Failing { .. }) => Some(Reason::ServiceFailing),
+        Failure::Component(..) | Failure::Hop { .. } | Failure::ServiceTimeout { .. } => None,
+    };
+    let mut response = answer(failure);
+    if let Some(reason) = reason {
+        response.extensions_mut().insert(Refused(reason));
+    }
+    response
+}
+
+/// Why dormouse refused a request, on its response.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Refused(pub dormouse_telemetry::Rejection);
+
+/// The response for a failure, logged.
+fn answer(failure: Failure<'_>) -> Response<ResponseBody> {
     let retry = |mut response: Response<ResponseBody>, seconds: u64| {
         response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
         response

@@ -93,6 +93,9 @@ pub(crate) struct Outbound {
     pub app: Weak<App>,
     pub allowed: HashMap<String, AllowedHosts>,
     pub config: OutboundConfig,
+    /// Each component's metrics, where its requests are counted allowed or
+    /// denied (empty when no metrics are kept).
+    pub metrics: HashMap<String, Arc<dormouse_telemetry::TargetMetrics>>,
 }
 
 impl OutboundHttp for Outbound {
@@ -103,7 +106,12 @@ impl OutboundHttp for Outbound {
         options: Option<RequestOptions>,
     ) -> OutgoingFuture {
         let allowed = self.allowed.get(&**component);
-        let Some(destination) = allowed.and_then(|allowed| destination(allowed, request.uri())) else {
+        let decided = allowed.and_then(|allowed| destination(allowed, request.uri()));
+        if let Some(metrics) = self.metrics.get(&**component) {
+            use dormouse_telemetry::Outbound;
+            metrics.outbound(if decided.is_some() { Outbound::Allowed } else { Outbound::Denied });
+        }
+        let Some(destination) = decided else {
             tracing::warn!(
                 component = %component,
                 "outbound request to `{}` denied: add its scheme, host and port to `allowed_outbound_hosts`",

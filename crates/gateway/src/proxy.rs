@@ -76,6 +76,7 @@ pub(crate) async fn forward<B>(
     service: &Arc<ServiceHandle>,
     mut request: Request<B>,
     client: SocketAddr,
+    span: &tracing::Span,
 ) -> Response<ResponseBody>
 where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
@@ -87,7 +88,10 @@ where
     let limit = gateway.host.config().wall_limit;
     let deadline = tokio::time::Instant::now() + limit;
     let lease = match tokio::time::timeout_at(deadline, service.acquire()).await {
-        Ok(Ok(lease)) => lease,
+        Ok(Ok(lease)) => {
+            span.record("start", lease.start.as_str());
+            lease
+        }
         Ok(Err(error)) => return rescue(Failure::Wake(&error)),
         // Held past the wall-clock limit by a full quota: that is the reason.
         Err(_) => match service.quota_blocked() {

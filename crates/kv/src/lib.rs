@@ -16,6 +16,8 @@ mod sqlite;
 use std::path::Path;
 use std::sync::Arc;
 
+use dormouse_telemetry::{KvMetrics, KvOperation};
+
 /// Longest key, in bytes of UTF-8 (Spin's limit).
 pub const MAX_KEY_BYTES: usize = 256;
 /// Largest value, in bytes (Spin's limit).
@@ -54,6 +56,8 @@ pub struct KeyPage {
 #[derive(Clone)]
 pub struct Store {
     backend: Arc<Backend>,
+    /// Where its operations are counted; `None`: nowhere.
+    metrics: Option<Arc<KvMetrics>>,
 }
 
 enum Backend {
@@ -71,13 +75,36 @@ impl Store {
     /// The store `label` in the SQLite file at `path` (created if missing),
     /// or in memory when `path` is `None`. Several labels may share a file.
     pub fn sqlite(path: Option<&Path>, label: &str) -> Result<Store> {
-        Ok(Store { backend: Arc::new(Backend::Sqlite(sqlite::SqliteStore::open(path, label)?)) })
+        Ok(Store { backend: Arc::new(Backend::Sqlite(sqlite::SqliteStore::open(path, label)?)), metrics: None })
     }
 
     /// A Redis server. The URL is checked now; the connection is made on first
     /// use and remade after a failure.
     pub fn redis(url: &str) -> Result<Store> {
-        Ok(Store { backend: Arc::new(Backend::Redis(redis_store::RedisStore::new(url)?)) })
+        Ok(Store { backend: Arc::new(Backend::Redis(redis_store::RedisStore::new(url)?)), metrics: None })
+    }
+
+    /// The same store, with its operations and their errors counted in
+    /// `metrics` (get them for [`Store::backend`]).
+    pub fn with_metrics(&self, metrics: Arc<KvMetrics>) -> Store {
+        Store { backend: self.backend.clone(), metrics: Some(metrics) }
+    }
+
+    /// `sqlite` or `redis`: the `backend` label of its metrics.
+    pub fn backend(&self) -> &'static str {
+        match &*self.backend {
+            Backend::Sqlite(_) => "sqlite",
+            Backend::Redis(_) => "redis",
+        }
+    }
+
+    /// Runs `operation`, counting it if the store is counted.
+    async fn observe<T>(&self, kind: KvOperation, operation: impl Future<Output = Result<T>>) -> Result<T> {
+        let result = operation.await;
+        if let Some(metrics) = &self.metrics {
+            metrics.record(kind, result.is_ok());
+        }
+        result
     }
 
     /// Where the data lives, for logs and banners.
@@ -89,47 +116,62 @@ impl Store {
     }
 
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        check_key(key)?;
-        match &*self.backend {
-            Backend::Sqlite(store) => store.get(key).await,
-            Backend::Redis(store) => store.get(key).await,
-        }
+        self.observe(KvOperation::Get, async {
+            check_key(key)?;
+            match &*self.backend {
+                Backend::Sqlite(store) => store.get(key).await,
+                Backend::Redis(store) => store.get(key).await,
+            }
+        })
+        .await
     }
 
     pub async fn set(&self, key: &str, value: Vec<u8>) -> Result<()> {
-        check_key(key)?;
-        check_value(&value)?;
-        match &*self.backend {
-            Backend::Sqlite(store) => store.set_many(vec![(key.to_owned(), value)]).await,
-            Backend::Redis(store) => store.set(key, value).await,
-        }
+        self.observe(KvOperation::Set, async {
+            check_key(key)?;
+            check_value(&value)?;
+            match &*self.backend {
+                Backend::Sqlite(store) => store.set_many(vec![(key.to_owned(), value)]).await,
+                Backend::Redis(store) => store.set(key, value).await,
+            }
+        })
+        .await
     }
 
     /// Deleting a key that does not exist is not an error.
     pub async fn delete(&self, key: &str) -> Result<()> {
-        check_key(key)?;
-        match &*self.backend {
-            Backend::Sqlite(store) => store.delete_many(vec![key.to_owned()]).await,
-            Backend::Redis(store) => store.delete_many(vec![key.to_owned()]).await,
-        }
+        self.observe(KvOperation::Delete, async {
+            check_key(key)?;
+            match &*self.backend {
+                Backend::Sqlite(store) => store.delete_many(vec![key.to_owned()]).await,
+                Backend::Redis(store) => store.delete_many(vec![key.to_owned()]).await,
+            }
+        })
+        .await
     }
 
     pub async fn exists(&self, key: &str) -> Result<bool> {
-        check_key(key)?;
-        match &*self.backend {
-            Backend::Sqlite(store) => store.exists(key).await,
-            Backend::Redis(store) => store.exists(key).await,
-        }
+        self.observe(KvOperation::Exists, async {
+            check_key(key)?;
+            match &*self.backend {
+                Backend::Sqlite(store) => store.exists(key).await,
+                Backend::Redis(store) => store.exists(key).await,
+            }
+        })
+        .await
     }
 
     /// A page of keys, starting at `cursor` (from the previous page) or at the
     /// beginning. The cursor is opaque: an offset for SQLite, Redis's `SCAN`
     /// cursor for Redis.
     pub async fn list_keys(&self, cursor: Option<u64>) -> Result<KeyPage> {
-        match &*self.backend {
-            Backend::Sqlite(store) => store.list_keys(cursor.unwrap_or(0)).await,
-            Backend::Redis(store) => store.list_keys(cursor.unwrap_or(0)).await,
-        }
+        self.observe(KvOperation::ListKeys, async {
+            match &*self.backend {
+                Backend::Sqlite(store) => store.list_keys(cursor.unwrap_or(0)).await,
+                Backend::Redis(store) => store.list_keys(cursor.unwrap_or(0)).await,
+            }
+        })
+        .await
     }
 
     /// Every key, following the pages.
@@ -148,53 +190,68 @@ impl Store {
 
     /// Values of `keys`, in the same order (`None` where a key is absent).
     pub async fn get_many(&self, keys: Vec<String>) -> Result<Vec<Option<Vec<u8>>>> {
-        keys.iter().try_for_each(|key| check_key(key))?;
-        match &*self.backend {
-            Backend::Sqlite(store) => store.get_many(keys).await,
-            Backend::Redis(store) => store.get_many(keys).await,
-        }
+        self.observe(KvOperation::GetMany, async {
+            keys.iter().try_for_each(|key| check_key(key))?;
+            match &*self.backend {
+                Backend::Sqlite(store) => store.get_many(keys).await,
+                Backend::Redis(store) => store.get_many(keys).await,
+            }
+        })
+        .await
     }
 
     /// Sets every pair, all or nothing for SQLite, in one round trip for Redis.
     pub async fn set_many(&self, pairs: Vec<(String, Vec<u8>)>) -> Result<()> {
-        for (key, value) in &pairs {
-            check_key(key)?;
-            check_value(value)?;
-        }
-        match &*self.backend {
-            Backend::Sqlite(store) => store.set_many(pairs).await,
-            Backend::Redis(store) => store.set_many(pairs).await,
-        }
+        self.observe(KvOperation::SetMany, async {
+            for (key, value) in &pairs {
+                check_key(key)?;
+                check_value(value)?;
+            }
+            match &*self.backend {
+                Backend::Sqlite(store) => store.set_many(pairs).await,
+                Backend::Redis(store) => store.set_many(pairs).await,
+            }
+        })
+        .await
     }
 
     pub async fn delete_many(&self, keys: Vec<String>) -> Result<()> {
-        keys.iter().try_for_each(|key| check_key(key))?;
-        match &*self.backend {
-            Backend::Sqlite(store) => store.delete_many(keys).await,
-            Backend::Redis(store) => store.delete_many(keys).await,
-        }
+        self.observe(KvOperation::DeleteMany, async {
+            keys.iter().try_for_each(|key| check_key(key))?;
+            match &*self.backend {
+                Backend::Sqlite(store) => store.delete_many(keys).await,
+                Backend::Redis(store) => store.delete_many(keys).await,
+            }
+        })
+        .await
     }
 
     /// Adds `delta` to the integer stored at `key` (absent counts as 0) and
     /// returns the new value, atomically. Counters are stored as decimal text,
     /// as Redis's `INCRBY` keeps them, so `get` reads them on either backend.
     pub async fn increment(&self, key: &str, delta: i64) -> Result<i64> {
-        check_key(key)?;
-        match &*self.backend {
-            Backend::Sqlite(store) => store.increment(key, delta).await,
-            Backend::Redis(store) => store.increment(key, delta).await,
-        }
+        self.observe(KvOperation::Increment, async {
+            check_key(key)?;
+            match &*self.backend {
+                Backend::Sqlite(store) => store.increment(key, delta).await,
+                Backend::Redis(store) => store.increment(key, delta).await,
+            }
+        })
+        .await
     }
 
     /// Sets `key` to `value` if its current value is `expected` (`None`:
     /// absent), atomically. Returns whether it did.
     pub async fn compare_and_swap(&self, key: &str, expected: Option<Vec<u8>>, value: Vec<u8>) -> Result<bool> {
-        check_key(key)?;
-        check_value(&value)?;
-        match &*self.backend {
-            Backend::Sqlite(store) => store.compare_and_swap(key, expected, value).await,
-            Backend::Redis(store) => store.compare_and_swap(key, expected, value).await,
-        }
+        self.observe(KvOperation::CompareAndSwap, async {
+            check_key(key)?;
+            check_value(&value)?;
+            match &*self.backend {
+                Backend::Sqlite(store) => store.compare_and_swap(key, expected, value).await,
+                Backend::Redis(store) => store.compare_and_swap(key, expected, value).await,
+            }
+        })
+        .await
     }
 }
 

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use dormouse_gateway::{App, AppParts, Gateway};
 use dormouse_supervisor::{Processes, Supervisor};
-use dormouse_wasm_host::LoadEvent;
+use dormouse_telemetry::{AppMetrics, TargetKind};
+use dormouse_wasm_host::{ComponentSpec, LoadEvent};
 
 use crate::{Options, prepare};
 
@@ -36,24 +37,50 @@ pub fn launch(
     options: &Options,
     on_event: &dyn Fn(LoadEvent<'_>),
 ) -> anyhow::Result<Launched> {
-    let started = Instant::now();
-    let prepared = prepare(manifest, options)?;
-    let stores = prepared.stores.iter().map(|(label, store)| (label.clone(), store.describe())).collect();
-    let mut components = Vec::with_capacity(prepared.components.len());
-    for component in &prepared.components {
-        components.push(gateway.host().load(&component.spec, on_event)?);
+    let launched = (|| {
+        let started = Instant::now();
+        let prepared = prepare(manifest, options)?;
+        let stores = prepared.stores.iter().map(|(label, store)| (label.clone(), store.describe())).collect();
+        let metrics = gateway.config().metrics.as_ref().map(|metrics| metrics.app(name));
+        let mut components = Vec::with_capacity(prepared.components.len());
+        for component in &prepared.components {
+            let spec = match &metrics {
+                Some(metrics) => &counted(&component.spec, metrics),
+                None => &component.spec,
+            };
+            components.push(gateway.host().load(spec, on_event)?);
+        }
+        let allowed_hosts = prepared.components.iter().map(|c| (c.spec.id.clone(), c.allowed_hosts.clone())).collect();
+        let log = options.logs.as_ref().map(|dir| dir.join("services.log"));
+        let supervisor = Supervisor::new(name, manifest.services.values().cloned(), processes, log, metrics.as_deref());
+        let parts = AppParts {
+            name: name.to_owned(),
+            components,
+            allowed_hosts,
+            outbound: prepared.outbound.clone(),
+            supervisor,
+            keep: Box::new(prepared),
+        };
+        let app = App::new(gateway, manifest, parts)?;
+        Ok(Launched { app, load_time: started.elapsed(), stores })
+    })();
+    // A new app that failed to launch leaves no series behind.
+    if launched.is_err()
+        && gateway.apps().get(name).is_none()
+        && let Some(metrics) = &gateway.config().metrics
+    {
+        metrics.forget(name);
     }
-    let allowed_hosts = prepared.components.iter().map(|c| (c.spec.id.clone(), c.allowed_hosts.clone())).collect();
-    let log = options.logs.as_ref().map(|dir| dir.join("services.log"));
-    let supervisor = Supervisor::new(name, manifest.services.values().cloned(), processes, log);
-    let parts = AppParts {
-        name: name.to_owned(),
-        components,
-        allowed_hosts,
-        outbound: prepared.outbound.clone(),
-        supervisor,
-        keep: Box::new(prepared),
-    };
-    let app = App::new(gateway, manifest, parts)?;
-    Ok(Launched { app, load_time: started.elapsed(), stores })
+    launched
+}
+
+/// `spec` with its instances and key-value operations counted in the app's
+/// `metrics`.
+fn counted(spec: &ComponentSpec, metrics: &AppMetrics) -> ComponentSpec {
+    let key_value = spec
+        .key_value
+        .iter()
+        .map(|(label, store)| (label.clone(), store.with_metrics(metrics.store(label, store.backend()))))
+        .collect();
+    ComponentSpec { metrics: Some(metrics.target(&spec.id, TargetKind::Component)), key_value, ..spec.clone() }
 }

@@ -168,6 +168,8 @@ pub fn prepare(app: &App, options: &Options) -> anyhow::Result<PreparedApp> {
             preopens,
             outbound: outbound.clone(),
             output: output.clone(),
+            // Counted by `launch`, which knows the gateway's metrics.
+            metrics: None,
         };
         components.push(Prepared { spec, allowed_hosts });
     }

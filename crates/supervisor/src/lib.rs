@@ -178,10 +178,14 @@ impl Supervisor {
         services: impl IntoIterator<Item = Service>,
         processes: &Arc<Processes>,
         log: Option<std::path::PathBuf>,
+        metrics: Option<&dormouse_telemetry::AppMetrics>,
     ) -> Supervisor {
         let services: Vec<Arc<ServiceHandle>> = services
             .into_iter()
-            .map(|config| ServiceHandle::new(format!("{scope}/{}", config.id), config, processes.clone(), log.clone()))
+            .map(|config| {
+                let metrics = metrics.map(|app| app.target(&config.id, dormouse_telemetry::TargetKind::Service));
+                ServiceHandle::new(format!("{scope}/{}", config.id), config, processes.clone(), log.clone(), metrics)
+            })
             .collect();
         if let Spawner::Helper(helper) = &processes.spawner {
             for service in &services {
@@ -271,6 +275,8 @@ pub struct ServiceHandle {
     /// Set while the service has step policies: leases then wake its scaler.
     has_policies: std::sync::atomic::AtomicBool,
     scale_events: Arc<Notify>,
+    /// Where its wakes are counted (`None`: no metrics are kept).
+    metrics: Option<Arc<dormouse_telemetry::TargetMetrics>>,
 }
 
 #[derive(Default)]
@@ -355,6 +361,29 @@ pub struct Lease {
     service: Arc<ServiceHandle>,
     number: u64,
     pub addr: std::net::SocketAddr,
+    /// Whether the request found its instance ready or had it woken.
+    pub start: Start,
+}
+
+/// How a request found its instance, for its log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// Ready and with room.
+    Warm,
+    /// The request waited while an instance started.
+    Cold,
+    /// A paused instance was thawed for it.
+    Thaw,
+}
+
+impl Start {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Start::Warm => "warm",
+            Start::Cold => "cold",
+            Start::Thaw => "thaw",
+        }
+    }
 }
 
 impl Drop for Lease {
@@ -387,6 +416,7 @@ impl ServiceHandle {
         config: Service,
         processes: Arc<Processes>,
         log: Option<std::path::PathBuf>,
+        metrics: Option<Arc<dormouse_telemetry::TargetMetrics>>,
     ) -> Arc<ServiceHandle> {
         let scale = ScaleConfig {
             min: config.min,
@@ -405,6 +435,7 @@ impl ServiceHandle {
             shutting_down: Default::default(),
             has_policies: Default::default(),
             scale_events: Arc::default(),
+            metrics,
         })
     }
 
@@ -412,6 +443,12 @@ impl ServiceHandle {
     /// succeeds.
     pub fn quota_blocked(&self) -> Option<dormouse_quota::QuotaExceeded> {
         self.state.lock().expect("not poisoned").quota_blocked.clone()
+    }
+
+    /// Where this service's requests and wakes are counted, if metrics are
+    /// kept.
+    pub fn metrics(&self) -> Option<&Arc<dormouse_telemetry::TargetMetrics>> {
+        self.metrics.as_ref()
     }
 
     /// Instances that exist now, in any phase (without reading their
@@ -567,6 +604,8 @@ impl ServiceHandle {
         }
         let deadline = tokio::time::Instant::now() + self.config.ready_timeout;
         let mut place: Option<WaitingPlace> = None;
+        // Whether an instance was starting while this request waited.
+        let mut saw_start = false;
         let mut blocked_on_port;
         let mut blocked_on_quota;
         loop {
@@ -584,9 +623,12 @@ impl ServiceHandle {
             }
             {
                 let mut state = self.state.lock().expect("not poisoned");
-                if let Some(lease) = self.try_lease(&mut state) {
+                if let Some(mut lease) = self.try_lease(&mut state) {
                     if let Some(place) = place.take() {
                         place.leave(&mut state);
+                    }
+                    if saw_start && lease.start == Start::Warm {
+                        lease.start = Start::Cold;
                     }
                     return Ok(lease);
                 }
@@ -629,6 +671,7 @@ impl ServiceHandle {
                 }
                 blocked_on_port = self.blocked_on_port(&state);
                 blocked_on_quota = state.quota_blocked.is_some();
+                saw_start |= state.instances.iter().any(|i| i.phase == Phase::Starting);
             }
             let wake_at = if blocked_on_port { deadline.min(TokioInstant::now() + PORT_RECHECK) } else { deadline };
             let quota_freed = async {
@@ -677,6 +720,7 @@ impl ServiceHandle {
     /// The least loaded ready instance with room, or a paused one thawed.
     fn try_lease(self: &Arc<Self>, state: &mut State) -> Option<Lease> {
         let target = self.config.target_concurrency;
+        let mut start = Start::Warm;
         let instance = match state
             .instances
             .iter_mut()
@@ -689,13 +733,14 @@ impl ServiceHandle {
                 if !self.thaw(state, index) {
                     return None;
                 }
+                start = Start::Thaw;
                 &mut state.instances[index]
             }
         };
         instance.in_flight += 1;
         instance.idle_since = None;
         self.scale_event();
-        Some(Lease { service: self.clone(), number: instance.number, addr: instance.addr() })
+        Some(Lease { service: self.clone(), number: instance.number, addr: instance.addr(), start })
     }
 
     /// Thaws the paused instance at `index`, once admitted under the
@@ -712,7 +757,11 @@ impl ServiceHandle {
             }
         }
         state.quota_blocked = None;
+        let started = Instant::now();
         state.instances[index].thaw();
+        if let Some(metrics) = &self.metrics {
+            metrics.wake(dormouse_telemetry::Wake::Thaw, started.elapsed());
+        }
         true
     }
 
@@ -830,6 +879,9 @@ impl ServiceHandle {
             Ok(()) => {
                 let boot = started.elapsed();
                 tracing::info!(service = %self.config.id, instance = number, "ready in {boot:.1?}");
+                if let Some(metrics) = &self.metrics {
+                    metrics.wake(dormouse_telemetry::Wake::ColdStart, boot);
+                }
                 let mut state = self.state.lock().expect("not poisoned");
                 state.backoff.succeed(Instant::now());
                 state.failing = None;

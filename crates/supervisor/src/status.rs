@@ -105,6 +105,38 @@ impl ServiceHandle {
     }
 }
 
+/// A service's instances counted by phase, read without touching their
+/// cgroups or processes: what a metrics scrape reads, however often.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Census {
+    pub starting: usize,
+    /// Ready, idle or busy.
+    pub running: usize,
+    pub paused: usize,
+    pub stopping: usize,
+    /// No instance, and starts are in back-off.
+    pub failing: bool,
+    /// Requests held for an instance.
+    pub waiting: usize,
+}
+
+impl ServiceHandle {
+    pub fn census(&self) -> Census {
+        let state = self.state.lock().expect("not poisoned");
+        let mut census = Census { waiting: state.waiting, ..Census::default() };
+        for instance in &state.instances {
+            match instance.phase {
+                Phase::Starting => census.starting += 1,
+                Phase::Ready => census.running += 1,
+                Phase::Paused => census.paused += 1,
+                Phase::Stopping => census.stopping += 1,
+            }
+        }
+        census.failing = state.instances.is_empty() && state.failing.is_some();
+        census
+    }
+}
+
 impl Supervisor {
     pub fn status(&self) -> Vec<ServiceStatus> {
         self.services.iter().map(|s| s.status()).collect()

@@ -30,7 +30,7 @@ fn never_ready() -> Service {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_waits_give_their_places_back() {
     let processes = Processes::new(None, true, None);
-    let supervisor = Supervisor::new("app", [never_ready()], &processes, None);
+    let supervisor = Supervisor::new("app", [never_ready()], &processes, None, None);
     let service = supervisor.service("s").unwrap().clone();
 
     // More waiters than the buffer holds, all dropped mid-wait at once.

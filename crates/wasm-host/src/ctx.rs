@@ -3,8 +3,10 @@
 
 use std::sync::Arc;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use wasmtime::component::ResourceTable;
-use wasmtime::{StoreLimits, StoreLimitsBuilder};
+use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
@@ -17,7 +19,47 @@ pub struct RequestCtx {
     http: WasiHttpCtx,
     table: ResourceTable,
     hooks: OutboundHooks,
-    pub limits: StoreLimits,
+    pub limits: MemoryCap,
+}
+
+/// The instance's memory limit (wasmtime's `StoreLimits`), which can say
+/// whether it refused a `memory.grow`.
+pub struct MemoryCap {
+    limits: StoreLimits,
+    refused: Option<Arc<AtomicBool>>,
+}
+
+impl MemoryCap {
+    /// A flag set when a `memory.grow` past the limit is refused.
+    pub fn watch_refusals(&mut self) -> Arc<AtomicBool> {
+        self.refused.get_or_insert_with(Arc::default).clone()
+    }
+}
+
+impl ResourceLimiter for MemoryCap {
+    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let allowed = self.limits.memory_growing(current, desired, maximum)?;
+        if !allowed && let Some(refused) = &self.refused {
+            refused.store(true, Ordering::Relaxed);
+        }
+        Ok(allowed)
+    }
+
+    fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        self.limits.table_growing(current, desired, maximum)
+    }
+
+    fn instances(&self) -> usize {
+        self.limits.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.limits.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.limits.memories()
+    }
 }
 
 impl RequestCtx {
@@ -51,7 +93,7 @@ impl RequestCtx {
             hooks: OutboundHooks { caps: caps.clone(), hops },
             // `memory.grow` past the cap returns -1 to the guest rather than
             // trapping: the guest decides what running out of memory means.
-            limits: StoreLimitsBuilder::new().memory_size(memory_limit).build(),
+            limits: MemoryCap { limits: StoreLimitsBuilder::new().memory_size(memory_limit).build(), refused: None },
         }
     }
 

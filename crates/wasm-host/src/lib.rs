@@ -139,6 +139,9 @@ pub struct ComponentSpec {
     pub outbound: OutboundSlot,
     /// Where its stdout and stderr lines go; `None`: dormouse's own.
     pub output: Option<Arc<dyn GuestOutput>>,
+    /// Where its instantiations and guest outcomes are counted; `None`: no
+    /// metrics are kept.
+    pub metrics: Option<Arc<dormouse_telemetry::TargetMetrics>>,
 }
 
 /// An app's outbound HTTP handler, shared by its components and set once.
@@ -350,7 +353,13 @@ impl Host {
             outbound: spec.outbound.clone(),
             output: spec.output.clone(),
         };
-        Ok(ComponentPre { pre, caps: Arc::new(caps), shared: self.shared.clone(), stats: Arc::default() })
+        Ok(ComponentPre {
+            pre,
+            caps: Arc::new(caps),
+            shared: self.shared.clone(),
+            stats: Arc::default(),
+            metrics: spec.metrics.clone(),
+        })
     }
 }
 
@@ -542,6 +551,7 @@ pub struct ComponentPre {
     caps: Arc<ComponentCaps>,
     shared: Arc<Shared>,
     stats: Arc<ComponentStats>,
+    metrics: Option<Arc<dormouse_telemetry::TargetMetrics>>,
 }
 
 /// What a component's instances are doing, for `instance ls`.
@@ -551,6 +561,8 @@ struct ComponentStats {
     live: AtomicUsize,
     /// Instances made so far, one per request.
     instantiated: std::sync::atomic::AtomicU64,
+    /// Requests waiting in the host's queue for an instance of this one.
+    waiting: AtomicUsize,
 }
 
 /// One instance counted alive, until dropped with its store's permit.
@@ -585,6 +597,17 @@ impl ComponentPre {
         self.stats.instantiated.load(Ordering::Relaxed)
     }
 
+    /// Requests waiting for an instance of this component (all instance
+    /// slots taken).
+    pub fn waiting(&self) -> usize {
+        self.stats.waiting.load(Ordering::Relaxed)
+    }
+
+    /// Where this component's requests are counted, if metrics are kept.
+    pub fn metrics(&self) -> Option<&Arc<dormouse_telemetry::TargetMetrics>> {
+        self.metrics.as_ref()
+    }
+
     /// Linear memory each instance may use, in bytes.
     pub fn memory_limit(&self) -> usize {
         self.shared.config.memory_limit
@@ -608,12 +631,19 @@ impl ComponentPre {
         };
         let live = Live::new(&self.stats);
         let ticking = self.shared.ticker.enter();
+        let metrics = self.metrics.clone();
+        if let Some(metrics) = &metrics {
+            metrics.instantiated();
+        }
 
         let engine = match &*self.pre {
             Pre::Wasi2(_) => &self.shared.wasi2.engine,
             Pre::Wasi3(_, runtime) => &runtime.engine,
         };
         let mut store = Store::new(engine, RequestCtx::new(&self.caps, config.memory_limit, hops));
+        // Whether a `memory.grow` was refused: a trap after one is counted as
+        // running out of memory. Only asked for when someone counts it.
+        let memory_refused = metrics.as_ref().map(|_| store.data_mut().limits.watch_refusals());
         store.limiter(|ctx| &mut ctx.limits);
         let budget_ticks = config.cpu_limit.as_millis().div_ceil(EPOCH_TICK.as_millis()).max(1) as u64;
         let mut ticks_used = 0u64;
@@ -663,6 +693,16 @@ impl ComponentPre {
                 Ok(Err(error)) => Err(GuestError::Trap(error.into())),
                 Err(_) => Err(GuestError::Timeout(wall_limit)),
             };
+            if let Some(metrics) = metrics {
+                let refused = memory_refused.is_some_and(|refused| refused.load(Ordering::Relaxed));
+                metrics.guest_outcome(match &outcome {
+                    Ok(()) => dormouse_telemetry::GuestOutcome::Ok,
+                    Err(GuestError::Trap(_)) if refused => dormouse_telemetry::GuestOutcome::MemoryLimit,
+                    Err(GuestError::CpuLimit(_)) => dormouse_telemetry::GuestOutcome::CpuLimit,
+                    Err(GuestError::Timeout(_)) => dormouse_telemetry::GuestOutcome::Timeout,
+                    Err(GuestError::Trap(_) | GuestError::Lost) => dormouse_telemetry::GuestOutcome::Trap,
+                });
+            }
             // The store (and with it the response sender) went with `run`, so
             // a waiting receiver sees either a response or a closed channel.
             drop(permit);
@@ -726,13 +766,15 @@ impl ComponentPre {
         let overloaded = || HandleError::Overloaded(shared.config.max_instances);
         // A place in the queue, given back however the wait ends: also when
         // the request is dropped mid-wait because its client hung up.
-        struct QueuePlace<'a>(&'a AtomicUsize);
+        struct QueuePlace<'a>(&'a AtomicUsize, &'a AtomicUsize);
         impl Drop for QueuePlace<'_> {
             fn drop(&mut self) {
                 self.0.fetch_sub(1, Ordering::AcqRel);
+                self.1.fetch_sub(1, Ordering::Relaxed);
             }
         }
-        let place = QueuePlace(&shared.waiting);
+        let place = QueuePlace(&shared.waiting, &self.stats.waiting);
+        self.stats.waiting.fetch_add(1, Ordering::Relaxed);
         if shared.waiting.fetch_add(1, Ordering::AcqRel) >= shared.config.queue_limit {
             return Err(overloaded());
         }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use hyper::StatusCode;
 
 use crate::services::{pid_of, python_app, status, wait_for};
-use crate::support::{get, process_state, upgraded_to_echo, wait_gone};
+use crate::support::{get, get_owned, process_state, upgraded_to_echo, wait_gone};
 
 #[tokio::test]
 async fn services_die_with_a_dormouse_killed_outright() {
@@ -119,10 +119,6 @@ async fn a_second_signal_exits_at_once() {
     assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
     wait_gone(pid, "a service after a second signal");
     hanging.abort();
-}
-
-async fn get_owned(url: String) -> crate::support::Reply {
-    get(&url).await
 }
 
 #[tokio::test]

@@ -17,7 +17,7 @@ fn cli(state_dir: &Path, args: &[&str]) -> Output {
 }
 
 /// Runs a command that must succeed, and returns its standard output.
-fn ok(state_dir: &Path, args: &[&str]) -> String {
+pub fn ok(state_dir: &Path, args: &[&str]) -> String {
     let output = cli(state_dir, args);
     assert!(
         output.status.success(),

@@ -4,7 +4,7 @@
 
 use hyper::StatusCode;
 
-use crate::support::{App, call, get, guest};
+use crate::support::{App, call, get, get_owned, guest};
 
 /// An app serving `www/` at `/` through the `files` guest, with a secret next
 /// to `www/` and another outside the app, both linked from inside `www/`.
@@ -76,10 +76,6 @@ async fn mounted_files_are_served_and_nothing_outside_them() {
     let reply = call("PUT", &server.url("/files/new.txt"), "x").await;
     assert_eq!((reply.status, reply.body.as_str()), (StatusCode::FORBIDDEN, "error: not-permitted\n"));
     assert!(!app.path().join("www/new.txt").exists());
-}
-
-async fn get_owned(url: String) -> crate::support::Reply {
-    get(&url).await
 }
 
 #[tokio::test]

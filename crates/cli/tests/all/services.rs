@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use hyper::StatusCode;
 use serde_json::Value;
 
-use crate::support::{App, PATIENCE, Server, get, process_state, upgraded_to_echo};
+use crate::support::{App, PATIENCE, Server, get, get_owned, process_state, upgraded_to_echo};
 
 pub fn python_app(mode: &str, service_extra: &str) -> App {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/services/app.py").canonicalize().unwrap();
@@ -133,10 +133,6 @@ async fn concurrent_requests_at_zero_start_at_most_max_instances() {
     assert!(starts <= 4, "{current:#}");
     assert!(pids.len() as u64 <= starts, "one process per started instance: {pids:?}");
     assert!(pids.len() > 1, "200 requests at 10 per instance scale out: {pids:?}");
-}
-
-async fn get_owned(url: String) -> crate::support::Reply {
-    get(&url).await
 }
 
 #[tokio::test]

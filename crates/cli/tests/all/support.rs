@@ -103,6 +103,8 @@ impl App {
 pub struct Server {
     child: Child,
     pub addr: SocketAddr,
+    /// The admin listener (`/metrics`, `/healthz`, `/readyz`), when it has one.
+    pub admin: Option<SocketAddr>,
     /// Where its control socket is.
     pub state_dir: PathBuf,
     stderr: Arc<Mutex<String>>,
@@ -137,6 +139,10 @@ impl Server {
     pub fn daemon(state_dir: &Path, extra_args: &[&str]) -> Server {
         let mut command = dormouse();
         command.args(["daemon", "--listen", "127.0.0.1:0", "--state-dir"]).arg(state_dir).args(extra_args);
+        // Not the default port: tests run side by side.
+        if !extra_args.contains(&"--admin-listen") {
+            command.args(["--admin-listen", "127.0.0.1:0"]);
+        }
         Server::spawn(command, state_dir.to_owned())
     }
 
@@ -151,10 +157,15 @@ impl Server {
         let stderr = collect(child.stderr.take().unwrap());
         let stdout = Arc::new(Mutex::new(String::new()));
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let admin = Arc::new(Mutex::new(None));
+        let admin_seen = admin.clone();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let stdout_text = stdout.clone();
         std::thread::spawn(move || {
             for line in lines.by_ref().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("Admin at http://").and_then(|l| l.split(' ').next()) {
+                    *admin_seen.lock().unwrap() = Some(addr.parse::<SocketAddr>().unwrap());
+                }
                 if let Some(addr) = line.strip_prefix("Serving http://") {
                     let _ = addr_tx.send(addr.parse::<SocketAddr>().unwrap());
                 }
@@ -175,7 +186,9 @@ impl Server {
                 panic!("dormouse did not start: {}", stderr.lock().unwrap());
             }
         };
-        Server { child, addr, state_dir, stderr, stdout }
+        // The admin line comes before the one with the address.
+        let admin = *admin.lock().unwrap();
+        Server { child, addr, admin, state_dir, stderr, stdout }
     }
 
     /// A client of its control API.
@@ -336,6 +349,11 @@ impl Reply {
             (key == name).then(|| value.to_owned())
         })
     }
+}
+
+/// [`get`] of an owned URL, for a spawned task.
+pub async fn get_owned(url: String) -> Reply {
+    get(&url).await
 }
 
 pub async fn get(url: &str) -> Reply {

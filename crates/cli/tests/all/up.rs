@@ -9,7 +9,7 @@ use hyper::{Request, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use crate::support::{App, PATIENCE, assert_stopped_by_the_cpu_deadline, dormouse, get, send};
+use crate::support::{App, PATIENCE, assert_stopped_by_the_cpu_deadline, dormouse, get, get_owned, send};
 
 #[tokio::test]
 async fn routes_follow_spin_precedence_and_set_every_spin_header() {
@@ -141,10 +141,6 @@ async fn memory_growth_stops_at_the_cap_and_host_memory_stays_bounded() {
     let after_kib = server.memory_kib("VmRSS");
     assert!(peak_kib < baseline_kib + 4 * 32 * 1024 + 64 * 1024, "peak {peak_kib} KiB from {baseline_kib} KiB");
     assert!(after_kib < baseline_kib + 64 * 1024, "RSS {after_kib} KiB after the hogs, {baseline_kib} KiB before");
-}
-
-async fn get_owned(url: String) -> crate::support::Reply {
-    get(&url).await
 }
 
 #[tokio::test]

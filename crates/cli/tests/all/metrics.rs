@@ -1,0 +1,261 @@
+//! The admin listener: metrics scraped after known traffic and read with a
+//! Prometheus text parser, health and readiness that never touch an app,
+//! and (in `prometheus.rs`) Debian's Prometheus server scraping it.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use hyper::StatusCode;
+use prometheus_parse::{Scrape, Value};
+
+use crate::daemon::ok;
+use crate::services::{python_app, status};
+use crate::support::{App, PATIENCE, Server, call, get, get_with, guest, raw};
+
+/// A scrape of `/metrics`, parsed.
+pub async fn scrape(admin: SocketAddr) -> Scrape {
+    let reply = get(&format!("http://{admin}/metrics")).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert!(reply.body.ends_with("# EOF\n"), "not an OpenMetrics exposition: {}", reply.body);
+    Scrape::parse(reply.body.lines().map(|line| Ok(line.to_owned()))).unwrap()
+}
+
+/// The value of the sample `name` whose labels include `labels`; 0 when
+/// there is none (a series appears once it is counted).
+pub fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let matching: Vec<f64> = scrape
+        .samples
+        .iter()
+        .filter(|sample| sample.metric == name)
+        .filter(|sample| labels.iter().all(|(key, wanted)| sample.labels.get(key).unwrap_or("") == *wanted))
+        .map(|sample| match sample.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
+            ref other => panic!("{name} is not a single value: {other:?}"),
+        })
+        .collect();
+    assert!(matching.len() <= 1, "{name}{labels:?} matches {} series", matching.len());
+    matching.first().copied().unwrap_or(0.0)
+}
+
+/// How many observations the histogram `name` with `labels` holds.
+fn histogram_count(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    value(scrape, &format!("{name}_count"), labels)
+}
+
+/// The app `counted`: one route per fixture, the key-value one with the
+/// default store.
+fn everything_app() -> App {
+    let mut manifest = String::from("spin_manifest_version = 2\n[application]\nname = \"counted\"\n");
+    let routes = [
+        ("/hello", "hello"),
+        ("/trap", "trap"),
+        ("/loop", "loop"),
+        ("/hog", "hog"),
+        ("/spin/...", "kv"),
+        ("/fetch", "fetch"),
+    ];
+    for (route, component) in routes {
+        manifest.push_str(&format!("[[trigger.http]]\nroute = \"{route}\"\ncomponent = \"{component}\"\n"));
+        manifest.push_str(&format!("[component.{component}]\nsource = \"{}\"\n", guest(component).display()));
+        if component == "kv" {
+            manifest.push_str("key_value_stores = [\"default\"]\n");
+        }
+    }
+    App::from_manifest(&manifest)
+}
+
+#[tokio::test]
+async fn metrics_count_known_traffic_by_app_target_status_and_outcome() {
+    let app = everything_app();
+    let server = app.start(&[
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--cpu-limit",
+        "100ms",
+        "--memory-limit",
+        "16MiB",
+        "--max-body",
+        "1KiB",
+    ]);
+    let admin = server.admin.expect("the banner names the admin listener");
+    let before = scrape(admin).await;
+    assert_eq!(value(&before, "dormouse_apps", &[]), 1.0);
+    assert_eq!(value(&before, "dormouse_instances", &[("target", "hello"), ("state", "standby")]), 1.0);
+
+    for _ in 0..3 {
+        assert_eq!(get(&server.url("/hello")).await.status, StatusCode::OK);
+    }
+    assert_eq!(call("POST", &server.url("/hello"), vec![b'x'; 4096]).await.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(get(&server.url("/trap")).await.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(get(&server.url("/loop")).await.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(get(&server.url("/hog?trap=1")).await.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(get(&server.url("/hog")).await.status, StatusCode::OK);
+    assert_eq!(call("PUT", &server.url("/spin/a"), "1").await.status, StatusCode::OK);
+    assert_eq!(get(&server.url("/spin/a")).await.status, StatusCode::OK);
+    assert_eq!(get(&server.url("/spin/missing")).await.status, StatusCode::NOT_FOUND);
+    let fetched = get_with(&server.url("/fetch"), &[("x-fetch-url", "http://127.0.0.1:9/")]).await;
+    assert!(fetched.body.contains("HTTP-request-denied"), "{}", fetched.body);
+    assert_eq!(get(&server.url("/nowhere")).await.status, StatusCode::NOT_FOUND);
+    let huge = raw(
+        server.addr,
+        format!("GET /hello HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\nConnection: close\r\n\r\n", "a".repeat(40_000))
+            .as_bytes(),
+    );
+    assert!(huge.starts_with("HTTP/1.1 431"), "{huge}");
+    // Health answers on the public listener are not app traffic either.
+    assert_eq!(get(&server.url("/.well-known/spin/health")).await.status, StatusCode::OK);
+
+    let after = scrape(admin).await;
+    let requests = |target: &str, status: &str| {
+        value(&after, "http_requests_total", &[("app", "counted"), ("target", target), ("status", status)])
+    };
+    assert_eq!(requests("hello", "200"), 3.0);
+    assert_eq!(requests("hello", "413"), 1.0, "a refused request counts for the component it was for");
+    assert_eq!(requests("hello", "431"), 1.0);
+    assert_eq!(requests("trap", "500"), 1.0);
+    assert_eq!(requests("loop", "500"), 1.0);
+    assert_eq!(requests("hog", "500") + requests("hog", "200"), 2.0);
+    assert_eq!(requests("kv", "200"), 2.0);
+    assert_eq!(requests("kv", "404"), 1.0);
+    assert_eq!(requests("", "404"), 1.0, "a path no route takes counts for the app");
+    let total: f64 = after
+        .samples
+        .iter()
+        .filter(|s| s.metric == "http_requests_total")
+        .map(|s| match s.value {
+            Value::Counter(v) | Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum();
+    assert_eq!(total, 14.0, "every request once, health checks and scrapes never");
+    assert_eq!(histogram_count(&after, "http_request_duration_seconds", &[("target", "hello")]), 5.0);
+
+    let rejections =
+        |reason: &str| value(&after, "dormouse_rejections_total", &[("target", "hello"), ("reason", reason)]);
+    assert_eq!(rejections("body_limit"), 1.0);
+    assert_eq!(rejections("header_limit"), 1.0);
+    assert_eq!(
+        value(&after, "dormouse_instantiations_total", &[("target", "hello")]),
+        3.0,
+        "refused before any instance"
+    );
+    let outcome = |target: &str, outcome: &str| {
+        value(&after, "dormouse_guest_outcomes_total", &[("target", target), ("outcome", outcome)])
+    };
+    assert_eq!(outcome("hello", "ok"), 3.0);
+    assert_eq!(outcome("trap", "trap"), 1.0);
+    assert_eq!(outcome("loop", "cpu_limit"), 1.0);
+    assert_eq!(outcome("hog", "memory_limit"), 1.0);
+    assert_eq!(outcome("hog", "ok"), 1.0, "running out of memory and coping is fine");
+    let kv = |operation: &str| {
+        value(
+            &after,
+            "dormouse_kv_operations_total",
+            &[("app", "counted"), ("store", "default"), ("backend", "sqlite"), ("operation", operation)],
+        )
+    };
+    assert_eq!(kv("set"), 1.0);
+    assert_eq!(kv("get"), 2.0);
+    assert_eq!(value(&after, "dormouse_kv_errors_total", &[("operation", "get")]), 0.0, "a missing key is no error");
+    assert_eq!(value(&after, "dormouse_outbound_requests_total", &[("target", "fetch"), ("outcome", "denied")]), 1.0);
+    assert_eq!(value(&after, "dormouse_instances", &[("target", "hello"), ("state", "running")]), 0.0);
+    assert_eq!(value(&after, "dormouse_active_instances", &[]), 0.0);
+
+    // No label takes a value from a request: no path, no host, no header.
+    let text = get(&format!("http://{admin}/metrics")).await.body;
+    for leaked in ["nowhere", "/hello", "spin/a", "127.0.0.1:9"] {
+        assert!(!text.contains(leaked), "`{leaked}` leaked into a label: {text}");
+    }
+}
+
+#[tokio::test]
+async fn health_and_metrics_never_wake_a_service_or_keep_it_awake() {
+    let app = python_app("ok", "scale_to_zero = { cooldown = \"300ms\", standby = \"stop\" }");
+    let server = app.start(&["--admin-listen", "127.0.0.1:0"]);
+    let admin = server.admin.unwrap();
+    let probe = |path: &str| format!("http://{admin}{path}");
+    let probe_for = |span: Duration| async move {
+        let until = Instant::now() + span;
+        while Instant::now() < until {
+            for path in ["/metrics", "/healthz", "/readyz"] {
+                assert_eq!(get(&probe(path)).await.status, StatusCode::OK, "{path}");
+            }
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+    };
+    probe_for(Duration::from_millis(1500)).await;
+    let asleep = status(&server).await;
+    assert_eq!(asleep["starts"], 0, "probes started the service: {asleep:#}");
+    let metrics = scrape(admin).await;
+    assert_eq!(value(&metrics, "dormouse_instances", &[("target", "py"), ("state", "standby")]), 1.0);
+    assert_eq!(value(&metrics, "dormouse_wakes_total", &[("target", "py"), ("cause", "cold_start")]), 0.0);
+
+    // One request wakes it; probes every 30 ms do not keep it past its cooldown.
+    assert_eq!(get(&server.url("/")).await.status, StatusCode::OK);
+    let woken = scrape(admin).await;
+    assert_eq!(value(&woken, "dormouse_wakes_total", &[("target", "py"), ("cause", "cold_start")]), 1.0);
+    assert_eq!(histogram_count(&woken, "dormouse_wake_duration_seconds", &[("cause", "cold_start")]), 1.0);
+    assert_eq!(value(&woken, "dormouse_instances", &[("target", "py"), ("state", "running")]), 1.0);
+    let started = Instant::now();
+    loop {
+        probe_for(Duration::from_millis(200)).await;
+        if status(&server).await["state"] == "standby" {
+            break;
+        }
+        assert!(started.elapsed() < PATIENCE, "probes kept the service awake: {:#}", status(&server).await);
+    }
+    let slept = scrape(admin).await;
+    assert_eq!(value(&slept, "dormouse_instances", &[("target", "py"), ("state", "standby")]), 1.0);
+    assert_eq!(value(&slept, "dormouse_instances", &[("target", "py"), ("state", "running")]), 0.0);
+    assert_eq!(status(&server).await["starts"], 1);
+    assert_eq!(value(&slept, "http_requests_total", &[("app", "svc"), ("target", "py"), ("status", "200")]), 1.0);
+}
+
+#[tokio::test]
+async fn readyz_turns_503_while_draining_and_healthz_stays_200() {
+    let app = App::new(&[("/slow", "slow")]);
+    let server = app.start(&["--admin-listen", "127.0.0.1:0"]);
+    let admin = server.admin.unwrap();
+    assert_eq!(get(&format!("http://{admin}/readyz")).await.status, StatusCode::OK);
+    let url = server.url("/slow?chunks=10&ms=200");
+    let slow = tokio::spawn(async move { get(&url).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ready = get(&format!("http://{admin}/readyz")).await;
+    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE, "{}", ready.body);
+    assert!(ready.body.contains("not accepting"), "{}", ready.body);
+    assert_eq!(get(&format!("http://{admin}/healthz")).await.status, StatusCode::OK);
+    assert_eq!(slow.await.unwrap().status, StatusCode::OK, "the request in flight finishes");
+    assert!(server.wait().success());
+}
+
+#[tokio::test]
+async fn a_redeployed_app_keeps_counting_and_a_removed_one_leaves_the_exposition() {
+    let state = tempfile::tempdir().unwrap();
+    let server = Server::daemon(state.path(), &[]);
+    let admin = server.admin.expect("the daemon serves the admin listener by default");
+    let hello_wasm = guest("hello");
+    let deploy = |name: &str| ok(state.path(), &["deploy", "--name", name, hello_wasm.to_str().unwrap()]);
+    let hello = |name: &str| {
+        let url = format!("http://{}/", server.addr);
+        let host = format!("{name}.localhost");
+        async move { get_with(&url, &[("host", &host)]).await }
+    };
+    deploy("counted");
+    assert_eq!(hello("counted").await.status, StatusCode::OK);
+    assert_eq!(hello("counted").await.status, StatusCode::OK);
+    deploy("counted");
+    assert_eq!(hello("counted").await.status, StatusCode::OK);
+    let metrics = scrape(admin).await;
+    let served =
+        value(&metrics, "http_requests_total", &[("app", "counted"), ("target", "counted"), ("status", "200")]);
+    assert_eq!(served, 3.0, "a new version counts on from the old one's count");
+    assert_eq!(value(&metrics, "dormouse_apps", &[]), 1.0);
+    assert_eq!(hello("unknown").await.status, StatusCode::NOT_FOUND);
+
+    ok(state.path(), &["rm", "counted"]);
+    let text = get(&format!("http://{admin}/metrics")).await.body;
+    assert!(!text.contains("app=\"counted\""), "a removed app's series stay: {text}");
+    assert!(!text.contains("unknown"), "a host that names no app became a label: {text}");
+}
