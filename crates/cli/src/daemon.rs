@@ -12,12 +12,12 @@ use bytesize::ByteSize;
 use clap::Args;
 use dormouse_control::server::{self, ControlConfig, ControlListener};
 use dormouse_control::{DaemonConfig, Platform};
-use dormouse_gateway::{AppTable, Gateway};
+use dormouse_gateway::{AppTable, Gateway, GatewayConfig};
 use dormouse_quota::{QuotaLimits, Quotas};
 use dormouse_supervisor::Processes;
 use dormouse_wasm_host::{Host, HostConfig};
 
-use crate::up::{CONTROL_SOCKET, Limits, Signals, serve_until_signalled};
+use crate::up::{CONTROL_SOCKET, Limits, Signals, TlsArgs, serve_until_signalled};
 
 /// The bearer token's file in the state directory (TCP control only).
 pub(crate) const TOKEN_FILE: &str = "token";
@@ -58,6 +58,8 @@ pub struct DaemonArgs {
     max_apps: Option<u64>,
     #[command(flatten)]
     limits: Limits,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 /// The state directory when none is given: XDG's state home.
@@ -72,6 +74,7 @@ pub(crate) fn default_state_dir() -> PathBuf {
 }
 
 pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
+    let tls = args.tls.load()?;
     let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
     create_private_dir(&state_dir)?;
     // One daemon per state directory: a second would serve the same apps
@@ -96,7 +99,8 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
     let host_config =
         HostConfig { quotas: Some(quotas.clone()), ..args.limits.host_config(Some(state_dir.join("cache")))? };
     let host = Host::new(host_config)?;
-    let gateway = Gateway::new(host, args.limits.gateway_config()?, AppTable::for_domain(&domain));
+    let gateway_config = GatewayConfig { tls, ..args.limits.gateway_config()? };
+    let gateway = Gateway::new(host, gateway_config, AppTable::for_domain(&domain));
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let signals = Signals::install()?;
@@ -128,7 +132,8 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
             let _ = control_stopped.await;
         }));
         println!("Control API at {control_at}");
-        println!("Serving apps at http://<app>.{domain}:{}", address.port());
+        let scheme = gateway.config().scheme();
+        println!("Serving apps at {scheme}://<app>.{domain}:{}", address.port());
 
         let code = serve_until_signalled(gateway, listener, signals, &processes).await;
         drop(control_stop);

@@ -12,6 +12,7 @@ mod outbound;
 mod services;
 mod startup;
 mod support;
+mod tls;
 mod up;
 mod variables;
 mod wasi3;

@@ -155,11 +155,13 @@ impl Server {
         let stdout_text = stdout.clone();
         std::thread::spawn(move || {
             for line in lines.by_ref().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("Serving http://") {
+                // `https` when serving TLS.
+                let banner = line.replace("https://", "http://");
+                if let Some(addr) = banner.strip_prefix("Serving http://") {
                     let _ = addr_tx.send(addr.parse::<SocketAddr>().unwrap());
                 }
                 if let Some(port) =
-                    line.strip_prefix("Serving apps at http://<app>.").and_then(|l| l.rsplit(':').next())
+                    banner.strip_prefix("Serving apps at http://<app>.").and_then(|l| l.rsplit(':').next())
                 {
                     let _ = addr_tx.send(SocketAddr::from(([127, 0, 0, 1], port.parse().unwrap())));
                 }
