@@ -17,7 +17,7 @@ use dormouse_quota::{QuotaLimits, Quotas};
 use dormouse_supervisor::Processes;
 use dormouse_wasm_host::{Host, HostConfig};
 
-use crate::up::{CONTROL_SOCKET, Limits, Signals, serve_admin, serve_until_signalled};
+use crate::up::{CONTROL_SOCKET, Limits, Signals, TlsArgs, serve_admin, serve_until_signalled};
 
 /// The bearer token's file in the state directory (TCP control only).
 pub(crate) const TOKEN_FILE: &str = "token";
@@ -63,6 +63,8 @@ pub struct DaemonArgs {
     admin_listen: AdminAddress,
     #[command(flatten)]
     limits: Limits,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 /// `--admin-listen`: an address, or `off`.
@@ -88,6 +90,7 @@ pub(crate) fn default_state_dir() -> PathBuf {
 }
 
 pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
+    let tls = args.tls.load()?;
     let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
     create_private_dir(&state_dir)?;
     // One daemon per state directory: a second would serve the same apps
@@ -113,7 +116,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
         HostConfig { quotas: Some(quotas.clone()), ..args.limits.host_config(Some(state_dir.join("cache")))? };
     let host = Host::new(host_config)?;
     let gateway_config =
-        GatewayConfig { metrics: args.admin_listen.0.map(|_| Metrics::new()), ..args.limits.gateway_config()? };
+        GatewayConfig { tls, metrics: args.admin_listen.0.map(|_| Metrics::new()), ..args.limits.gateway_config()? };
     let gateway = Gateway::new(host, gateway_config, AppTable::for_domain(&domain));
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
@@ -147,7 +150,8 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
         }));
         serve_admin(&gateway, args.admin_listen.0).await?;
         println!("Control API at {control_at}");
-        println!("Serving apps at http://<app>.{domain}:{}", address.port());
+        let scheme = gateway.config().scheme();
+        println!("Serving apps at {scheme}://<app>.{domain}:{}", address.port());
 
         let code = serve_until_signalled(gateway, listener, signals, &processes).await;
         drop(control_stop);

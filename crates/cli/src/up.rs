@@ -12,7 +12,7 @@ use bytesize::ByteSize;
 use clap::Args;
 use dormouse_control::Platform;
 use dormouse_control::server::{self, ControlConfig, ControlListener};
-use dormouse_gateway::{Admin, AppTable, Gateway, GatewayConfig, Metrics};
+use dormouse_gateway::{Admin, AppTable, Gateway, GatewayConfig, Metrics, Tls};
 use dormouse_manifest::{App, RuntimeConfig};
 use dormouse_supervisor::Processes;
 use dormouse_wasm_host::{CacheOutcome, Host, HostConfig, LoadEvent};
@@ -53,6 +53,35 @@ pub struct UpArgs {
     admin_listen: Option<SocketAddr>,
     #[command(flatten)]
     limits: Limits,
+    #[command(flatten)]
+    tls: TlsArgs,
+}
+
+/// HTTPS, with Spin's flags and environment variables, the same for `up`
+/// and `daemon`: both files or neither.
+#[derive(Args, Debug)]
+pub struct TlsArgs {
+    /// Serve HTTPS with this certificate chain (PEM, the server's certificate
+    /// first); reloaded when the file changes. Needs `--tls-key`.
+    #[arg(long, value_name = "FILE", env = "SPIN_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1); reloaded
+    /// when the file changes. Needs `--tls-cert`.
+    #[arg(long, value_name = "FILE", env = "SPIN_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// The certificate and key, loaded and checked against each other, or
+    /// `None` for plain HTTP. Call before anything slow, so that a bad pair
+    /// fails the start at once.
+    pub(crate) fn load(&self) -> anyhow::Result<Option<Tls>> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Ok(Some(Tls::load(cert, key)?)),
+            // clap's `requires` refuses one without the other.
+            _ => Ok(None),
+        }
+    }
 }
 
 /// Limits and timeouts of the front and the wasm host, the same flags for
@@ -158,6 +187,7 @@ fn parse_key_value(text: &str) -> Result<(String, String), String> {
 }
 
 pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
+    let tls = args.tls.load()?;
     let app = dormouse_manifest::load(&args.from)?;
     if app.http_triggers.is_empty() {
         tracing::warn!("app `{}` has no HTTP triggers: every request will get 404", app.name);
@@ -174,7 +204,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     };
     let host_config = args.limits.host_config(cache_dir)?;
     let gateway_config =
-        GatewayConfig { metrics: args.admin_listen.map(|_| Metrics::new()), ..args.limits.gateway_config()? };
+        GatewayConfig { tls, metrics: args.admin_listen.map(|_| Metrics::new()), ..args.limits.gateway_config()? };
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let options = dormouse_loader::Options {
@@ -223,7 +253,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             Err(error) => tracing::warn!("no control API for `dormouse instance ls`: {error:#}"),
         }
         serve_admin(&gateway, args.admin_listen).await?;
-        print_banner(&app, address);
+        print_banner(&app, gateway.config().scheme(), address);
         let code = serve_until_signalled(gateway, listener, signals, &processes).await;
         drop(control_stop);
         if bound {
@@ -320,8 +350,8 @@ pub(crate) fn load_progress() -> impl Fn(LoadEvent<'_>) {
     }
 }
 
-fn print_banner(app: &App, address: SocketAddr) {
-    println!("Serving http://{address}");
+fn print_banner(app: &App, scheme: &str, address: SocketAddr) {
+    println!("Serving {scheme}://{address}");
     println!("Available Routes:");
     for trigger in &app.http_triggers {
         if let dormouse_manifest::model::Route::Public(pattern) = &trigger.route {
@@ -332,7 +362,7 @@ fn print_banner(app: &App, address: SocketAddr) {
                 dormouse_manifest::model::Target::Component(id) => id.clone(),
                 dormouse_manifest::model::Target::Service(id) => format!("{id} (service)"),
             };
-            println!("  {target}: http://{address}{path}");
+            println!("  {target}: {scheme}://{address}{path}");
         }
     }
 }

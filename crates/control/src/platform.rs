@@ -803,9 +803,10 @@ impl Platform {
     }
 
     fn info(&self, app: &App, record: Option<&AppRecord>) -> AppInfo {
+        let scheme = self.gateway.config().scheme();
         let url = match &self.daemon {
-            Some(daemon) => format!("http://{}.{}:{}", app.name(), daemon.config.domain, self.public.port()),
-            None => format!("http://{}", self.public),
+            Some(daemon) => format!("{scheme}://{}.{}:{}", app.name(), daemon.config.domain, self.public.port()),
+            None => format!("{scheme}://{}", self.public),
         };
         let routes = app
             .router()

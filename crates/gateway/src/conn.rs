@@ -65,6 +65,11 @@ impl Activity {
         })
     }
 
+    /// When the connection was accepted.
+    pub fn accepted(&self) -> Instant {
+        self.accepted
+    }
+
     /// A request begins that must be over within `limit` (its wall clock).
     pub fn request(self: &Arc<Self>, limit: Duration) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::AcqRel);

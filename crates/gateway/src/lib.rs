@@ -14,6 +14,7 @@ mod outbound;
 mod proxy;
 mod router;
 mod spin;
+mod tls;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -24,6 +25,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use dormouse_supervisor::WakeError;
 use dormouse_wasm_host::{ComponentPre, GuardedBody, GuestError, HandleError, Host, WasiBody, WasiHttpError};
+use http::uri::Scheme;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{Either, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -38,6 +40,7 @@ pub use dormouse_telemetry::Metrics;
 pub use limits::Rejection;
 pub use outbound::{Destination, OutboundConfig};
 pub use router::{RouteEntry, Router, Slot, normalize_path};
+pub use tls::{PLAIN_HTTP_REFUSAL, RELOAD_INTERVAL, Tls, TlsError};
 
 /// The path Spin's health check answers on.
 pub const HEALTH_PATH: &str = "/.well-known/spin/health";
@@ -70,6 +73,11 @@ pub struct GatewayConfig {
     pub drain_timeout: Duration,
     /// Components' outbound HTTP.
     pub outbound: OutboundConfig,
+    /// Serve HTTPS (HTTP/2 or HTTP/1.1, by ALPN) with this certificate,
+    /// reloaded when its files change (see [`RELOAD_INTERVAL`]). Default
+    /// `None`: plain HTTP/1.1 and h2c. A TLS connection costs a handshake's
+    /// CPU and rustls's record buffers more than a plain one.
+    pub tls: Option<Tls>,
     /// Where requests, instances, wakes and key-value operations are
     /// counted. `None` (the default): nothing is counted, and a request pays
     /// nothing for metrics.
@@ -87,8 +95,17 @@ impl Default for GatewayConfig {
             max_body_bytes: 10 << 20,
             drain_timeout: Duration::from_secs(30),
             outbound: OutboundConfig::default(),
+            tls: None,
             metrics: None,
         }
+    }
+}
+
+impl GatewayConfig {
+    /// How clients reach the gateway, for the URLs shown to them: `https`
+    /// with TLS, `http` without.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
     }
 }
 
@@ -100,6 +117,28 @@ pub type ResponseBody =
 /// far below the byte limit; a larger cap costs hyper a larger (uninitialised)
 /// index array per request.
 const HEADER_BYTES_PER_LINE: usize = 32;
+
+/// A connection just accepted: its client, the address it reached, and what
+/// its watchdog measures from the accept on.
+struct Accepted {
+    client: SocketAddr,
+    local: Option<SocketAddr>,
+    activity: Arc<conn::Activity>,
+}
+
+/// How a request arrived: from whom, to which address, over which scheme
+/// (https over TLS, for the URL the app is told of), and the span it is
+/// logged in.
+pub(crate) struct Asked<'a> {
+    pub client: SocketAddr,
+    pub local: Option<SocketAddr>,
+    pub scheme: &'a Scheme,
+    pub span: &'a tracing::Span,
+}
+
+/// Where a request is counted, when metrics are kept: its component's or
+/// service's metrics, or its app's for requests no route took.
+type Counted = Option<Arc<dormouse_telemetry::TargetMetrics>>;
 
 /// The HTTP front: one listener's connections, limits and routing across a
 /// table of apps.
@@ -185,7 +224,8 @@ impl Gateway {
     /// Serves connections from `listener` until `shutdown` resolves, then
     /// stops accepting and waits up to the drain timeout for in-flight
     /// requests, guests and upgraded connections. Returns whether everything
-    /// drained in time.
+    /// drained in time. With [`GatewayConfig::tls`], every connection is
+    /// HTTPS, and the certificate files are watched while this runs.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) -> bool {
         let local_addr = listener.local_addr().ok();
         if let Some(addr) = local_addr {
@@ -208,13 +248,13 @@ impl Gateway {
             .http2()
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(config.max_header_bytes.saturating_mul(2)).unwrap_or(u32::MAX));
+        let builder = Arc::new(builder);
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let connections = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
         let mut accept_errors = conn::AcceptErrors::default();
-        let (header_timeout, idle_timeout) = (config.header_read_timeout, config.idle_timeout);
-        let wall_limit = self.host.config().wall_limit;
+        let header_timeout = config.header_read_timeout;
+        let _reload = config.tls.clone().map(|tls| tokio_util::task::AbortOnDropHandle::new(tokio::spawn(tls.watch())));
         tokio::pin!(shutdown);
-        let metrics_on = self.config.metrics.is_some();
         self.accepting.store(true, std::sync::atomic::Ordering::Release);
 
         loop {
@@ -239,51 +279,29 @@ impl Gateway {
             // Responses are written in one go by hyper; Nagle would only delay
             // the last segment of each.
             let _ = stream.set_nodelay(true);
-            let activity = conn::Activity::new();
-            let gateway = self.clone();
-            let requests = activity.clone();
-            let service = hyper::service::service_fn(move |request| {
-                let in_flight = requests.request(wall_limit);
-                let gateway = gateway.clone();
-                // One span per request, at debug level: off by default, so
-                // that a request pays nothing for it (`RUST_LOG=
-                // dormouse_gateway=debug` logs a line per request).
-                let span = tracing::debug_span!(
-                    "request",
-                    app = field::Empty,
-                    route = field::Empty,
-                    target = field::Empty,
-                    start = field::Empty,
-                    status = field::Empty,
-                    ms = field::Empty,
-                );
-                let arrived = (metrics_on || !span.is_disabled()).then(std::time::Instant::now);
-                let instrumented = span.clone();
-                async move {
-                    let (response, app, counted) = gateway.handle(request, client, local_addr, &span).await;
-                    if let Some(arrived) = arrived.filter(|_| !span.is_disabled()) {
-                        span.record("status", response.status().as_u16());
-                        span.record("ms", arrived.elapsed().as_secs_f64() * 1000.0);
-                        tracing::debug!(parent: &span, "answered");
-                    }
-                    let record =
-                        counted.zip(arrived).map(|(target, arrived)| conn::Record::new(target, &response, arrived));
-                    Ok::<_, Infallible>(response.map(|body| conn::TrackedBody::new(body, in_flight, app, record)))
-                }
-                .instrument(instrumented)
-            });
-            let io = TokioIo::new(stream);
-            let connection = builder.serve_connection_with_upgrades(io, service).into_owned();
-            let connection = graceful.watch(connection);
+            let accepted = Accepted { client, local: local_addr, activity: conn::Activity::new() };
+            // Taken here, before a shutdown can begin, so that the drain
+            // waits for a connection still in its TLS handshake too.
+            let watcher = graceful.watcher();
+            let (gateway, builder) = (self.clone(), builder.clone());
             tokio::spawn(async move {
                 let _place = permit;
-                tokio::select! {
-                    ended = connection => if let Err(error) = ended {
-                        tracing::debug!(%client, "connection ended: {error}");
-                    },
-                    () = conn::idle(&activity, header_timeout, idle_timeout) => {
-                        tracing::debug!(%client, "connection closed: idle past its timeout");
+                let Some(tls) = &gateway.config.tls else {
+                    let io = TokioIo::new(stream);
+                    return gateway.serve_connection(io, Scheme::HTTP, &builder, watcher, accepted).await;
+                };
+                // The handshake, in the connection's own task (a slow client
+                // holds no one else up), within the time a connection has
+                // for its first request, which it counts against.
+                let deadline = accepted.activity.accepted() + header_timeout;
+                let handshake = tokio::time::timeout_at(deadline, tls.accept(stream)).await;
+                match handshake {
+                    Ok(Ok(stream)) => {
+                        let io = TokioIo::new(stream);
+                        gateway.serve_connection(io, Scheme::HTTPS, &builder, watcher, accepted).await;
                     }
+                    Ok(Err(error)) => tracing::debug!(%client, "TLS connection refused: {error}"),
+                    Err(_) => tracing::debug!(%client, "TLS connection closed: no handshake within {header_timeout:?}"),
                 }
             });
         }
@@ -300,15 +318,74 @@ impl Gateway {
         tokio::time::timeout(self.config.drain_timeout, drain).await.is_ok()
     }
 
+    /// Serves one connection, plain or past its TLS handshake, with hyper
+    /// (HTTP/1.1 or HTTP/2, by its first bytes) until it ends, its watchdog
+    /// closes it or the drain does.
+    async fn serve_connection<I>(
+        self: Arc<Self>,
+        io: I,
+        scheme: Scheme,
+        builder: &hyper_util::server::conn::auto::Builder<TokioExecutor>,
+        watcher: hyper_util::server::graceful::Watcher,
+        accepted: Accepted,
+    ) where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let Accepted { client, local, activity } = accepted;
+        let (header_timeout, idle_timeout) = (self.config.header_read_timeout, self.config.idle_timeout);
+        let wall_limit = self.host.config().wall_limit;
+        let requests = activity.clone();
+        let metrics_on = self.config.metrics.is_some();
+        let service = hyper::service::service_fn(move |request| {
+            let in_flight = requests.request(wall_limit);
+            let gateway = self.clone();
+            let scheme = scheme.clone();
+            // One span per request, at debug level: off by default, so that
+            // a request pays nothing for it (`RUST_LOG=
+            // dormouse_gateway=debug` logs a line per request).
+            let span = tracing::debug_span!(
+                "request",
+                app = field::Empty,
+                route = field::Empty,
+                target = field::Empty,
+                start = field::Empty,
+                status = field::Empty,
+                ms = field::Empty,
+            );
+            let arrived = (metrics_on || !span.is_disabled()).then(std::time::Instant::now);
+            let instrumented = span.clone();
+            async move {
+                let asked = Asked { client, local, scheme: &scheme, span: &span };
+                let (response, app, counted) = gateway.handle(request, &asked).await;
+                if let Some(arrived) = arrived.filter(|_| !span.is_disabled()) {
+                    span.record("status", response.status().as_u16());
+                    span.record("ms", arrived.elapsed().as_secs_f64() * 1000.0);
+                    tracing::debug!(parent: &span, "answered");
+                }
+                let record =
+                    counted.zip(arrived).map(|(target, arrived)| conn::Record::new(target, &response, arrived));
+                Ok::<_, Infallible>(response.map(|body| conn::TrackedBody::new(body, in_flight, app, record)))
+            }
+            .instrument(instrumented)
+        });
+        let connection = watcher.watch(builder.serve_connection_with_upgrades(io, service).into_owned());
+        tokio::select! {
+            ended = connection => if let Err(error) = ended {
+                tracing::debug!(%client, "connection ended: {error}");
+            },
+            () = conn::idle(&activity, header_timeout, idle_timeout) => {
+                tracing::debug!(%client, "connection closed: idle past its timeout");
+            }
+        }
+    }
+
     /// Routes a request to its app, and within the app to its component or
     /// service. The response comes with the request's mark on its app, to be
     /// held until the response body ends, and where to count it.
     async fn handle<B>(
         &self,
         request: Request<B>,
-        client: SocketAddr,
-        local: Option<SocketAddr>,
-        span: &tracing::Span,
+        asked: &Asked<'_>,
     ) -> (Response<ResponseBody>, Option<app::AppGuard>, Counted)
     where
         B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
@@ -336,8 +413,8 @@ impl Gateway {
             Err(unrouted) => return (unrouted_response(unrouted), None, None),
         };
         drop(table);
-        span.record("app", app.0.name());
-        let (response, counted) = self.handle_in(&app.0, request, client, local, span).await;
+        asked.span.record("app", app.0.name());
+        let (response, counted) = self.handle_in(&app.0, request, asked).await;
         (response, Some(app), counted)
     }
 
@@ -346,9 +423,7 @@ impl Gateway {
         &self,
         app: &App,
         mut request: Request<B>,
-        client: SocketAddr,
-        local: Option<SocketAddr>,
-        span: &tracing::Span,
+        asked: &Asked<'_>,
     ) -> (Response<ResponseBody>, Counted)
     where
         B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
@@ -373,23 +448,24 @@ impl Gateway {
         let Some((entry, matched)) = app.router().route(path) else {
             return (empty(StatusCode::NOT_FOUND), app.unrouted_metrics().cloned());
         };
-        span.record("route", entry.matched_route.as_str());
-        span.record("target", entry.target_id.as_str());
+        asked.span.record("route", entry.matched_route.as_str());
+        asked.span.record("target", entry.target_id.as_str());
         let component = match entry.target {
             Slot::Component(index) => &app.components()[index],
             Slot::Service(index) => {
                 let service = &app.supervisor().services()[index];
-                return (proxy::forward(self, service, request, client, span).await, service.metrics().cloned());
+                return (proxy::forward(self, service, request, asked).await, service.metrics().cloned());
             }
         };
-        let headers = spin::request_headers(&request, Some((entry, &matched)), client, local);
+        let headers = spin::request_headers(&request, Some((entry, &matched)), asked.client, asked.local, asked.scheme);
         spin::apply(request.headers_mut(), headers);
-        span.record("start", "warm");
+        asked.span.record("start", "warm");
         (self.call(component, request).await, component.metrics().cloned())
     }
 
     /// A request a component sent to the app itself (`target` is `None`) or
-    /// to one component or service by id, answered without a socket.
+    /// to one component or service by id, answered without a socket (and
+    /// so over `http`, as the component asked).
     pub(crate) async fn handle_local(
         &self,
         app: &App,
@@ -398,6 +474,7 @@ impl Gateway {
     ) -> Response<ResponseBody> {
         let local = self.local_addr.get().copied();
         let client = local.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)));
+        let asked = Asked { client, local, scheme: &Scheme::HTTP, span: &tracing::Span::none() };
         if let Err(rejection) = limits::check_head(&request, &self.config) {
             return rescue(Failure::Limit(rejection));
         }
@@ -406,7 +483,7 @@ impl Gateway {
                 let Some(component) = app.components().iter().find(|component| component.id() == id) else {
                     // dormouse's addition to service chaining: a service by id.
                     return match app.supervisor().service(&id) {
-                        Some(service) => proxy::forward(self, service, request, client, &tracing::Span::none()).await,
+                        Some(service) => proxy::forward(self, service, request, &asked).await,
                         None => plain(StatusCode::NOT_FOUND, &format!("no component or service `{id}` in this app\n")),
                     };
                 };
@@ -419,11 +496,12 @@ impl Gateway {
                     .iter()
                     .filter(|entry| entry.target_id == id)
                     .find_map(|entry| entry.pattern.matches(&path).map(|matched| (entry, matched)));
-                let headers = spin::request_headers(&request, routed.as_ref().map(|(e, m)| (*e, m)), client, local);
+                let routed = routed.as_ref().map(|(entry, matched)| (*entry, matched));
+                let headers = spin::request_headers(&request, routed, client, local, &Scheme::HTTP);
                 spin::apply(request.headers_mut(), headers);
                 self.call(component, request).await
             }
-            None => self.handle_in(app, request, client, local, &tracing::Span::none()).await.0,
+            None => self.handle_in(app, request, &asked).await.0,
         }
     }
 
@@ -449,10 +527,6 @@ impl Gateway {
         }
     }
 }
-
-/// Where a request is counted, when metrics are kept: its component's or
-/// service's metrics, or its app's for requests no route took.
-type Counted = Option<Arc<dormouse_telemetry::TargetMetrics>>;
 
 /// Why a request got no response from its component or service.
 pub enum Failure<'a> {

@@ -15,6 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use dormouse_supervisor::{Lease, ServiceHandle};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::Scheme;
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt as _;
@@ -75,8 +76,7 @@ pub(crate) async fn forward<B>(
     gateway: &Gateway,
     service: &Arc<ServiceHandle>,
     mut request: Request<B>,
-    client: SocketAddr,
-    span: &tracing::Span,
+    asked: &crate::Asked<'_>,
 ) -> Response<ResponseBody>
 where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
@@ -89,7 +89,7 @@ where
     let deadline = tokio::time::Instant::now() + limit;
     let lease = match tokio::time::timeout_at(deadline, service.acquire()).await {
         Ok(Ok(lease)) => {
-            span.record("start", lease.start.as_str());
+            asked.span.record("start", lease.start.as_str());
             lease
         }
         Ok(Err(error)) => return rescue(Failure::Wake(&error)),
@@ -105,7 +105,7 @@ where
     let client_upgrade = (request.version() == Version::HTTP_11 && request.headers().contains_key(header::UPGRADE))
         .then(|| hyper::upgrade::on(&mut request));
     let (mut head, body) = request.into_parts();
-    prepare_head(&mut head, lease.addr, client, client_upgrade.is_some());
+    prepare_head(&mut head, lease.addr, asked.client, asked.scheme, client_upgrade.is_some());
     let max_body = gateway.config.max_body_bytes;
     let (body, fault) = limits::limit_body(Request::new(body), max_body);
     let body = body.into_body();
@@ -188,10 +188,19 @@ fn upgrade(
 /// `Host` (an HTTP/2 client gives `:authority` instead), no hop-by-hop
 /// headers, and the forwarding headers.
 ///
+/// `X-Forwarded-Proto` and `Forwarded`'s `proto` are the client's `scheme`
+/// (https over TLS), whatever the hop speaks.
+///
 /// `X-Forwarded-*` and `Forwarded` are replaced, never appended to:
 /// dormouse is the edge, and a client could otherwise claim any address
 /// (as Traefik does for untrusted sources).
-fn prepare_head(head: &mut http::request::Parts, instance: SocketAddr, client: SocketAddr, upgrading: bool) {
+fn prepare_head(
+    head: &mut http::request::Parts,
+    instance: SocketAddr,
+    client: SocketAddr,
+    scheme: &Scheme,
+    upgrading: bool,
+) {
     let authority = head.uri.authority().map(|authority| authority.as_str().to_owned());
     let path_and_query = head.uri.path_and_query().map_or("/", |pq| pq.as_str());
     head.uri = format!("http://{instance}{path_and_query}").parse().expect("an address and a valid path make a URI");
@@ -216,11 +225,12 @@ fn prepare_head(head: &mut http::request::Parts, instance: SocketAddr, client: S
     let host = headers.get(header::HOST).and_then(|host| host.to_str().ok()).map(str::to_owned);
     let ip = client.ip().to_string();
     headers.insert(X_FORWARDED_FOR, HeaderValue::from_str(&ip).expect("an IP address is a valid header value"));
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    let proto = if *scheme == Scheme::HTTPS { "https" } else { "http" };
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     // RFC 7239: an IPv6 address is quoted and bracketed; a host with
     // characters outside a token is quoted.
     let node = if client.is_ipv6() { format!("\"[{ip}]\"") } else { ip };
-    let mut forwarded = format!("for={node};proto=http");
+    let mut forwarded = format!("for={node};proto={proto}");
     headers.remove(X_FORWARDED_HOST);
     if let Some(host) = host {
         forwarded.push_str(&format!(";host=\"{}\"", host.replace(['"', '\\'], "")));

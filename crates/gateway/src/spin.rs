@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 
 use dormouse_manifest::RouteMatch;
+use http::uri::Scheme;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, header};
 
 use crate::RouteEntry;
@@ -18,12 +19,14 @@ const CLIENT_ADDR: HeaderName = HeaderName::from_static("spin-client-addr");
 const PATH_MATCH_PREFIX: &str = "spin-path-match-";
 
 /// The headers to set on a request routed to `route` (`None`: a component
-/// reached directly, not through one of its routes).
+/// reached directly, not through one of its routes) that arrived by
+/// `scheme`.
 pub fn request_headers<B>(
     request: &Request<B>,
     route: Option<(&RouteEntry, &RouteMatch<'_>)>,
     client: SocketAddr,
     local: Option<SocketAddr>,
+    scheme: &Scheme,
 ) -> Vec<(HeaderName, HeaderValue)> {
     let host = match request.headers().get(header::HOST).and_then(|h| h.to_str().ok()) {
         Some(host) => host.to_owned(),
@@ -33,7 +36,7 @@ pub fn request_headers<B>(
             .map_or_else(|| local.map_or("localhost".to_owned(), |a| a.to_string()), |a| a.to_string()),
     };
     let path_and_query = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
-    let full_url = format!("http://{host}{path_and_query}");
+    let full_url = format!("{scheme}://{host}{path_and_query}");
 
     let mut headers = Vec::with_capacity(8 + route.map_or(0, |(_, matched)| matched.captures.len()));
     let mut push = |name: HeaderName, value: &str| {

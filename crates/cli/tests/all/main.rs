@@ -14,6 +14,7 @@ mod prometheus;
 mod services;
 mod startup;
 mod support;
+mod tls;
 mod up;
 mod variables;
 mod wasi3;

@@ -166,11 +166,13 @@ impl Server {
                 if let Some(addr) = line.strip_prefix("Admin at http://").and_then(|l| l.split(' ').next()) {
                     *admin_seen.lock().unwrap() = Some(addr.parse::<SocketAddr>().unwrap());
                 }
-                if let Some(addr) = line.strip_prefix("Serving http://") {
+                // `https` when serving TLS.
+                let banner = line.replace("https://", "http://");
+                if let Some(addr) = banner.strip_prefix("Serving http://") {
                     let _ = addr_tx.send(addr.parse::<SocketAddr>().unwrap());
                 }
                 if let Some(port) =
-                    line.strip_prefix("Serving apps at http://<app>.").and_then(|l| l.rsplit(':').next())
+                    banner.strip_prefix("Serving apps at http://<app>.").and_then(|l| l.rsplit(':').next())
                 {
                     let _ = addr_tx.send(SocketAddr::from(([127, 0, 0, 1], port.parse().unwrap())));
                 }
