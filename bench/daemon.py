@@ -93,7 +93,8 @@ class Daemon:
         self.dormouse, self.state, self.port = dormouse, state, port
         self.started = time.monotonic()
         self.process = subprocess.Popen(
-            [dormouse, "daemon", "--listen", f"127.0.0.1:{port}", "--state-dir", state],
+            [dormouse, "daemon", "--listen", f"127.0.0.1:{port}", "--state-dir", state,
+             "--admin-listen", "127.0.0.1:0"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
     @classmethod

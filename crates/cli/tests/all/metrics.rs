@@ -37,6 +37,16 @@ pub fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
     matching.first().copied().unwrap_or(0.0)
 }
 
+/// Waits until `/readyz` says ready, as a readiness probe would: the banner
+/// comes a moment before the accept loop starts.
+pub async fn wait_ready(admin: SocketAddr) {
+    let started = Instant::now();
+    while get(&format!("http://{admin}/readyz")).await.status != StatusCode::OK {
+        assert!(started.elapsed() < PATIENCE, "never ready");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// How many observations the histogram `name` with `labels` holds.
 fn histogram_count(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
     value(scrape, &format!("{name}_count"), labels)
@@ -173,6 +183,7 @@ async fn health_and_metrics_never_wake_a_service_or_keep_it_awake() {
     let app = python_app("ok", "scale_to_zero = { cooldown = \"300ms\", standby = \"stop\" }");
     let server = app.start(&["--admin-listen", "127.0.0.1:0"]);
     let admin = server.admin.unwrap();
+    wait_ready(admin).await;
     let probe = |path: &str| format!("http://{admin}{path}");
     let probe_for = |span: Duration| async move {
         let until = Instant::now() + span;
@@ -216,7 +227,7 @@ async fn readyz_turns_503_while_draining_and_healthz_stays_200() {
     let app = App::new(&[("/slow", "slow")]);
     let server = app.start(&["--admin-listen", "127.0.0.1:0"]);
     let admin = server.admin.unwrap();
-    assert_eq!(get(&format!("http://{admin}/readyz")).await.status, StatusCode::OK);
+    wait_ready(admin).await;
     let url = server.url("/slow?chunks=10&ms=200");
     let slow = tokio::spawn(async move { get(&url).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
