@@ -247,6 +247,11 @@ impl AppTable {
         (table, old)
     }
 
+    /// `up`'s one app, if this is its table.
+    pub fn only(&self) -> Option<&Arc<App>> {
+        self.single.as_ref()
+    }
+
     pub fn get(&self, name: &str) -> Option<&Arc<App>> {
         self.by_name.get(name).or(self.single.as_ref().filter(|app| app.name == name))
     }

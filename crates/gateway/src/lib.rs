@@ -45,6 +45,11 @@ pub use tls::{PLAIN_HTTP_REFUSAL, RELOAD_INTERVAL, Tls, TlsError};
 /// The path Spin's health check answers on.
 pub const HEALTH_PATH: &str = "/.well-known/spin/health";
 
+/// The path that reports the services' states as JSON, on `dormouse up`
+/// (one app, a developer's own) only: a daemon's tenants get theirs from
+/// the control API.
+pub const SERVICES_PATH: &str = "/.well-known/dormouse/services";
+
 /// Request limits and timeouts of the front. Defaults are DESIGN.md's. They
 /// hold for requests to components and to services alike; the wall-clock
 /// limit of a request is the host's (`HostConfig::wall_limit`).
@@ -391,10 +396,21 @@ impl Gateway {
         B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<WasiHttpError>,
     {
-        if request.uri().path() == HEALTH_PATH {
-            return (plain(StatusCode::OK, "OK\n"), None, None);
-        }
         let table = self.apps.load();
+        let path = request.uri().path();
+        if path.starts_with("/.well-known/") {
+            if path == HEALTH_PATH {
+                return (plain(StatusCode::OK, "OK\n"), None, None);
+            }
+            if path == SERVICES_PATH
+                && let Some(app) = table.only()
+            {
+                let status = serde_json::to_string(&app.supervisor().status()).expect("statuses serialise");
+                let mut response = plain(StatusCode::OK, &status);
+                response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                return (response, None, None);
+            }
+        }
         // The target's own authority wins over `Host` (RFC 9112 §3.2.2:
         // absolute-form, and HTTP/2's :authority).
         let authority = match request.uri().authority() {

@@ -264,6 +264,10 @@ async fn a_redeployed_app_keeps_counting_and_a_removed_one_leaves_the_exposition
     assert_eq!(served, 3.0, "a new version counts on from the old one's count");
     assert_eq!(value(&metrics, "dormouse_apps", &[]), 1.0);
     assert_eq!(hello("unknown").await.status, StatusCode::NOT_FOUND);
+    // The daemon's apps own every path: no report of their services on it.
+    let url = format!("http://{}/.well-known/dormouse/services", server.addr);
+    let report = get_with(&url, &[("host", "counted.localhost")]).await;
+    assert!(report.body.starts_with("Hello"), "{}", report.body);
 
     ok(state.path(), &["rm", "counted"]);
     let text = get(&format!("http://{admin}/metrics")).await.body;

@@ -227,3 +227,17 @@ async fn an_upgraded_connection_keeps_its_instance_awake_while_open() {
     drop(stream);
     wait_for(&server, "stopped after the connection closed", |s| s["state"] == "standby").await;
 }
+
+#[tokio::test]
+async fn up_reports_its_services_at_the_well_known_path_without_waking_them() {
+    let app = python_app("ok", "scale_to_zero = { cooldown = \"300ms\" }");
+    let server = app.start(&[]);
+    let reply = get(&server.url("/.well-known/dormouse/services")).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.headers["content-type"], "application/json");
+    let services: Value = serde_json::from_str(&reply.body).unwrap();
+    assert_eq!(services[0]["id"], "py");
+    assert_eq!(services[0]["state"], "standby");
+    assert_eq!(services[0]["starts"], 0, "reading the report woke the service");
+    assert_eq!(status(&server).await["starts"], 0);
+}
