@@ -20,13 +20,14 @@
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
@@ -222,35 +223,58 @@ label_values! {
     }
 }
 
+/// A counter: one atomic, no allocation of its own (an app keeps a few
+/// dozen per target, a daemon thousands of targets).
+#[derive(Debug, Default)]
+struct Count(AtomicU64);
+
+impl Count {
+    fn inc(&self) -> u64 {
+        self.0.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn encode(&self, encoder: prometheus_client::encoding::MetricEncoder<'_>) -> Result<(), std::fmt::Error> {
+        ConstCounter::new(self.get()).encode(encoder)
+    }
+}
+
 /// The metrics of one component or service of an app.
 #[derive(Debug)]
 pub struct TargetMetrics {
     kind: TargetKind,
     /// Requests by status code. A few codes per target: a scan of a short
     /// vector is cheaper than hashing.
-    statuses: RwLock<Vec<(u16, Counter)>>,
+    statuses: RwLock<Vec<(u16, Count)>>,
     duration: Histogram,
-    rejections: Vec<Counter>,
-    instantiations: Counter,
-    outcomes: Vec<Counter>,
-    outbound: Vec<Counter>,
-    wakes: Vec<Counter>,
+    rejections: Vec<Count>,
+    instantiations: Count,
+    outcomes: Vec<Count>,
+    outbound: Vec<Count>,
+    wakes: Vec<Count>,
     wake_durations: Vec<Histogram>,
 }
 
 impl TargetMetrics {
     fn new(kind: TargetKind) -> TargetMetrics {
-        let counters = |n: usize| (0..n).map(|_| Counter::default()).collect();
+        let counters = |n: usize| (0..n).map(|_| Count::default()).collect();
         TargetMetrics {
             kind,
             statuses: RwLock::default(),
             duration: Histogram::new(REQUEST_BUCKETS),
             rejections: counters(Rejection::ALL.len()),
-            instantiations: Counter::default(),
+            instantiations: Count::default(),
             outcomes: counters(GuestOutcome::ALL.len()),
             outbound: counters(Outbound::ALL.len()),
             wakes: counters(Wake::ALL.len()),
-            wake_durations: Wake::ALL.iter().map(|_| Histogram::new(WAKE_BUCKETS)).collect(),
+            // Only services wake.
+            wake_durations: match kind {
+                TargetKind::Service => Wake::ALL.iter().map(|_| Histogram::new(WAKE_BUCKETS)).collect(),
+                _ => Vec::new(),
+            },
         }
     }
 
@@ -266,7 +290,7 @@ impl TargetMetrics {
             match statuses.iter().find(|(code, _)| *code == status) {
                 Some((_, counter)) => counter.inc(),
                 None => {
-                    let counter = Counter::default();
+                    let counter = Count::default();
                     counter.inc();
                     statuses.push((status, counter));
                     statuses.sort_unstable_by_key(|(code, _)| *code);
@@ -297,20 +321,22 @@ impl TargetMetrics {
     /// start: spawn to listening; a thaw: the thaw itself).
     pub fn wake(&self, cause: Wake, elapsed: Duration) {
         self.wakes[cause as usize].inc();
-        self.wake_durations[cause as usize].observe(elapsed.as_secs_f64());
+        if let Some(histogram) = self.wake_durations.get(cause as usize) {
+            histogram.observe(elapsed.as_secs_f64());
+        }
     }
 }
 
 /// The operations on one key-value store of an app, and their errors.
 #[derive(Debug)]
 pub struct KvMetrics {
-    operations: Vec<Counter>,
-    errors: Vec<Counter>,
+    operations: Vec<Count>,
+    errors: Vec<Count>,
 }
 
 impl Default for KvMetrics {
     fn default() -> Self {
-        let counters = || KvOperation::ALL.iter().map(|_| Counter::default()).collect();
+        let counters = || KvOperation::ALL.iter().map(|_| Count::default()).collect();
         KvMetrics { operations: counters(), errors: counters() }
     }
 }
@@ -372,7 +398,7 @@ impl PerTarget {
         encoder: &mut DescriptorEncoder<'_>,
         help: &str,
         targets: impl Iterator<Item = &'t (&'t str, String, Arc<TargetMetrics>)>,
-        counters: impl Fn(&TargetMetrics) -> &[Counter],
+        counters: impl Fn(&TargetMetrics) -> &[Count],
     ) -> Result<(), std::fmt::Error> {
         let mut family = encoder.encode_descriptor(self.name, help, None, MetricType::Counter)?;
         for (app, target, metrics) in targets {
