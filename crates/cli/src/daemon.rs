@@ -17,7 +17,9 @@ use dormouse_quota::{QuotaLimits, Quotas};
 use dormouse_supervisor::Processes;
 use dormouse_wasm_host::{Host, HostConfig};
 
-use crate::up::{CONTROL_SOCKET, Limits, Signals, TlsArgs, serve_admin, serve_until_signalled};
+use crate::up::{
+    AdminAddress, CONTROL_SOCKET, Limits, Signals, TlsArgs, admin_address, serve_admin, serve_until_signalled,
+};
 
 /// The bearer token's file in the state directory (TCP control only).
 pub(crate) const TOKEN_FILE: &str = "token";
@@ -67,17 +69,6 @@ pub struct DaemonArgs {
     tls: TlsArgs,
 }
 
-/// `--admin-listen`: an address, or `off`.
-#[derive(Clone, Copy, Debug)]
-struct AdminAddress(Option<SocketAddr>);
-
-fn admin_address(text: &str) -> Result<AdminAddress, String> {
-    if text == "off" {
-        return Ok(AdminAddress(None));
-    }
-    text.parse().map(|address| AdminAddress(Some(address))).map_err(|_| format!("`{text}` is not ADDR:PORT or `off`"))
-}
-
 /// The state directory when none is given: XDG's state home.
 pub(crate) fn default_state_dir() -> PathBuf {
     match std::env::var_os("XDG_STATE_HOME").filter(|dir| !dir.is_empty()) {
@@ -125,6 +116,9 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let address = listener.local_addr()?;
+        // Before the apps are restored: a taken port fails the start at
+        // once, and `/readyz` says "not ready" until they are.
+        serve_admin(&gateway, args.admin_listen.0).await?;
         let (control, control_at) = control_listener(&state_dir, args.control_listen).await?;
         let processes = Processes::with_clean_environment(Some(crate::helper_command()), Some(quotas.clone()));
         let config = DaemonConfig {
@@ -148,7 +142,6 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
         tokio::spawn(server::serve(platform.clone(), control, control_config, async {
             let _ = control_stopped.await;
         }));
-        serve_admin(&gateway, args.admin_listen.0).await?;
         println!("Control API at {control_at}");
         let scheme = gateway.config().scheme();
         println!("Serving apps at {scheme}://<app>.{domain}:{}", address.port());

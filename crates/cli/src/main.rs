@@ -26,15 +26,37 @@ struct Cli {
     #[command(subcommand)]
     command: Command,
     /// How log lines are written to stderr: `text` for people, `json` (one
-    /// object a line, with the request's span) for a log pipeline.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "DORMOUSE_LOG_FORMAT")]
-    log_format: LogFormat,
+    /// object a line, with the request's span) for a log pipeline
+    /// [default: `DORMOUSE_LOG_FORMAT`, else text].
+    #[arg(long, global = true, value_enum, ignore_case = true)]
+    log_format: Option<LogFormat>,
 }
 
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum LogFormat {
     Text,
     Json,
+}
+
+/// Set once, before anything logs: whether logs are JSON lines.
+static JSON_LOGS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether logs are JSON lines, which nothing else may write into.
+pub(crate) fn json_logs() -> bool {
+    JSON_LOGS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The log format: the flag's, else `DORMOUSE_LOG_FORMAT`'s (any case;
+/// empty is unset), else text.
+fn log_format(flag: Option<LogFormat>) -> Result<LogFormat, String> {
+    if let Some(format) = flag {
+        return Ok(format);
+    }
+    match std::env::var("DORMOUSE_LOG_FORMAT").unwrap_or_default().trim().to_ascii_lowercase().as_str() {
+        "" | "text" => Ok(LogFormat::Text),
+        "json" => Ok(LogFormat::Json),
+        other => Err(format!("DORMOUSE_LOG_FORMAT is `{other}`: use `text` or `json`")),
+    }
 }
 
 #[derive(Subcommand)]
@@ -82,7 +104,15 @@ fn main() -> ExitCode {
         EnvFilter::new("warn,dormouse=info,dormouse_cli=info,dormouse_gateway=info,dormouse_wasm_host=info,dormouse_loader=info,dormouse_kv=info")
     });
     let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match cli.log_format {
+    let format = match log_format(cli.log_format) {
+        Ok(format) => format,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    JSON_LOGS.store(format == LogFormat::Json, std::sync::atomic::Ordering::Relaxed);
+    match format {
         LogFormat::Text => {
             logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).with_target(false).init();
         }
@@ -112,6 +142,10 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        Err(error) if json_logs() => {
+            tracing::error!("{error:#}");
+            ExitCode::FAILURE
+        }
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE

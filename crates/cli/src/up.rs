@@ -49,8 +49,8 @@ pub struct UpArgs {
     no_cache: bool,
     /// Serve `/metrics`, `/healthz` and `/readyz` on this address (never the
     /// public one) [default: off: no metrics are kept].
-    #[arg(long, value_name = "ADDR")]
-    admin_listen: Option<SocketAddr>,
+    #[arg(long, value_name = "ADDR|off", value_parser = admin_address)]
+    admin_listen: Option<AdminAddress>,
     #[command(flatten)]
     limits: Limits,
     #[command(flatten)]
@@ -203,8 +203,9 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         (None, false) => Some(state_dir.join("cache")),
     };
     let host_config = args.limits.host_config(cache_dir)?;
+    let admin_listen = args.admin_listen.and_then(|address| address.0);
     let gateway_config =
-        GatewayConfig { tls, metrics: args.admin_listen.map(|_| Metrics::new()), ..args.limits.gateway_config()? };
+        GatewayConfig { tls, metrics: admin_listen.map(|_| Metrics::new()), ..args.limits.gateway_config()? };
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let options = dormouse_loader::Options {
@@ -214,6 +215,8 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         env: Box::new(|name| std::env::var(name).ok()),
         // `up` runs in a terminal: output stays on it.
         logs: None,
+        // JSON logs stay one object a line: guests' lines become events.
+        guest_output: crate::json_logs().then(|| Arc::new(GuestEvents) as Arc<dyn dormouse_wasm_host::GuestOutput>),
     };
     let host = Host::new(host_config)?;
     let gateway = Gateway::new(host, gateway_config, AppTable::default());
@@ -238,6 +241,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         // `instance ls` and the services' status, for this one app; serving
         // goes on without them if the socket cannot be made.
         let (control_stop, control_stopped) = tokio::sync::oneshot::channel::<()>();
+        serve_admin(&gateway, admin_listen).await?;
         let socket = state_dir.join(CONTROL_SOCKET);
         let control = std::fs::create_dir_all(&state_dir)
             .map_err(anyhow::Error::from)
@@ -252,7 +256,6 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             }
             Err(error) => tracing::warn!("no control API for `dormouse instance ls`: {error:#}"),
         }
-        serve_admin(&gateway, args.admin_listen).await?;
         print_banner(&app, gateway.config().scheme(), address);
         let code = serve_until_signalled(gateway, listener, signals, &processes).await;
         drop(control_stop);
@@ -261,6 +264,27 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         }
         Ok(code)
     })
+}
+
+/// Guests' output lines as log events (`component`, `stream`), for JSON
+/// logs.
+struct GuestEvents;
+
+impl dormouse_wasm_host::GuestOutput for GuestEvents {
+    fn line(&self, component: &str, stream: &'static str, line: &[u8]) {
+        tracing::info!(target: "dormouse::guest", component, stream, "{}", String::from_utf8_lossy(line));
+    }
+}
+
+/// `--admin-listen`: an address, or `off`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct AdminAddress(pub Option<SocketAddr>);
+
+pub(crate) fn admin_address(text: &str) -> Result<AdminAddress, String> {
+    if text == "off" {
+        return Ok(AdminAddress(None));
+    }
+    text.parse().map(|address| AdminAddress(Some(address))).map_err(|_| format!("`{text}` is not ADDR:PORT or `off`"))
 }
 
 /// Starts the admin listener on `address`, if any (the gateway keeps
@@ -274,7 +298,7 @@ pub(crate) async fn serve_admin(gateway: &Arc<Gateway>, address: Option<SocketAd
         .await
         .with_context(|| format!("cannot listen for the admin endpoints on {address}"))?;
     let bound = listener.local_addr()?;
-    let admin = Admin { gateway: gateway.clone(), metrics };
+    let admin = Admin::new(gateway.clone(), metrics);
     tokio::spawn(dormouse_gateway::serve_admin(listener, admin, std::future::pending()));
     println!("Admin at http://{bound} (/metrics, /healthz, /readyz)");
     Ok(())

@@ -455,6 +455,7 @@ impl Platform {
             // The daemon's own environment is not the apps' to read.
             env: Box::new(|_| None),
             logs: Some(self.logs_dir(&record.name)?),
+            guest_output: None,
         };
         let launched =
             dormouse_loader::launch(&self.gateway, &self.processes, &record.name, &manifest, &options, &|_| {})?;

@@ -10,7 +10,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use dormouse_telemetry::{Gauges, Metrics};
@@ -19,84 +19,126 @@ use http_body_util::Full;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
-use crate::Gateway;
 use crate::conn::AcceptErrors;
+use crate::{App, Gateway};
 
 /// Admin connections open at once; past it they wait in the backlog. A
 /// scraper and a few probes need a handful.
 const MAX_CONNECTIONS: usize = 64;
 
-/// How long an admin connection may take to send its request head, and at
-/// most how long it stays open.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-const CONNECTION_LIFETIME: Duration = Duration::from_secs(300);
+/// How long an admin connection may take to send its request head (a probe
+/// or a scraper sends it at once), and at most how long it stays open. One
+/// request per connection: a client that pipelines and never reads holds
+/// its place no longer.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(10);
+
+/// How long an exposition is served again to the next scrapes: scrapers
+/// side by side share one encoding, so scraping as hard as one can costs
+/// the apps at most four encodings a second (each a few milliseconds with
+/// hundreds of apps), and a scrape is at most this stale.
+pub const EXPOSITION_REUSE: Duration = Duration::from_millis(250);
 
 /// What the admin listener serves.
 #[derive(Clone)]
 pub struct Admin {
-    pub gateway: Arc<Gateway>,
-    pub metrics: Arc<Metrics>,
+    gateway: Arc<Gateway>,
+    metrics: Arc<Metrics>,
+    /// The last exposition and when it was made; held while one is made.
+    last: Arc<tokio::sync::Mutex<Option<(Instant, Bytes)>>>,
 }
 
 impl Admin {
-    /// Every gauge, read from the apps as they are now.
+    pub fn new(gateway: Arc<Gateway>, metrics: Arc<Metrics>) -> Admin {
+        Admin { gateway, metrics, last: Arc::default() }
+    }
+
+    /// The exposition: the last one if it is fresh enough, else a new one,
+    /// encoded off the async workers (a daemon with many apps takes
+    /// milliseconds).
+    async fn exposition(&self) -> Bytes {
+        let mut last = self.last.lock().await;
+        if let Some((made, text)) = &*last
+            && made.elapsed() < EXPOSITION_REUSE
+        {
+            return text.clone();
+        }
+        let admin = self.clone();
+        let text = tokio::task::spawn_blocking(move || Bytes::from(admin.metrics.encode(admin.gauges())))
+            .await
+            .expect("encoding does not panic");
+        *last = Some((Instant::now(), text.clone()));
+        text
+    }
+
+    /// Every gauge, read from the apps as they are now: those in the table,
+    /// and old versions still draining (their instances count, their
+    /// `standby` and `failing` flags do not: the current version's say it).
     pub fn gauges(&self) -> Gauges {
         let mut gauges = Gauges::default();
         let table = self.gateway.apps();
         for app in table.apps() {
             gauges.apps += 1;
-            let name = app.name();
-            for component in app.components() {
-                let live = component.live_instances();
-                gauges.instances(name, component.id(), "running", live as i64);
-                gauges.instances(name, component.id(), "standby", i64::from(live == 0));
-                gauges.queue_depth(name, component.id(), component.waiting() as i64);
-                gauges.active_instances += live as u64;
-                gauges.active_memory_bytes += (live * component.memory_limit()) as u64;
-            }
-            for service in app.supervisor().services() {
-                let id = &service.config().id;
-                let census = service.census();
-                let active = census.starting + census.running + census.stopping;
-                let none = active + census.paused == 0;
-                gauges.instances(name, id, "starting", census.starting as i64);
-                gauges.instances(name, id, "running", census.running as i64);
-                gauges.instances(name, id, "paused", census.paused as i64);
-                gauges.instances(name, id, "stopping", census.stopping as i64);
-                gauges.instances(name, id, "failing", i64::from(census.failing));
-                gauges.instances(name, id, "standby", i64::from(none && !census.failing));
-                gauges.queue_depth(name, id, census.waiting as i64);
-                gauges.active_instances += active as u64;
-                gauges.active_memory_bytes += active as u64 * service.config().memory;
-            }
+            count(&mut gauges, app, true);
+        }
+        for app in self.gateway.retired_apps() {
+            count(&mut gauges, &app, false);
         }
         gauges
     }
 
-    fn respond(&self, request: &Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+    async fn respond(&self, request: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
         if request.method() != Method::GET && request.method() != Method::HEAD {
-            let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD are served here\n".into());
+            let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD are served here\n");
             response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
             return response;
         }
         match request.uri().path() {
             "/metrics" => {
-                let mut response = text(StatusCode::OK, self.metrics.encode(self.gauges()));
+                let mut response = text(StatusCode::OK, self.exposition().await);
                 response
                     .headers_mut()
                     .insert(header::CONTENT_TYPE, HeaderValue::from_static(dormouse_telemetry::CONTENT_TYPE));
                 response
             }
-            "/healthz" => text(StatusCode::OK, "ok\n".into()),
+            "/healthz" => text(StatusCode::OK, "ok\n"),
             // Apps are launched before the gateway accepts (a daemon
             // restores every recorded app first), so accepting means ready;
             // a draining gateway is not.
-            "/readyz" if self.gateway.accepting() => text(StatusCode::OK, "ready\n".into()),
-            "/readyz" => {
-                text(StatusCode::SERVICE_UNAVAILABLE, "not ready: the gateway is not accepting connections\n".into())
-            }
-            _ => text(StatusCode::NOT_FOUND, "the admin listener serves /metrics, /healthz and /readyz\n".into()),
+            "/readyz" if self.gateway.accepting() => text(StatusCode::OK, "ready\n"),
+            "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready: the gateway is not accepting connections\n"),
+            _ => text(StatusCode::NOT_FOUND, "the admin listener serves /metrics, /healthz and /readyz\n"),
         }
+    }
+}
+
+/// Adds `app`'s instances to `gauges`; `current`: it is the version in the
+/// table, whose flags (`standby`, `failing`) count.
+fn count(gauges: &mut Gauges, app: &App, current: bool) {
+    let name = app.name();
+    let flag = |on: bool| i64::from(current && on);
+    for component in app.components() {
+        let live = component.live_instances();
+        gauges.instances(name, component.id(), "running", live as i64);
+        gauges.instances(name, component.id(), "standby", flag(live == 0));
+        gauges.queue_depth(name, component.id(), component.waiting() as i64);
+        gauges.active_instances += live as u64;
+        gauges.active_memory_bytes += (live * component.memory_limit()) as u64;
+    }
+    for service in app.supervisor().services() {
+        let id = &service.config().id;
+        let census = service.census();
+        // What the quotas count as active: every instance not paused.
+        let active = census.starting + census.running + census.stopping;
+        gauges.instances(name, id, "starting", census.starting as i64);
+        gauges.instances(name, id, "running", census.running as i64);
+        gauges.instances(name, id, "paused", census.paused as i64);
+        gauges.instances(name, id, "stopping", census.stopping as i64);
+        gauges.instances(name, id, "failing", flag(census.failing));
+        gauges.instances(name, id, "standby", flag(active + census.paused == 0 && !census.failing));
+        gauges.queue_depth(name, id, census.waiting as i64);
+        gauges.active_instances += active as u64;
+        gauges.active_memory_bytes += active as u64 * service.config().memory;
     }
 }
 
@@ -104,7 +146,7 @@ impl Admin {
 /// resolves.
 pub async fn serve_admin(listener: TcpListener, admin: Admin, shutdown: impl Future<Output = ()>) {
     let mut builder = hyper::server::conn::http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
+    builder.timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT).keep_alive(false);
     let places = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let mut accept_errors = AcceptErrors::default();
     tokio::pin!(shutdown);
@@ -126,8 +168,8 @@ pub async fn serve_admin(listener: TcpListener, admin: Admin, shutdown: impl Fut
         };
         let admin = admin.clone();
         let service = hyper::service::service_fn(move |request| {
-            let response = admin.respond(&request);
-            async move { Ok::<_, Infallible>(response) }
+            let admin = admin.clone();
+            async move { Ok::<_, Infallible>(admin.respond(request).await) }
         });
         let connection = builder.serve_connection(TokioIo::new(stream), service);
         tokio::spawn(async move {
@@ -137,8 +179,8 @@ pub async fn serve_admin(listener: TcpListener, admin: Admin, shutdown: impl Fut
     }
 }
 
-fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body.into()));
     *response.status_mut() = status;
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     response

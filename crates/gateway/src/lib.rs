@@ -46,8 +46,8 @@ pub use tls::{PLAIN_HTTP_REFUSAL, RELOAD_INTERVAL, Tls, TlsError};
 pub const HEALTH_PATH: &str = "/.well-known/spin/health";
 
 /// The path that reports the services' states as JSON, on `dormouse up`
-/// (one app, a developer's own) only: a daemon's tenants get theirs from
-/// the control API.
+/// (one app, a developer's own) only, to `GET`s from loopback: a daemon's
+/// tenants get theirs from the control API.
 pub const SERVICES_PATH: &str = "/.well-known/dormouse/services";
 
 /// Request limits and timeouts of the front. Defaults are DESIGN.md's. They
@@ -163,6 +163,9 @@ pub struct Gateway {
     local_addr: std::sync::OnceLock<SocketAddr>,
     /// Set while the accept loop runs: what `/readyz` reports.
     accepting: std::sync::atomic::AtomicBool,
+    /// Apps taken out of the table (replaced or removed), while they live:
+    /// their draining requests and instances still count in the gauges.
+    retired: std::sync::Mutex<Vec<std::sync::Weak<App>>>,
 }
 
 impl Gateway {
@@ -178,6 +181,7 @@ impl Gateway {
             upgrades: TaskTracker::new(),
             local_addr: Default::default(),
             accepting: Default::default(),
+            retired: Default::default(),
         })
     }
 
@@ -204,16 +208,44 @@ impl Gateway {
         out
     }
 
+    /// Notes an app taken out of the table, which lives on while it drains.
+    fn retiring(&self, app: Option<Arc<App>>) -> Option<Arc<App>> {
+        if let Some(app) = &app {
+            let mut retired = self.retired.lock().expect("not poisoned");
+            retired.retain(|app| app.strong_count() > 0);
+            retired.push(Arc::downgrade(app));
+        }
+        app
+    }
+
+    /// Apps out of the table that are still alive: old versions draining
+    /// their requests and stopping their instances.
+    pub fn retired_apps(&self) -> Vec<Arc<App>> {
+        self.retired.lock().expect("not poisoned").iter().filter_map(std::sync::Weak::upgrade).collect()
+    }
+
     /// Routes to `app` from now on, replacing the app of its name; returns
     /// that app, to be retired.
     pub fn insert(&self, app: Arc<App>) -> Option<Arc<App>> {
-        self.update(|table| table.with(app))
+        self.prune_metrics(&app);
+        let old = self.update(|table| table.with(app));
+        self.retiring(old)
+    }
+
+    /// Drops the series of `app`'s name whose component or service `app`
+    /// does not have (an older version's, a failed deploy's).
+    pub fn prune_metrics(&self, app: &App) {
+        if let Some(metrics) = &self.config.metrics {
+            let has =
+                |id: &str| app.components().iter().any(|c| c.id() == id) || app.supervisor().service(id).is_some();
+            metrics.app(app.name()).retain_targets(has);
+        }
     }
 
     /// Stops routing to the app `name`; returns it, to be retired. Its
     /// metrics go from the exposition.
     pub fn remove(&self, name: &str) -> Option<Arc<App>> {
-        let removed = self.update(|table| table.without(name));
+        let removed = self.retiring(self.update(|table| table.without(name)));
         if let Some(metrics) = &self.config.metrics {
             metrics.forget(name);
         }
@@ -402,7 +434,10 @@ impl Gateway {
             if path == HEALTH_PATH {
                 return (plain(StatusCode::OK, "OK\n"), None, None);
             }
+            // Only to the developer's own machine: it names pids and ports.
             if path == SERVICES_PATH
+                && (request.method() == http::Method::GET || request.method() == http::Method::HEAD)
+                && asked.client.ip().to_canonical().is_loopback()
                 && let Some(app) = table.only()
             {
                 let status = serde_json::to_string(&app.supervisor().status()).expect("statuses serialise");

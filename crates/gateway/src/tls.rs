@@ -55,8 +55,8 @@ pub enum TlsError {
     Missing { what: &'static str, path: PathBuf },
     #[error("cannot read {what} file `{}`: {source}", path.display())]
     Unreadable { what: &'static str, path: PathBuf, source: io::Error },
-    #[error("{what} file `{}` is not valid PEM: {source}", path.display())]
-    Pem { what: &'static str, path: PathBuf, source: pem::Error },
+    #[error("{what} file `{}` is not valid PEM: {reason}", path.display())]
+    Pem { what: &'static str, path: PathBuf, reason: String },
     #[error("no certificate in `{}`: expected a PEM `BEGIN CERTIFICATE` section", path.display())]
     NoCertificate { path: PathBuf },
     #[error("no private key in `{}`: expected a PEM `BEGIN PRIVATE KEY` (or RSA or EC) section", path.display())]
@@ -213,9 +213,9 @@ impl Files {
     /// Reads the pair and checks that the key is the certificate's.
     fn load(&self) -> Result<CertifiedKey, TlsError> {
         let cert_pem = read("certificate", &self.cert)?;
-        let chain = CertificateDer::pem_slice_iter(&cert_pem)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|source| TlsError::Pem { what: "certificate", path: self.cert.clone(), source })?;
+        let chain = CertificateDer::pem_slice_iter(&cert_pem).collect::<Result<Vec<_>, _>>().map_err(|source| {
+            TlsError::Pem { what: "certificate", path: self.cert.clone(), reason: pem_reason(&source) }
+        })?;
         if chain.is_empty() {
             return Err(TlsError::NoCertificate { path: self.cert.clone() });
         }
@@ -223,7 +223,9 @@ impl Files {
         let key = match PrivateKeyDer::from_pem_slice(&key_pem) {
             Ok(key) => key,
             Err(pem::Error::NoItemsFound) => return Err(TlsError::NoKey { path: self.key.clone() }),
-            Err(source) => return Err(TlsError::Pem { what: "private key", path: self.key.clone(), source }),
+            Err(source) => {
+                return Err(TlsError::Pem { what: "private key", path: self.key.clone(), reason: pem_reason(&source) });
+            }
         };
         let key = self
             .provider
@@ -276,6 +278,20 @@ async fn refuse_plain_http(stream: &mut TcpStream) {
         while matches!(stream.read(&mut sink).await, Ok(read) if read > 0) {}
     })
     .await;
+}
+
+/// A PEM error in words: the parser's own message shows the lines it
+/// quotes as byte arrays.
+fn pem_reason(error: &pem::Error) -> String {
+    match error {
+        pem::Error::MissingSectionEnd { end_marker } => {
+            format!("a section has no `{}` line (a file cut short?)", String::from_utf8_lossy(end_marker))
+        }
+        pem::Error::IllegalSectionStart { line } => {
+            format!("`{}` does not start a PEM section", String::from_utf8_lossy(line))
+        }
+        other => other.to_string(),
+    }
 }
 
 #[cfg(test)]

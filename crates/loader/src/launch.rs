@@ -64,12 +64,15 @@ pub fn launch(
         let app = App::new(gateway, manifest, parts)?;
         Ok(Launched { app, load_time: started.elapsed(), stores })
     })();
-    // A new app that failed to launch leaves no series behind.
+    // A failed launch leaves no series behind: a new app's go, a running
+    // app keeps its own.
     if launched.is_err()
-        && gateway.apps().get(name).is_none()
         && let Some(metrics) = &gateway.config().metrics
     {
-        metrics.forget(name);
+        match gateway.apps().get(name) {
+            Some(running) => gateway.prune_metrics(running),
+            None => metrics.forget(name),
+        }
     }
     launched
 }

@@ -49,6 +49,9 @@ pub struct Options {
     /// see `dormouse_supervisor::logs`); `None` leaves it on dormouse's own
     /// stdout and stderr.
     pub logs: Option<PathBuf>,
+    /// Where guests' lines go when `logs` is `None`; `None`: straight to
+    /// dormouse's own stdout and stderr.
+    pub guest_output: Option<std::sync::Arc<dyn dormouse_wasm_host::GuestOutput>>,
 }
 
 /// Guests' output lines, into the app's `guests.log`.
@@ -95,10 +98,13 @@ pub fn prepare(app: &App, options: &Options) -> anyhow::Result<PreparedApp> {
     let mut stores = BTreeMap::new();
     let mut staging = None;
     let outbound = dormouse_wasm_host::OutboundSlot::default();
-    let output: Option<std::sync::Arc<dyn dormouse_wasm_host::GuestOutput>> = options.logs.as_ref().map(|dir| {
-        let log = dormouse_supervisor::logs::LogFile::shared(&dir.join("guests.log"));
-        std::sync::Arc::new(GuestLog(log)) as std::sync::Arc<dyn dormouse_wasm_host::GuestOutput>
-    });
+    let output: Option<std::sync::Arc<dyn dormouse_wasm_host::GuestOutput>> = match &options.logs {
+        Some(dir) => {
+            let log = dormouse_supervisor::logs::LogFile::shared(&dir.join("guests.log"));
+            Some(std::sync::Arc::new(GuestLog(log)))
+        }
+        None => options.guest_output.clone(),
+    };
     let mut components = Vec::with_capacity(app.components.len());
     for component in app.components.values() {
         let id = &component.id;
@@ -226,6 +232,7 @@ mod tests {
             extra_env: vec![("MODE".into(), "cli".into())],
             env: Box::new(move |key| env.iter().find(|(k, _)| *k == key).map(|(_, v)| v.to_string())),
             logs: None,
+            guest_output: None,
         }
     }
 

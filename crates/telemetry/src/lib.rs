@@ -108,6 +108,12 @@ impl AppMetrics {
         targets.entry(id.to_owned()).or_insert_with(|| Arc::new(TargetMetrics::new(kind))).clone()
     }
 
+    /// Keeps the targets `keep` says to and the app's unrouted requests;
+    /// the others' series go (a redeploy that dropped a component).
+    pub fn retain_targets(&self, keep: impl Fn(&str) -> bool) {
+        self.targets.write().expect("not poisoned").retain(|id, _| id.is_empty() || keep(id));
+    }
+
     /// The metrics of the key-value store `label`, kept by `backend`
     /// (`sqlite` or `redis`).
     pub fn store(&self, label: &str, backend: &'static str) -> Arc<KvMetrics> {
@@ -279,8 +285,12 @@ impl TargetMetrics {
     }
 
     /// A request answered with `status`, `elapsed` from its arrival to the
-    /// end of its response body; `rejection` if dormouse refused it.
+    /// end of its response body; `rejection` if dormouse refused it. A
+    /// status code IANA has not registered counts as its class (`5xx`): an
+    /// app, or a client through it, cannot make series without bound.
     pub fn request(&self, status: u16, elapsed: Duration, rejection: Option<Rejection>) {
+        let registered = http::StatusCode::from_u16(status).ok().and_then(|code| code.canonical_reason()).is_some();
+        let status = if registered { status } else { status / 100 };
         let counted = {
             let statuses = self.statuses.read().expect("not poisoned");
             statuses.iter().find(|(code, _)| *code == status).map(|(_, counter)| counter.inc()).is_some()
@@ -439,7 +449,8 @@ impl Collector for Exposition {
         )?;
         for (app, target, metrics) in &targets {
             for (status, counter) in metrics.statuses.read().expect("not poisoned").iter() {
-                let status = status.to_string();
+                // A class is kept as its digit (see `TargetMetrics::request`).
+                let status = if *status < 10 { format!("{status}xx") } else { status.to_string() };
                 let labels = [("app", *app), ("target", target.as_str()), ("status", status.as_str())];
                 counter.encode(family.encode_family(&labels)?)?;
             }
@@ -583,7 +594,7 @@ impl Collector for Exposition {
         gauge(
             &mut encoder,
             "dormouse_active_instances",
-            "Instances live now, components' and services'.",
+            "Component instances handling a request and service instances starting, running or stopping.",
             None,
             gauges.active_instances,
         )?;
@@ -647,5 +658,19 @@ mod tests {
         let text = metrics.encode(gauges);
         assert!(text.contains("dormouse_instances{app=\"a\",target=\"web\",state=\"running\"} 3\n"), "{text}");
         assert!(text.contains("dormouse_queue_depth{app=\"a\",target=\"web\"} 4\n"), "{text}");
+    }
+
+    #[test]
+    fn unregistered_status_codes_count_as_their_class() {
+        let metrics = Metrics::new();
+        let web = metrics.app("a").target("web", TargetKind::Service);
+        for status in [200, 299, 298, 599, 404] {
+            web.request(status, Duration::ZERO, None);
+        }
+        let text = metrics.encode(Gauges::default());
+        assert!(text.contains("status=\"2xx\"} 2\n"), "{text}");
+        assert!(text.contains("status=\"5xx\"} 1\n"), "{text}");
+        assert!(text.contains("status=\"404\"} 1\n"), "{text}");
+        assert!(!text.contains("299"), "{text}");
     }
 }

@@ -565,6 +565,23 @@ struct ComponentStats {
     waiting: AtomicUsize,
 }
 
+/// A request counted as waiting for an instance of a component (its queue
+/// depth), until dropped however the wait ends.
+struct WaitingMark<'a>(&'a AtomicUsize);
+
+impl WaitingMark<'_> {
+    fn new(waiting: &AtomicUsize) -> WaitingMark<'_> {
+        waiting.fetch_add(1, Ordering::Relaxed);
+        WaitingMark(waiting)
+    }
+}
+
+impl Drop for WaitingMark<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// One instance counted alive, until dropped with its store's permit.
 struct Live(Arc<ComponentStats>);
 
@@ -626,7 +643,14 @@ impl ComponentPre {
         let hops = request.extensions().get::<Hops>().copied().unwrap_or_default();
         let permit = self.acquire_instance(deadline).await?;
         let quota = match &config.quotas {
-            Some(quotas) => Some(quotas.admit(config.memory_limit as u64, deadline).await?),
+            Some(quotas) => Some(match quotas.try_admit(config.memory_limit as u64) {
+                Ok(permit) => permit,
+                // Waiting for room under a quota is waiting for an instance.
+                Err(_) => {
+                    let _waiting = WaitingMark::new(&self.stats.waiting);
+                    quotas.admit(config.memory_limit as u64, deadline).await?
+                }
+            }),
             None => None,
         };
         let live = Live::new(&self.stats);
@@ -766,15 +790,13 @@ impl ComponentPre {
         let overloaded = || HandleError::Overloaded(shared.config.max_instances);
         // A place in the queue, given back however the wait ends: also when
         // the request is dropped mid-wait because its client hung up.
-        struct QueuePlace<'a>(&'a AtomicUsize, &'a AtomicUsize);
+        struct QueuePlace<'a>(&'a AtomicUsize);
         impl Drop for QueuePlace<'_> {
             fn drop(&mut self) {
                 self.0.fetch_sub(1, Ordering::AcqRel);
-                self.1.fetch_sub(1, Ordering::Relaxed);
             }
         }
-        let place = QueuePlace(&shared.waiting, &self.stats.waiting);
-        self.stats.waiting.fetch_add(1, Ordering::Relaxed);
+        let place = (QueuePlace(&shared.waiting), WaitingMark::new(&self.stats.waiting));
         if shared.waiting.fetch_add(1, Ordering::AcqRel) >= shared.config.queue_limit {
             return Err(overloaded());
         }

@@ -215,7 +215,7 @@ fn pid_of(reply: &Reply) -> u32 {
 }
 
 /// An app directory whose manifest routes `/...` to a copy of guest `name`.
-fn component_app(name: &str) -> tempfile::TempDir {
+pub fn component_app(name: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(guest(name), dir.path().join("app.wasm")).unwrap();
     let manifest = "spin_manifest_version = 2\n[application]\nname = \"site\"\n\

@@ -12,8 +12,10 @@ use crate::daemon::ok;
 use crate::services::{python_app, status};
 use crate::support::{App, PATIENCE, Server, call, get, get_with, guest, raw};
 
-/// A scrape of `/metrics`, parsed.
+/// A scrape of `/metrics`, parsed: a fresh one, past the quarter second an
+/// exposition is reused for.
 pub async fn scrape(admin: SocketAddr) -> Scrape {
+    tokio::time::sleep(Duration::from_millis(260)).await;
     let reply = get(&format!("http://{admin}/metrics")).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
     assert!(reply.body.ends_with("# EOF\n"), "not an OpenMetrics exposition: {}", reply.body);
@@ -172,6 +174,7 @@ async fn metrics_count_known_traffic_by_app_target_status_and_outcome() {
     assert_eq!(value(&after, "dormouse_active_instances", &[]), 0.0);
 
     // No label takes a value from a request: no path, no host, no header.
+    tokio::time::sleep(Duration::from_millis(260)).await;
     let text = get(&format!("http://{admin}/metrics")).await.body;
     for leaked in ["nowhere", "/hello", "spin/a", "127.0.0.1:9"] {
         assert!(!text.contains(leaked), "`{leaked}` leaked into a label: {text}");
@@ -270,7 +273,68 @@ async fn a_redeployed_app_keeps_counting_and_a_removed_one_leaves_the_exposition
     assert!(report.body.starts_with("Hello"), "{}", report.body);
 
     ok(state.path(), &["rm", "counted"]);
+    tokio::time::sleep(Duration::from_millis(260)).await;
     let text = get(&format!("http://{admin}/metrics")).await.body;
     assert!(!text.contains("app=\"counted\""), "a removed app's series stay: {text}");
     assert!(!text.contains("unknown"), "a host that names no app became a label: {text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_version_still_counts_and_requests_held_by_a_quota_are_queued() {
+    let state = tempfile::tempdir().unwrap();
+    let server = Server::daemon(state.path(), &["--max-active-instances", "1"]);
+    let admin = server.admin.unwrap();
+    let slow = guest("slow");
+    ok(state.path(), &["deploy", "--name", "sl", slow.to_str().unwrap()]);
+    let url = format!("http://{}/?chunks=10&ms=200", server.addr);
+    let get_sl = |url: String| async move { get_with(&url, &[("host", "sl.localhost")]).await };
+    let draining = tokio::spawn(get_sl(url.clone()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The new version has another component id: the old one's series go,
+    // its instance (still streaming) does not.
+    let renamed = crate::daemon::component_app("slow");
+    ok(state.path(), &["deploy", "--name", "sl", renamed.path().to_str().unwrap()]);
+    let metrics = scrape(admin).await;
+    assert_eq!(value(&metrics, "dormouse_instances", &[("app", "sl"), ("target", "sl"), ("state", "running")]), 1.0);
+    assert_eq!(value(&metrics, "dormouse_active_instances", &[]), 1.0, "the draining instance counts");
+    assert_eq!(
+        value(&metrics, "dormouse_instantiations_total", &[("target", "sl")]),
+        0.0,
+        "the old component's series go"
+    );
+    assert_eq!(value(&metrics, "dormouse_instances", &[("app", "sl"), ("target", "app"), ("state", "standby")]), 1.0);
+
+    // The only active instance is the draining one: a request to the new
+    // version waits under the quota, and shows as queued.
+    let waiting = tokio::spawn(get_sl(url));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let metrics = scrape(admin).await;
+    assert_eq!(value(&metrics, "dormouse_queue_depth", &[("app", "sl"), ("target", "app")]), 1.0);
+    assert_eq!(draining.await.unwrap().status, StatusCode::OK);
+    assert_eq!(waiting.await.unwrap().status, StatusCode::OK);
+    let metrics = scrape(admin).await;
+    assert_eq!(value(&metrics, "dormouse_queue_depth", &[("app", "sl"), ("target", "app")]), 0.0);
+    assert_eq!(value(&metrics, "dormouse_active_instances", &[]), 0.0);
+    assert_eq!(value(&metrics, "http_requests_total", &[("app", "sl"), ("target", "app"), ("status", "200")]), 1.0);
+}
+
+#[tokio::test]
+async fn json_logs_stay_json_with_guests_writing_and_a_line_per_request_at_debug() {
+    let app = App::new(&[("/log", "log")]);
+    let server = app.start_with_env(&["--log-format", "json"], &[("RUST_LOG", "info,dormouse_gateway=debug")]);
+    assert_eq!(get(&server.url("/log")).await.status, StatusCode::OK);
+    let log = server.wait_for_log("\"answered\"");
+    let events: Vec<serde_json::Value> = log
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not a JSON line: {line:?} in {log}")))
+        .collect();
+    let answered = events.iter().find(|event| event["message"] == "answered").unwrap();
+    assert_eq!(answered["span"]["app"], "test-app");
+    assert_eq!(answered["span"]["route"], "/log");
+    assert_eq!(answered["span"]["target"], "log");
+    assert_eq!(answered["span"]["start"], "warm");
+    assert_eq!(answered["span"]["status"], 200);
+    let guest_lines: Vec<&serde_json::Value> = events.iter().filter(|event| event["component"] == "log").collect();
+    assert!(guest_lines.iter().any(|event| event["stream"] == "stdout"), "{log}");
+    assert!(guest_lines.iter().any(|event| event["stream"] == "stderr"), "{log}");
 }

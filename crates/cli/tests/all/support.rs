@@ -148,12 +148,11 @@ impl Server {
 
     /// Runs `command` and waits for its banner (`up`'s or the daemon's).
     fn spawn(mut command: Command, state_dir: PathBuf) -> Server {
-        let mut child = command
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting dormouse");
+        // `info`, unless the test asked for another level.
+        if !command.get_envs().any(|(name, _)| name == "RUST_LOG") {
+            command.env("RUST_LOG", "info");
+        }
+        let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("starting dormouse");
         let stderr = collect(child.stderr.take().unwrap());
         let stdout = Arc::new(Mutex::new(String::new()));
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
