@@ -152,6 +152,33 @@ impl Record {
     }
 }
 
+/// A request not yet answered: if it is dropped armed (its client left
+/// before the response head), it is counted under the target it waited on
+/// as 499, nginx's "client closed request".
+pub struct Abandoned<'a> {
+    waiting: &'a std::sync::OnceLock<Arc<TargetMetrics>>,
+    arrived: Option<std::time::Instant>,
+}
+
+impl<'a> Abandoned<'a> {
+    pub fn new(waiting: &'a std::sync::OnceLock<Arc<TargetMetrics>>, arrived: Option<std::time::Instant>) -> Self {
+        Abandoned { waiting, arrived }
+    }
+
+    /// The request was answered: its response counts instead.
+    pub fn disarm(&mut self) {
+        self.arrived = None;
+    }
+}
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        if let (Some(arrived), Some(target)) = (self.arrived, self.waiting.get()) {
+            target.request(dormouse_telemetry::CLIENT_CLOSED_REQUEST, arrived.elapsed(), None);
+        }
+    }
+}
+
 impl Drop for Record {
     fn drop(&mut self) {
         self.target.request(self.status, self.arrived.elapsed(), self.refused);

@@ -19,7 +19,7 @@ mod tls;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -139,6 +139,17 @@ pub(crate) struct Asked<'a> {
     pub local: Option<SocketAddr>,
     pub scheme: &'a Scheme,
     pub span: &'a tracing::Span,
+    /// The target the request waits on once routed, where it is counted if
+    /// its client leaves first.
+    pub waiting: OnceLock<Arc<dormouse_telemetry::TargetMetrics>>,
+}
+
+impl Asked<'_> {
+    fn waits_on(&self, target: Option<&Arc<dormouse_telemetry::TargetMetrics>>) {
+        if let Some(target) = target {
+            let _ = self.waiting.set(target.clone());
+        }
+    }
 }
 
 /// Where a request is counted, when metrics are kept: its component's or
@@ -392,8 +403,12 @@ impl Gateway {
             let arrived = (metrics_on || !span.is_disabled()).then(std::time::Instant::now);
             let instrumented = span.clone();
             async move {
-                let asked = Asked { client, local, scheme: &scheme, span: &span };
+                let asked = Asked { client, local, scheme: &scheme, span: &span, waiting: OnceLock::new() };
+                // A client that leaves before the response head is counted
+                // too, as 499 (nginx's "client closed request").
+                let mut abandoned = conn::Abandoned::new(&asked.waiting, arrived);
                 let (response, app, counted) = gateway.handle(request, &asked).await;
+                abandoned.disarm();
                 if let Some(arrived) = arrived.filter(|_| !span.is_disabled()) {
                     span.record("status", response.status().as_u16());
                     span.record("ms", arrived.elapsed().as_secs_f64() * 1000.0);
@@ -505,12 +520,14 @@ impl Gateway {
             Slot::Component(index) => &app.components()[index],
             Slot::Service(index) => {
                 let service = &app.supervisor().services()[index];
+                asked.waits_on(service.metrics());
                 return (proxy::forward(self, service, request, asked).await, service.metrics().cloned());
             }
         };
         let headers = spin::request_headers(&request, Some((entry, &matched)), asked.client, asked.local, asked.scheme);
         spin::apply(request.headers_mut(), headers);
         asked.span.record("start", "warm");
+        asked.waits_on(component.metrics());
         (self.call(component, request).await, component.metrics().cloned())
     }
 
@@ -525,7 +542,8 @@ impl Gateway {
     ) -> Response<ResponseBody> {
         let local = self.local_addr.get().copied();
         let client = local.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)));
-        let asked = Asked { client, local, scheme: &Scheme::HTTP, span: &tracing::Span::none() };
+        let asked =
+            Asked { client, local, scheme: &Scheme::HTTP, span: &tracing::Span::none(), waiting: OnceLock::new() };
         if let Err(rejection) = limits::check_head(&request, &self.config) {
             return rescue(Failure::Limit(rejection));
         }

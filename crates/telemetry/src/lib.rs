@@ -32,6 +32,11 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
+/// The status a request whose client left before its response head is
+/// counted with: nginx's 499 "client closed request" (not registered with
+/// IANA, but the one operators know).
+pub const CLIENT_CLOSED_REQUEST: u16 = 499;
+
 /// The `Content-Type` of [`Metrics::encode`]'s text.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -191,6 +196,9 @@ label_values! {
         Timeout => "timeout",
         /// Trapped after a `memory.grow` past `--memory-limit` was refused.
         MemoryLimit => "memory_limit",
+        /// Stopped before it returned, as nobody could read its answer any
+        /// more (its client left, a `HEAD` needed no body).
+        Cancelled => "cancelled",
     }
 }
 
@@ -289,7 +297,8 @@ impl TargetMetrics {
     /// status code IANA has not registered counts as its class (`5xx`): an
     /// app, or a client through it, cannot make series without bound.
     pub fn request(&self, status: u16, elapsed: Duration, rejection: Option<Rejection>) {
-        let registered = http::StatusCode::from_u16(status).ok().and_then(|code| code.canonical_reason()).is_some();
+        let registered = status == CLIENT_CLOSED_REQUEST
+            || http::StatusCode::from_u16(status).ok().and_then(|code| code.canonical_reason()).is_some();
         let status = if registered { status } else { status / 100 };
         let counted = {
             let statuses = self.statuses.read().expect("not poisoned");
@@ -486,7 +495,7 @@ impl Collector for Exposition {
         let outcomes = PerTarget { name: "dormouse_guest_outcomes", key: "outcome", values: GuestOutcome::NAMES };
         outcomes.encode(
             &mut encoder,
-            "How component instances ended: ok, trap, cpu_limit, timeout or memory_limit.",
+            "How component instances ended: ok, trap, cpu_limit, timeout, memory_limit or cancelled.",
             each(TargetKind::Component),
             |t| &t.outcomes,
         )?;

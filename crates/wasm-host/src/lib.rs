@@ -565,6 +565,38 @@ struct ComponentStats {
     waiting: AtomicUsize,
 }
 
+/// Counts how a guest's handling of a request ended; a guest dropped before
+/// it ended (nobody could read its answer any more) counts as cancelled.
+struct OutcomeRecord {
+    metrics: Arc<dormouse_telemetry::TargetMetrics>,
+    /// Set if a `memory.grow` was refused.
+    memory_refused: Option<Arc<std::sync::atomic::AtomicBool>>,
+    done: bool,
+}
+
+impl OutcomeRecord {
+    fn finish(mut self, outcome: &Result<(), GuestError>) {
+        use dormouse_telemetry::GuestOutcome;
+        self.done = true;
+        let refused = self.memory_refused.as_ref().is_some_and(|refused| refused.load(Ordering::Relaxed));
+        self.metrics.guest_outcome(match outcome {
+            Ok(()) => GuestOutcome::Ok,
+            Err(GuestError::Trap(_)) if refused => GuestOutcome::MemoryLimit,
+            Err(GuestError::CpuLimit(_)) => GuestOutcome::CpuLimit,
+            Err(GuestError::Timeout(_)) => GuestOutcome::Timeout,
+            Err(GuestError::Trap(_) | GuestError::Lost) => GuestOutcome::Trap,
+        });
+    }
+}
+
+impl Drop for OutcomeRecord {
+    fn drop(&mut self) {
+        if !self.done {
+            self.metrics.guest_outcome(dormouse_telemetry::GuestOutcome::Cancelled);
+        }
+    }
+}
+
 /// A request counted as waiting for an instance of a component (its queue
 /// depth), until dropped however the wait ends.
 struct WaitingMark<'a>(&'a AtomicUsize);
@@ -708,6 +740,7 @@ impl ComponentPre {
 
         let cpu_limit = config.cpu_limit;
         let wall_limit = config.wall_limit;
+        let record = metrics.map(|metrics| OutcomeRecord { metrics, memory_refused, done: false });
         let guest = async move {
             let outcome = match tokio::time::timeout_at(deadline, run).await {
                 Ok(Ok(())) => Ok(()),
@@ -717,15 +750,8 @@ impl ComponentPre {
                 Ok(Err(error)) => Err(GuestError::Trap(error.into())),
                 Err(_) => Err(GuestError::Timeout(wall_limit)),
             };
-            if let Some(metrics) = metrics {
-                let refused = memory_refused.is_some_and(|refused| refused.load(Ordering::Relaxed));
-                metrics.guest_outcome(match &outcome {
-                    Ok(()) => dormouse_telemetry::GuestOutcome::Ok,
-                    Err(GuestError::Trap(_)) if refused => dormouse_telemetry::GuestOutcome::MemoryLimit,
-                    Err(GuestError::CpuLimit(_)) => dormouse_telemetry::GuestOutcome::CpuLimit,
-                    Err(GuestError::Timeout(_)) => dormouse_telemetry::GuestOutcome::Timeout,
-                    Err(GuestError::Trap(_) | GuestError::Lost) => dormouse_telemetry::GuestOutcome::Trap,
-                });
+            if let Some(record) = record {
+                record.finish(&outcome);
             }
             // The store (and with it the response sender) went with `run`, so
             // a waiting receiver sees either a response or a closed channel.

@@ -63,6 +63,7 @@ fn everything_app() -> App {
         ("/trap", "trap"),
         ("/loop", "loop"),
         ("/hog", "hog"),
+        ("/slow", "slow"),
         ("/spin/...", "kv"),
         ("/fetch", "fetch"),
     ];
@@ -108,6 +109,8 @@ async fn metrics_count_known_traffic_by_app_target_status_and_outcome() {
     let fetched = get_with(&server.url("/fetch"), &[("x-fetch-url", "http://127.0.0.1:9/")]).await;
     assert!(fetched.body.contains("HTTP-request-denied"), "{}", fetched.body);
     assert_eq!(get(&server.url("/nowhere")).await.status, StatusCode::NOT_FOUND);
+    // A HEAD needs no body: the streaming guest is stopped.
+    assert_eq!(call("HEAD", &server.url("/slow?chunks=5&ms=200"), "").await.status, StatusCode::OK);
     let huge = raw(
         server.addr,
         format!("GET /hello HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\nConnection: close\r\n\r\n", "a".repeat(40_000))
@@ -139,7 +142,7 @@ async fn metrics_count_known_traffic_by_app_target_status_and_outcome() {
             _ => 0.0,
         })
         .sum();
-    assert_eq!(total, 14.0, "every request once, health checks and scrapes never");
+    assert_eq!(total, 15.0, "every request once, health checks and scrapes never");
     assert_eq!(histogram_count(&after, "http_request_duration_seconds", &[("target", "hello")]), 5.0);
 
     let rejections =
@@ -159,6 +162,7 @@ async fn metrics_count_known_traffic_by_app_target_status_and_outcome() {
     assert_eq!(outcome("loop", "cpu_limit"), 1.0);
     assert_eq!(outcome("hog", "memory_limit"), 1.0);
     assert_eq!(outcome("hog", "ok"), 1.0, "running out of memory and coping is fine");
+    assert_eq!(outcome("slow", "cancelled"), 1.0, "a guest nobody reads is stopped");
     let kv = |operation: &str| {
         value(
             &after,
@@ -337,4 +341,25 @@ async fn json_logs_stay_json_with_guests_writing_and_a_line_per_request_at_debug
     let guest_lines: Vec<&serde_json::Value> = events.iter().filter(|event| event["component"] == "log").collect();
     assert!(guest_lines.iter().any(|event| event["stream"] == "stdout"), "{log}");
     assert!(guest_lines.iter().any(|event| event["stream"] == "stderr"), "{log}");
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_before_the_answer_counts_as_499() {
+    let app = python_app("ok", "");
+    let server = app.start(&["--admin-listen", "127.0.0.1:0"]);
+    let admin = server.admin.unwrap();
+    {
+        use tokio::io::AsyncWriteExt as _;
+        let mut client = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        client.write_all(b"GET /hang HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let started = Instant::now();
+    loop {
+        let metrics = scrape(admin).await;
+        if value(&metrics, "http_requests_total", &[("target", "py"), ("status", "499")]) == 1.0 {
+            break;
+        }
+        assert!(started.elapsed() < PATIENCE, "the request that was left never counted");
+    }
 }
