@@ -233,15 +233,17 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
 
     runtime.block_on(async move {
         let signals = Signals::install()?;
-        served.start();
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let address = listener.local_addr()?;
+        serve_admin(&gateway, admin_listen).await?;
+        // Kept-up instances once every listener is bound: a taken port
+        // fails the start before any process runs.
+        served.start();
         // `instance ls` and the services' status, for this one app; serving
         // goes on without them if the socket cannot be made.
         let (control_stop, control_stopped) = tokio::sync::oneshot::channel::<()>();
-        serve_admin(&gateway, admin_listen).await?;
         let socket = state_dir.join(CONTROL_SOCKET);
         let control = std::fs::create_dir_all(&state_dir)
             .map_err(anyhow::Error::from)

@@ -275,8 +275,10 @@ impl Platform {
         let recorded = self.check_quotas(&app).and_then(|()| daemon.db.put(&record).map_err(ControlError::from));
         if let Err(error) = recorded {
             drop(commit);
-            // Instances its minimum started must not outlive it.
+            // Instances its minimum started must not outlive it, nor series
+            // its launch made.
             app.retire(Duration::ZERO, "its deploy failed").await;
+            self.gateway.abandon_metrics(name);
             self.collect_bundles(Some(name));
             return Err(error);
         }

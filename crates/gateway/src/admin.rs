@@ -1,6 +1,7 @@
 //! The admin listener: `/metrics` (Prometheus), `/healthz` (the process is
-//! alive) and `/readyz` (the gateway accepts connections and every app is
-//! loaded), for a scraper, a load balancer or a Kubernetes probe.
+//! alive) and `/readyz` (the gateway accepts connections, which it does once
+//! the apps are launched), for a scraper, a load balancer or a Kubernetes
+//! probe.
 //!
 //! Invariants: it is never the public listener, and nothing it serves
 //! touches an app: a scrape reads counters and instance states, it never
@@ -82,7 +83,11 @@ impl Admin {
             count(&mut gauges, app, true);
         }
         for app in self.gateway.retired_apps() {
-            count(&mut gauges, &app, false);
+            // A deploy between reading the table and this: the version it
+            // replaced is counted already.
+            if !table.apps().any(|current| Arc::ptr_eq(current, &app)) {
+                count(&mut gauges, &app, false);
+            }
         }
         gauges
     }
@@ -113,14 +118,15 @@ impl Admin {
 }
 
 /// Adds `app`'s instances to `gauges`; `current`: it is the version in the
-/// table, whose flags (`standby`, `failing`) count.
+/// table, whose targets are the ones that say `standby` or `failing`.
 fn count(gauges: &mut Gauges, app: &App, current: bool) {
     let name = app.name();
-    let flag = |on: bool| i64::from(current && on);
     for component in app.components() {
         let live = component.live_instances();
         gauges.instances(name, component.id(), "running", live as i64);
-        gauges.instances(name, component.id(), "standby", flag(live == 0));
+        if current {
+            gauges.current(name, component.id(), false);
+        }
         gauges.queue_depth(name, component.id(), component.waiting() as i64);
         gauges.active_instances += live as u64;
         gauges.active_memory_bytes += (live * component.memory_limit()) as u64;
@@ -134,8 +140,9 @@ fn count(gauges: &mut Gauges, app: &App, current: bool) {
         gauges.instances(name, id, "running", census.running as i64);
         gauges.instances(name, id, "paused", census.paused as i64);
         gauges.instances(name, id, "stopping", census.stopping as i64);
-        gauges.instances(name, id, "failing", flag(census.failing));
-        gauges.instances(name, id, "standby", flag(active + census.paused == 0 && !census.failing));
+        if current {
+            gauges.current(name, id, census.failing);
+        }
         gauges.queue_depth(name, id, census.waiting as i64);
         gauges.active_instances += active as u64;
         gauges.active_memory_bytes += active as u64 * service.config().memory;

@@ -243,6 +243,17 @@ impl Gateway {
         self.retiring(old)
     }
 
+    /// After a version of the app `name` failed to deploy: drops the series
+    /// its launch made, all of them if no version runs.
+    pub fn abandon_metrics(&self, name: &str) {
+        if let Some(metrics) = &self.config.metrics {
+            match self.apps().get(name) {
+                Some(running) => self.prune_metrics(running),
+                None => metrics.forget(name),
+            }
+        }
+    }
+
     /// Drops the series of `app`'s name whose component or service `app`
     /// does not have (an older version's, a failed deploy's).
     pub fn prune_metrics(&self, app: &App) {

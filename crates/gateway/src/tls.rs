@@ -81,6 +81,8 @@ pub struct Tls {
     acceptor: tokio_rustls::TlsAcceptor,
     /// The files as they were when `current` was read from them.
     loaded: Stamps,
+    /// Why the last reload failed, until one succeeds: logged once.
+    failure: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl fmt::Debug for Tls {
@@ -96,10 +98,11 @@ struct Files {
     provider: Arc<CryptoProvider>,
 }
 
-/// What a file looked like: modification time, length and inode (a file
-/// renamed into place is new even with the old time and length). `None`
-/// while it cannot be looked at.
-type Stamp = Option<(SystemTime, u64, u64)>;
+/// What a file looked like: modification time, length, inode (a file
+/// renamed into place is new even with the old time and length) and change
+/// time (a `chmod` or `chown` that makes it readable). `None` while it
+/// cannot be looked at.
+type Stamp = Option<(SystemTime, u64, u64, (i64, i64))>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Stamps {
@@ -127,7 +130,7 @@ impl Tls {
             .with_cert_resolver(Arc::new(Resolver(current.clone())));
         config.alpn_protocols = ALPN.iter().map(|protocol| protocol.to_vec()).collect();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        Ok(Tls { files, current, acceptor, loaded })
+        Ok(Tls { files, current, acceptor, loaded, failure: Arc::default() })
     }
 
     /// The certificate chain new handshakes get (DER, end-entity first).
@@ -193,10 +196,20 @@ impl Tls {
                 );
             }
             // A renewal that writes one file and then the other passes
-            // through a mismatched pair: logged once, and the next change
-            // (the second file) loads the pair.
-            Err(error) => tracing::error!("TLS certificate not reloaded, still serving the previous one: {error}"),
+            // through a mismatched pair, and one that sets the owner last
+            // through an unreadable file: logged once, tried again on every
+            // tick until it loads.
+            Err(error) => {
+                let error = error.to_string();
+                let mut failure = self.failure.lock().expect("not poisoned");
+                if failure.as_deref() != Some(&error) {
+                    tracing::error!("TLS certificate not reloaded, still serving the previous one: {error}");
+                    *failure = Some(error);
+                }
+                return Stamps { cert: None, key: None };
+            }
         }
+        *self.failure.lock().expect("not poisoned") = None;
         now
     }
 }
@@ -205,7 +218,7 @@ impl Files {
     fn stamps(&self) -> Stamps {
         let stamp = |path: &Path| {
             let metadata = std::fs::metadata(path).ok()?;
-            Some((metadata.modified().ok()?, metadata.len(), metadata.ino()))
+            Some((metadata.modified().ok()?, metadata.len(), metadata.ino(), (metadata.ctime(), metadata.ctime_nsec())))
         };
         Stamps { cert: stamp(&self.cert), key: stamp(&self.key) }
     }
@@ -396,7 +409,14 @@ mod tests {
         let seen = tls.reload_if_changed(seen);
         assert_eq!(tls.certificate_chain(), second);
         std::fs::remove_file(&cert_path).unwrap();
-        tls.reload_if_changed(seen);
+        let seen = tls.reload_if_changed(seen);
         assert_eq!(tls.certificate_chain(), second);
+        replace(&cert_path, &cert);
+        let seen = tls.reload_if_changed(seen);
+        assert_eq!(tls.certificate_chain(), second, "the key is still broken");
+        // A pair that failed to load is tried again on the next tick,
+        // though the files look the same (a key made readable by a `chown`
+        // changes nothing else an older stamp saw).
+        assert_ne!(seen, tls.files.stamps(), "a failed load is not remembered as seen");
     }
 }

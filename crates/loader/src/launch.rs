@@ -66,13 +66,8 @@ pub fn launch(
     })();
     // A failed launch leaves no series behind: a new app's go, a running
     // app keeps its own.
-    if launched.is_err()
-        && let Some(metrics) = &gateway.config().metrics
-    {
-        match gateway.apps().get(name) {
-            Some(running) => gateway.prune_metrics(running),
-            None => metrics.forget(name),
-        }
+    if launched.is_err() {
+        gateway.abandon_metrics(name);
     }
     launched
 }

@@ -104,13 +104,18 @@ impl AppMetrics {
     }
 
     /// The metrics of the component or service `id` (`""`: requests of the
-    /// app that no route took).
+    /// app that no route took). An id that was another kind before (a
+    /// component become a service) starts over.
     pub fn target(&self, id: &str, kind: TargetKind) -> Arc<TargetMetrics> {
-        if let Some(target) = self.targets.read().expect("not poisoned").get(id) {
+        if let Some(target) = self.targets.read().expect("not poisoned").get(id).filter(|target| target.kind == kind) {
             return target.clone();
         }
         let mut targets = self.targets.write().expect("not poisoned");
-        targets.entry(id.to_owned()).or_insert_with(|| Arc::new(TargetMetrics::new(kind))).clone()
+        let target = targets.entry(id.to_owned()).or_insert_with(|| Arc::new(TargetMetrics::new(kind)));
+        if target.kind != kind {
+            *target = Arc::new(TargetMetrics::new(kind));
+        }
+        target.clone()
     }
 
     /// Keeps the targets `keep` says to and the app's unrouted requests;
@@ -199,6 +204,9 @@ label_values! {
         /// Stopped before it returned, as nobody could read its answer any
         /// more (its client left, a `HEAD` needed no body).
         Cancelled => "cancelled",
+        /// Stopped after answering with a `wasi:http` error code instead of
+        /// a response (the client got 500).
+        ErrorCode => "error_code",
     }
 }
 
@@ -376,25 +384,38 @@ impl KvMetrics {
 #[derive(Debug, Default)]
 pub struct Gauges {
     instances: BTreeMap<(String, String, &'static str), i64>,
+    /// Targets of the versions in the table, and whether each is failing:
+    /// `standby` and `failing` are derived from them once every version's
+    /// instances are in.
+    current: BTreeMap<(String, String), bool>,
     queue_depth: BTreeMap<(String, String), i64>,
     /// Memory held by active instances, in bytes.
     pub active_memory_bytes: u64,
-    /// Instances handling requests or ready to (components' live
-    /// instances, services' running ones).
+    /// Component instances handling a request and service instances
+    /// starting, running or stopping (what the active-instances quota
+    /// counts).
     pub active_instances: u64,
     /// Apps deployed.
     pub apps: u64,
 }
 
-/// The states `dormouse_instances` counts, in order.
-pub const INSTANCE_STATES: [&str; 6] = ["standby", "starting", "running", "paused", "stopping", "failing"];
+/// The states of instances `dormouse_instances` counts; besides them,
+/// `standby` and `failing` say a target has no instance at all.
+pub const INSTANCE_STATES: [&str; 4] = ["starting", "running", "paused", "stopping"];
 
 impl Gauges {
     /// `count` instances of `app`'s `target` in `state` (one of
-    /// [`INSTANCE_STATES`]).
+    /// [`INSTANCE_STATES`]), of any version.
     pub fn instances(&mut self, app: &str, target: &str, state: &'static str, count: i64) {
         debug_assert!(INSTANCE_STATES.contains(&state), "unknown instance state `{state}`");
         *self.instances.entry((app.to_owned(), target.to_owned(), state)).or_default() += count;
+    }
+
+    /// `app`'s `target` is in the version the table routes to; `failing`:
+    /// its starts are in back-off. With no instance of any version it is
+    /// `failing`, else `standby`.
+    pub fn current(&mut self, app: &str, target: &str, failing: bool) {
+        self.current.insert((app.to_owned(), target.to_owned()), failing);
     }
 
     /// `count` requests of `app`'s `target` waiting for an instance.
@@ -495,7 +516,7 @@ impl Collector for Exposition {
         let outcomes = PerTarget { name: "dormouse_guest_outcomes", key: "outcome", values: GuestOutcome::NAMES };
         outcomes.encode(
             &mut encoder,
-            "How component instances ended: ok, trap, cpu_limit, timeout, memory_limit or cancelled.",
+            "How component instances ended: ok, trap, cpu_limit, timeout, memory_limit, cancelled or error_code.",
             each(TargetKind::Component),
             |t| &t.outcomes,
         )?;
@@ -574,7 +595,15 @@ impl Collector for Exposition {
             None,
             MetricType::Gauge,
         )?;
-        for ((app, target, state), count) in &gauges.instances {
+        let mut instances = gauges.instances.clone();
+        for ((app, target), failing) in &gauges.current {
+            let none = INSTANCE_STATES
+                .iter()
+                .all(|state| instances.get(&(app.clone(), target.clone(), *state)).is_none_or(|count| *count == 0));
+            instances.insert((app.clone(), target.clone(), "standby"), i64::from(none && !failing));
+            instances.insert((app.clone(), target.clone(), "failing"), i64::from(none && *failing));
+        }
+        for ((app, target, state), count) in &instances {
             let labels = [("app", app.as_str()), ("target", target.as_str()), ("state", state)];
             ConstGauge::new(*count).encode(family.encode_family(&labels)?)?;
         }

@@ -26,21 +26,30 @@ pub struct RequestCtx {
 /// whether it refused a `memory.grow`.
 pub struct MemoryCap {
     limits: StoreLimits,
-    refused: Option<Arc<AtomicBool>>,
+    flags: Option<Arc<GuestFlags>>,
+}
+
+/// What happened to a guest that decides how its end is counted.
+#[derive(Debug, Default)]
+pub struct GuestFlags {
+    /// A `memory.grow` past the limit was refused.
+    pub memory_refused: AtomicBool,
+    /// It answered with an error code and was stopped for it.
+    pub error_code: AtomicBool,
 }
 
 impl MemoryCap {
-    /// A flag set when a `memory.grow` past the limit is refused.
-    pub fn watch_refusals(&mut self) -> Arc<AtomicBool> {
-        self.refused.get_or_insert_with(Arc::default).clone()
+    /// The guest's flags, kept from now on.
+    pub fn watch(&mut self) -> Arc<GuestFlags> {
+        self.flags.get_or_insert_with(Arc::default).clone()
     }
 }
 
 impl ResourceLimiter for MemoryCap {
     fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
         let allowed = self.limits.memory_growing(current, desired, maximum)?;
-        if !allowed && let Some(refused) = &self.refused {
-            refused.store(true, Ordering::Relaxed);
+        if !allowed && let Some(flags) = &self.flags {
+            flags.memory_refused.store(true, Ordering::Relaxed);
         }
         Ok(allowed)
     }
@@ -93,7 +102,7 @@ impl RequestCtx {
             hooks: OutboundHooks { caps: caps.clone(), hops },
             // `memory.grow` past the cap returns -1 to the guest rather than
             // trapping: the guest decides what running out of memory means.
-            limits: MemoryCap { limits: StoreLimitsBuilder::new().memory_size(memory_limit).build(), refused: None },
+            limits: MemoryCap { limits: StoreLimitsBuilder::new().memory_size(memory_limit).build(), flags: None },
         }
     }
 

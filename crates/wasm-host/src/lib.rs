@@ -570,7 +570,7 @@ struct ComponentStats {
 struct OutcomeRecord {
     metrics: Arc<dormouse_telemetry::TargetMetrics>,
     /// Set if a `memory.grow` was refused.
-    memory_refused: Option<Arc<std::sync::atomic::AtomicBool>>,
+    flags: Arc<ctx::GuestFlags>,
     done: bool,
 }
 
@@ -578,7 +578,7 @@ impl OutcomeRecord {
     fn finish(mut self, outcome: &Result<(), GuestError>) {
         use dormouse_telemetry::GuestOutcome;
         self.done = true;
-        let refused = self.memory_refused.as_ref().is_some_and(|refused| refused.load(Ordering::Relaxed));
+        let refused = self.flags.memory_refused.load(Ordering::Relaxed);
         self.metrics.guest_outcome(match outcome {
             Ok(()) => GuestOutcome::Ok,
             Err(GuestError::Trap(_)) if refused => GuestOutcome::MemoryLimit,
@@ -592,7 +592,11 @@ impl OutcomeRecord {
 impl Drop for OutcomeRecord {
     fn drop(&mut self) {
         if !self.done {
-            self.metrics.guest_outcome(dormouse_telemetry::GuestOutcome::Cancelled);
+            self.metrics.guest_outcome(if self.flags.error_code.load(Ordering::Relaxed) {
+                dormouse_telemetry::GuestOutcome::ErrorCode
+            } else {
+                dormouse_telemetry::GuestOutcome::Cancelled
+            });
         }
     }
 }
@@ -688,18 +692,16 @@ impl ComponentPre {
         let live = Live::new(&self.stats);
         let ticking = self.shared.ticker.enter();
         let metrics = self.metrics.clone();
-        if let Some(metrics) = &metrics {
-            metrics.instantiated();
-        }
 
         let engine = match &*self.pre {
             Pre::Wasi2(_) => &self.shared.wasi2.engine,
             Pre::Wasi3(_, runtime) => &runtime.engine,
         };
         let mut store = Store::new(engine, RequestCtx::new(&self.caps, config.memory_limit, hops));
-        // Whether a `memory.grow` was refused: a trap after one is counted as
-        // running out of memory. Only asked for when someone counts it.
-        let memory_refused = metrics.as_ref().map(|_| store.data_mut().limits.watch_refusals());
+        // Whether a `memory.grow` was refused (a trap after one is counted
+        // as running out of memory), and whether it was stopped for an
+        // error code. Only kept when someone counts them.
+        let flags = metrics.as_ref().map(|_| store.data_mut().limits.watch());
         store.limiter(|ctx| &mut ctx.limits);
         let budget_ticks = config.cpu_limit.as_millis().div_ceil(EPOCH_TICK.as_millis()).max(1) as u64;
         let mut ticks_used = 0u64;
@@ -740,7 +742,12 @@ impl ComponentPre {
 
         let cpu_limit = config.cpu_limit;
         let wall_limit = config.wall_limit;
-        let record = metrics.map(|metrics| OutcomeRecord { metrics, memory_refused, done: false });
+        // Counted once it is set up: from here on it ends in an outcome.
+        let stopped = flags.clone();
+        let record = metrics.zip(flags).map(|(metrics, flags)| {
+            metrics.instantiated();
+            OutcomeRecord { metrics, flags, done: false }
+        });
         let guest = async move {
             let outcome = match tokio::time::timeout_at(deadline, run).await {
                 Ok(Ok(())) => Ok(()),
@@ -802,7 +809,12 @@ impl ComponentPre {
             }
             // The guest answered with an error code: nothing it does next can
             // reach the client, so it is stopped here.
-            Head::Set(Ok(Err(code))) => Err(HandleError::ErrorCode(code)),
+            Head::Set(Ok(Err(code))) => {
+                if let Some(flags) = stopped {
+                    flags.error_code.store(true, Ordering::Relaxed);
+                }
+                Err(HandleError::ErrorCode(code))
+            }
             Head::Set(Err(_closed)) => Err(guest.await.err().map_or(HandleError::NoResponse, HandleError::Guest)),
         }
     }

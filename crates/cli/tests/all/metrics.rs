@@ -174,8 +174,8 @@ async fn metrics_count_known_traffic_by_app_target_status_and_outcome() {
     assert_eq!(kv("get"), 2.0);
     assert_eq!(value(&after, "dormouse_kv_errors_total", &[("operation", "get")]), 0.0, "a missing key is no error");
     assert_eq!(value(&after, "dormouse_outbound_requests_total", &[("target", "fetch"), ("outcome", "denied")]), 1.0);
-    assert_eq!(value(&after, "dormouse_instances", &[("target", "hello"), ("state", "running")]), 0.0);
-    assert_eq!(value(&after, "dormouse_active_instances", &[]), 0.0);
+    assert_eq!(gauge(&after, "dormouse_instances", &[("target", "hello"), ("state", "running")]), 0.0);
+    assert_eq!(gauge(&after, "dormouse_active_instances", &[]), 0.0);
 
     // No label takes a value from a request: no path, no host, no header.
     tokio::time::sleep(Duration::from_millis(260)).await;
@@ -224,7 +224,7 @@ async fn health_and_metrics_never_wake_a_service_or_keep_it_awake() {
     }
     let slept = scrape(admin).await;
     assert_eq!(value(&slept, "dormouse_instances", &[("target", "py"), ("state", "standby")]), 1.0);
-    assert_eq!(value(&slept, "dormouse_instances", &[("target", "py"), ("state", "running")]), 0.0);
+    assert_eq!(gauge(&slept, "dormouse_instances", &[("target", "py"), ("state", "running")]), 0.0);
     assert_eq!(status(&server).await["starts"], 1);
     assert_eq!(value(&slept, "http_requests_total", &[("app", "svc"), ("target", "py"), ("status", "200")]), 1.0);
 }
@@ -235,16 +235,31 @@ async fn readyz_turns_503_while_draining_and_healthz_stays_200() {
     let server = app.start(&["--admin-listen", "127.0.0.1:0"]);
     let admin = server.admin.unwrap();
     wait_ready(admin).await;
-    let url = server.url("/slow?chunks=10&ms=200");
-    let slow = tokio::spawn(async move { get(&url).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A request in flight (its head answered, its body streaming for 2 s)
+    // before the signal.
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut slow = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    slow.write_all(b"GET /slow?chunks=10&ms=200 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut received = vec![0u8; 1024];
+    let first = slow.read(&mut received).await.unwrap();
+    assert!(received[..first].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&received[..first]));
     server.signal("TERM");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let ready = get(&format!("http://{admin}/readyz")).await;
+    let started = Instant::now();
+    let ready = loop {
+        let ready = get(&format!("http://{admin}/readyz")).await;
+        if ready.status != StatusCode::OK || started.elapsed() > PATIENCE {
+            break ready;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
     assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE, "{}", ready.body);
     assert!(ready.body.contains("not accepting"), "{}", ready.body);
     assert_eq!(get(&format!("http://{admin}/healthz")).await.status, StatusCode::OK);
-    assert_eq!(slow.await.unwrap().status, StatusCode::OK, "the request in flight finishes");
+    let mut rest = Vec::new();
+    slow.read_to_end(&mut rest).await.unwrap();
+    let rest = String::from_utf8_lossy(&rest);
+    // Every chunk the guest wrote, to the last one and the end of the body.
+    assert!(rest.contains("\r\n10\r\n") && rest.ends_with("0\r\n\r\n"), "the request in flight finishes: {rest:?}");
     assert!(server.wait().success());
 }
 
@@ -290,36 +305,58 @@ async fn a_draining_version_still_counts_and_requests_held_by_a_quota_are_queued
     let admin = server.admin.unwrap();
     let slow = guest("slow");
     ok(state.path(), &["deploy", "--name", "sl", slow.to_str().unwrap()]);
-    let url = format!("http://{}/?chunks=10&ms=200", server.addr);
+    // Streams for 20 s, longer than the test runs: it is dropped below.
+    let url = format!("http://{}/?chunks=100&ms=200", server.addr);
     let get_sl = |url: String| async move { get_with(&url, &[("host", "sl.localhost")]).await };
     let draining = tokio::spawn(get_sl(url.clone()));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let running = [("app", "sl"), ("target", "sl"), ("state", "running")];
+    wait_for_metrics(admin, "the old version running", |m| gauge(m, "dormouse_instances", &running) == 1.0).await;
     // The new version has another component id: the old one's series go,
     // its instance (still streaming) does not.
     let renamed = crate::daemon::component_app("slow");
     ok(state.path(), &["deploy", "--name", "sl", renamed.path().to_str().unwrap()]);
     let metrics = scrape(admin).await;
-    assert_eq!(value(&metrics, "dormouse_instances", &[("app", "sl"), ("target", "sl"), ("state", "running")]), 1.0);
-    assert_eq!(value(&metrics, "dormouse_active_instances", &[]), 1.0, "the draining instance counts");
-    assert_eq!(
-        value(&metrics, "dormouse_instantiations_total", &[("target", "sl")]),
-        0.0,
-        "the old component's series go"
+    assert_eq!(gauge(&metrics, "dormouse_instances", &running), 1.0, "the draining instance counts");
+    assert_eq!(gauge(&metrics, "dormouse_active_instances", &[]), 1.0);
+    assert!(
+        !metrics
+            .samples
+            .iter()
+            .any(|s| s.metric == "dormouse_instantiations_total" && s.labels.get("target") == Some("sl"))
     );
-    assert_eq!(value(&metrics, "dormouse_instances", &[("app", "sl"), ("target", "app"), ("state", "standby")]), 1.0);
+    let new = [("app", "sl"), ("target", "app"), ("state", "standby")];
+    assert_eq!(gauge(&metrics, "dormouse_instances", &new), 1.0);
 
     // The only active instance is the draining one: a request to the new
     // version waits under the quota, and shows as queued.
-    let waiting = tokio::spawn(get_sl(url));
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let metrics = scrape(admin).await;
-    assert_eq!(value(&metrics, "dormouse_queue_depth", &[("app", "sl"), ("target", "app")]), 1.0);
-    assert_eq!(draining.await.unwrap().status, StatusCode::OK);
+    let waiting = tokio::spawn(get_sl(url.replace("chunks=100", "chunks=1")));
+    let queued = [("app", "sl"), ("target", "app")];
+    wait_for_metrics(admin, "queued", |m| gauge(m, "dormouse_queue_depth", &queued) == 1.0).await;
+    // The draining request's client leaves: its instance goes, the quota
+    // frees, and the waiting request is served.
+    draining.abort();
     assert_eq!(waiting.await.unwrap().status, StatusCode::OK);
+    wait_for_metrics(admin, "nothing active", |m| gauge(m, "dormouse_active_instances", &[]) == 0.0).await;
     let metrics = scrape(admin).await;
-    assert_eq!(value(&metrics, "dormouse_queue_depth", &[("app", "sl"), ("target", "app")]), 0.0);
-    assert_eq!(value(&metrics, "dormouse_active_instances", &[]), 0.0);
+    assert_eq!(gauge(&metrics, "dormouse_queue_depth", &queued), 0.0);
     assert_eq!(value(&metrics, "http_requests_total", &[("app", "sl"), ("target", "app"), ("status", "200")]), 1.0);
+}
+
+/// Scrapes until `check` holds, or fails after `PATIENCE`.
+async fn wait_for_metrics(admin: SocketAddr, what: &str, check: impl Fn(&Scrape) -> bool) {
+    let started = Instant::now();
+    while !check(&scrape(admin).await) {
+        assert!(started.elapsed() < PATIENCE, "never {what}");
+    }
+}
+
+/// A gauge's value, which must be in the exposition (gauges always are).
+fn gauge(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let present = scrape.samples.iter().any(|sample| {
+        sample.metric == name && labels.iter().all(|(key, wanted)| sample.labels.get(key).unwrap_or("") == *wanted)
+    });
+    assert!(present, "no {name}{labels:?} in the exposition");
+    value(scrape, name, labels)
 }
 
 #[tokio::test]
