@@ -91,10 +91,11 @@ def get_host(port, host, path="/"):
 class Daemon:
     def __init__(self, dormouse, state, port):
         self.dormouse, self.state, self.port = dormouse, state, port
+        self.admin_port = suite.free_port()
         self.started = time.monotonic()
         self.process = subprocess.Popen(
             [dormouse, "daemon", "--listen", f"127.0.0.1:{port}", "--state-dir", state,
-             "--admin-listen", "127.0.0.1:0"],
+             "--admin-listen", f"127.0.0.1:{self.admin_port}"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
     @classmethod
@@ -158,6 +159,14 @@ def density(dormouse, apps):
         rows = api(state, "GET", "/v1/instances")
         raw.append((time.monotonic() - t) * 1000)
     assert len(rows) == apps
+    # Scrapes a quarter second apart: each one a fresh encoding.
+    scrapes, exposition = [], b""
+    for _ in range(10):
+        time.sleep(0.3)
+        t = time.monotonic()
+        with urllib.request.urlopen(f"http://127.0.0.1:{daemon.admin_port}/metrics") as reply:
+            exposition = reply.read()
+        scrapes.append((time.monotonic() - t) * 1000)
     daemon.stop()
 
     # Restart: every app restored from the state and the compile cache.
@@ -178,6 +187,8 @@ def density(dormouse, apps):
         "rss_per_app_kib": (rss - empty_rss) * 1024 / apps, "idle_cpu_seconds_10s": idle_cpu,
         "instance_ls_cli_ms": statistics.median(cli), "instance_ls_api_ms": statistics.median(raw),
         "restart_to_routable_seconds": restart_seconds, "restart_rss_mib": restart_rss,
+        "scrape_ms": statistics.median(scrapes), "exposition_kib": len(exposition) / 1024,
+        "exposition_samples": sum(1 for line in exposition.splitlines() if line and not line.startswith(b"#")),
     }
     suite.log(f"density: {json.dumps({k: round(v, 3) for k, v in result.items()})}")
     return result
@@ -270,7 +281,9 @@ def report(results):
         f"| `instance ls -o json` (CLI process, median of 5) | {d['instance_ls_cli_ms']:.1f} ms |",
         f"| `GET /v1/instances` (API, median of 20) | {d['instance_ls_api_ms']:.1f} ms |",
         f"| restart → every app routable | {d['restart_to_routable_seconds']:.2f} s |",
-        f"| RSS after the restart | {d['restart_rss_mib']:.1f} MiB |", "",
+        f"| RSS after the restart | {d['restart_rss_mib']:.1f} MiB |",
+        f"| `GET /metrics` (admin listener, median of 10) | {d['scrape_ms']:.1f} ms, "
+        f"{d['exposition_kib']:.0f} KiB, {d['exposition_samples']} samples |", "",
         "## Deploy", "",
         f"A hello component never compiled before, `dormouse deploy` then the first request: "
         f"**{p['deploy_to_first_response_ms']:.0f} ms** (median of {len(p['samples'])}; "
