@@ -142,9 +142,9 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
         tokio::spawn(server::serve(platform.clone(), control, control_config, async {
             let _ = control_stopped.await;
         }));
-        println!("Control API at {control_at}");
+        banner!("Control API at {control_at}");
         let scheme = gateway.config().scheme();
-        println!("Serving apps at {scheme}://<app>.{domain}:{}", address.port());
+        banner!("Serving apps at {scheme}://<app>.{domain}:{}", address.port());
 
         let code = serve_until_signalled(gateway, listener, signals, &processes).await;
         drop(control_stop);

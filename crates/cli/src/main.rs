@@ -1,6 +1,15 @@
 //! The `dormouse` binary: parses flags and wires the crates together. It
 //! decides which backends exist; the crates know nothing of the command line.
 
+/// Writes a banner line to stdout. A reader that went away (`| head -1`)
+/// must not stop a server: the line is dropped.
+macro_rules! banner {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 mod daemon;
 mod platform;
 mod up;

@@ -527,7 +527,7 @@ pub fn logs(args: LogsArgs) -> anyhow::Result<ExitCode> {
             query.insert(0, '?');
             let lines: Vec<String> = client.get(&format!("/v1/apps/{}/logs{query}", args.app)).await?;
             for line in &lines[lines.len().saturating_sub(show)..] {
-                out!("{line}");
+                out!("{}", printable(line));
             }
             if let Some(stamp) = lines.last().and_then(|line| line.split(' ').next()) {
                 after = Some(stamp.to_owned());
@@ -541,6 +541,25 @@ pub fn logs(args: LogsArgs) -> anyhow::Result<ExitCode> {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     })
+}
+
+/// An app's log line as it may reach a terminal: control characters (an
+/// app could write escape sequences that move the cursor, retitle the
+/// window, or hide text) shown escaped, `\u{1b}`; tabs kept.
+fn printable(line: &str) -> std::borrow::Cow<'_, str> {
+    let control = |c: char| c.is_control() && c != '\t';
+    if !line.chars().any(control) {
+        return std::borrow::Cow::Borrowed(line);
+    }
+    let mut shown = String::with_capacity(line.len() + 8);
+    for c in line.chars() {
+        if control(c) {
+            shown.extend(c.escape_debug());
+        } else {
+            shown.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(shown)
 }
 
 pub fn quotas(args: QuotasArgs) -> anyhow::Result<ExitCode> {
@@ -862,6 +881,12 @@ fn append_bytes(builder: &mut tar::Builder<Vec<u8>>, name: &str, bytes: &[u8], m
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_lines_reach_the_terminal_without_their_control_characters() {
+        assert_eq!(printable("plain\ttext"), "plain\ttext");
+        assert_eq!(printable("\u{1b}]0;owned\u{7}red\u{1b}[31m"), "\\u{1b}]0;owned\\u{7}red\\u{1b}[31m");
+    }
 
     #[test]
     fn names_from_paths() {

@@ -302,7 +302,7 @@ pub(crate) async fn serve_admin(gateway: &Arc<Gateway>, address: Option<SocketAd
     let bound = listener.local_addr()?;
     let admin = Admin::new(gateway.clone(), metrics);
     tokio::spawn(dormouse_gateway::serve_admin(listener, admin, std::future::pending()));
-    println!("Admin at http://{bound} (/metrics, /healthz, /readyz)");
+    banner!("Admin at http://{bound} (/metrics, /healthz, /readyz)");
     Ok(())
 }
 
@@ -377,8 +377,8 @@ pub(crate) fn load_progress() -> impl Fn(LoadEvent<'_>) {
 }
 
 fn print_banner(app: &App, scheme: &str, address: SocketAddr) {
-    println!("Serving {scheme}://{address}");
-    println!("Available Routes:");
+    banner!("Serving {scheme}://{address}");
+    banner!("Available Routes:");
     for trigger in &app.http_triggers {
         if let dormouse_manifest::model::Route::Public(pattern) = &trigger.route {
             let path =
@@ -388,7 +388,7 @@ fn print_banner(app: &App, scheme: &str, address: SocketAddr) {
                 dormouse_manifest::model::Target::Component(id) => id.clone(),
                 dormouse_manifest::model::Target::Service(id) => format!("{id} (service)"),
             };
-            println!("  {target}: {scheme}://{address}{path}");
+            banner!("  {target}: {scheme}://{address}{path}");
         }
     }
 }

@@ -423,10 +423,13 @@ fn send_order(writer: &mut UnixStream, order: &Order) -> std::io::Result<()> {
 /// wake finds the service's second stub, or this one, ready.
 const REFILL_DELAY: Duration = Duration::from_millis(250);
 
-/// What a stub runs: wait for the port, then become the service's command
-/// (`$0 "$@"`) with it in `PORT` and nothing on standard input. A closed
-/// pipe means it is not needed.
-const STUB_SCRIPT: &str = r#"IFS= read -r PORT || exit 0; export PORT; exec "$0" "$@" </dev/null"#;
+/// What a stub runs: wait for the port and the working directory, enter the
+/// directory, then become the service's command (`$0 "$@"`) with the port
+/// in `PORT` and nothing on standard input. A closed pipe means it is not
+/// needed. The directory is entered now, not when the stub was made: a
+/// bundle directory removed and unpacked again since (a rollback to the
+/// same content) is the new one.
+const STUB_SCRIPT: &str = r#"IFS= read -r PORT || exit 0; IFS= read -r DIR || exit 0; cd -P -- "$DIR" || exit 1; unset DIR; export PORT; exec "$0" "$@" </dev/null"#;
 
 /// A shell waiting in a cgroup of its own to become a service's process.
 struct Stub {
@@ -674,13 +677,19 @@ pub fn helper_main(run: Option<&Path>) -> std::io::Result<()> {
 /// cgroup.
 fn start(request: Spawn, run: Option<&Path>, stubs: Option<&Arc<Stubs>>) -> std::io::Result<(u32, Option<PathBuf>)> {
     check_runnable(&request)?;
+    let cwd = std::os::unix::ffi::OsStrExt::as_bytes(request.cwd.as_os_str());
     if let Some(stubs) = stubs
         && let Some(port) = request.port()
+        // A line each: a directory with a newline in its name is spawned.
+        && !cwd.contains(&b'\n')
     {
+        let mut orders = format!("{port}\n").into_bytes();
+        orders.extend_from_slice(cwd);
+        orders.push(b'\n');
         while let Some(mut stub) = stubs.take(&request) {
             // A stub that died meanwhile (killed from outside) takes no
             // orders: try the next.
-            if writeln!(stub.port_pipe, "{port}").is_ok() {
+            if stub.port_pipe.write_all(&orders).is_ok() {
                 return Ok((stub.pid, Some(stub.cgroup)));
             }
             Cgroup::at(stub.cgroup).retire();

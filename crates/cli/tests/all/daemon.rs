@@ -750,3 +750,22 @@ async fn the_daemon_owns_its_state_and_its_apps_only_their_bundles() {
         crate::support::raw(server.addr, b"GET / HTTP/1.1\r\nHost: [out.localhost]\r\nConnection: close\r\n\r\n");
     assert!(!bracketed.starts_with("HTTP/1.1 200"), "{bracketed}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_to_earlier_content_serves_its_first_request() {
+    let state = tempfile::tempdir().unwrap();
+    let state_dir = state.path();
+    let server = Server::daemon(state_dir, &[]);
+    let v1 = service_app("rb", "scale_to_zero = { cooldown = \"200ms\" }");
+    ok(state_dir, &["deploy", "-0", path_str(v1.path())]);
+    assert_eq!(request(&server, "rb", "/").await.status, StatusCode::OK);
+    // Another version (whose bundle replaces v1's, which is collected),
+    // then v1's very content again, unpacked to the same directory anew.
+    let hello = guest("hello");
+    ok(state_dir, &["deploy", "--name", "rb", path_str(&hello)]);
+    assert_eq!(request(&server, "rb", "/").await.status, StatusCode::OK);
+    ok(state_dir, &["deploy", "-0", path_str(v1.path())]);
+    let reply = request(&server, "rb", "/").await;
+    assert_eq!(reply.status, StatusCode::OK, "the first request after the rollback: {}", reply.body);
+    assert!(reply.body.starts_with("pid "), "{}", reply.body);
+}

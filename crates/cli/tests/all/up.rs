@@ -366,3 +366,36 @@ async fn identical_components_share_their_compiled_code() {
     let log = server.wait_for_log("component `b` shares the code of an identical component");
     assert_eq!(log.matches("compiled (cache miss)").count(), 1, "{log}");
 }
+
+#[tokio::test]
+async fn a_banner_nobody_reads_does_not_stop_the_server() {
+    let app = App::new(&[("/hello", "hello")]);
+    let port = dormouse_testkit::free_port();
+    // Its standard output is a pipe already closed at the other end.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let mut child = dormouse()
+        .args(["up", "--listen", &format!("127.0.0.1:{port}"), "--from"])
+        .arg(app.path())
+        .stdout(writer)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/hello");
+    let started = std::time::Instant::now();
+    loop {
+        if let Ok(Ok(reply)) =
+            tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(("127.0.0.1", port))).await
+        {
+            drop(reply);
+            break;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "dormouse exited");
+        assert!(started.elapsed() < PATIENCE, "never served");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(get(&url).await.body, "Hello from dormouse!\n");
+    let status = std::process::Command::new("kill").args(["-s", "TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    assert!(child.wait().unwrap().success(), "a signal still ends it cleanly");
+}
