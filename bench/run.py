@@ -40,7 +40,7 @@ RESULTS = BENCH / "results"
 WASMTIME_VERSION = "48.0.8"
 OHA_VERSION = "1.16.0"
 COMPONENTIZE_PY = "componentize-py==0.25.1"
-SCENARIOS = ["hello", "instantiate", "heavy", "density", "load", "services", "kv", "wasi3", "metrics"]
+SCENARIOS = ["hello", "instantiate", "heavy", "density", "load", "services", "kv", "wasi3", "metrics", "hop"]
 GUESTS = ROOT / "guests" / "wasm"
 
 
@@ -592,6 +592,116 @@ def scenario_services(ctx):
     return results
 
 
+HAPROXY_CONF = """global
+  nbthread 2
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  http-reuse always
+frontend web
+  bind 127.0.0.1:{port}
+  default_backend app
+backend app
+  server app 127.0.0.1:{backend}
+"""
+
+NGINX_PROXY_CONF = """daemon off;
+pid nginx.pid;
+error_log stderr;
+worker_processes 2;
+events {{}}
+http {{
+  access_log off;
+  client_body_temp_path tmp; proxy_temp_path tmp; fastcgi_temp_path tmp; uwsgi_temp_path tmp; scgi_temp_path tmp;
+  upstream app {{ server 127.0.0.1:{backend}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }}
+  }}
+}}
+"""
+
+
+def group_cpu_seconds(pgid):
+    """User and system CPU time so far of every process in group `pgid`
+    (nginx's master and workers)."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def scenario_hop(ctx):
+    """The proxy hop to one nginx (one worker), through dormouse, HAProxy
+    (`nbthread 2`, `http-reuse always`) and nginx as a reverse proxy (two
+    workers, keep-alive upstream), alternated in each round: p50 and p99 at
+    1 connection, req/s at 50, and each proxy's CPU per request at 50."""
+    haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
+    if not Path(haproxy).exists():
+        run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "haproxy"])
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    backend = free_port()
+    # The backend is dormouse's own nginx service, kept up for every contender.
+    directory, _ = nginx_app("hop", backend, '{ cooldown = "60s" }')
+    manifest = directory / "spin.toml"
+    manifest.write_text(manifest.read_text() + "autoscale = { min = 1, max = 1 }\n")
+    proxy_dir = BUILD / "apps" / "hop-proxies"
+    shutil.rmtree(proxy_dir, ignore_errors=True)
+    (proxy_dir / "tmp").mkdir(parents=True)
+    contenders = {
+        "direct": None,
+        "dormouse": lambda p: [ctx["dormouse"], "up", "--from", directory, "--listen", f"127.0.0.1:{p}"],
+        "HAProxy": lambda p: (
+            (proxy_dir / "haproxy.cfg").write_text(HAPROXY_CONF.format(port=p, backend=backend)),
+            [haproxy, "-db", "-f", proxy_dir / "haproxy.cfg"])[1],
+        "nginx proxy": lambda p: (
+            (proxy_dir / "nginx.conf").write_text(NGINX_PROXY_CONF.format(port=p, backend=backend)),
+            [nginx, "-p", proxy_dir, "-c", "nginx.conf", "-e", "stderr"])[1],
+    }
+    runs = {name: [] for name in contenders}
+    # dormouse serves the backend throughout; the proxies come and go.
+    with Server(contenders["dormouse"], "/") as host:
+        host.ready()
+        for round_number in range(ctx["rounds"]):
+            for name, command in contenders.items():
+                if name == "direct":
+                    url, cpu = f"http://127.0.0.1:{backend}/", None
+                    result = one_and_fifty(ctx, url)
+                elif name == "dormouse":
+                    result = measured_hop(ctx, host.url(), lambda: process_cpu_seconds(host.process.pid))
+                else:
+                    with Server(command, "/") as proxy:
+                        proxy.ready()
+                        result = measured_hop(ctx, proxy.url(), lambda: group_cpu_seconds(proxy.process.pid))
+                runs[name].append(result)
+                log(f"hop round {round_number + 1} {name}: {result['rps']:.0f} req/s at 50, p50 {result['p50_us']} µs"
+                    + (f", {result['cpu_us']:.1f} µs CPU/request" if "cpu_us" in result else ""))
+    table = medians(runs)
+    for name, rows in runs.items():
+        if rows and "cpu_us" in rows[0]:
+            table[name]["cpu_us"] = median_of(rows, "cpu_us")
+    return table
+
+
+def measured_hop(ctx, url, cpu_seconds):
+    """`one_and_fifty` through a proxy, with the proxy's CPU per request
+    over the 50-connection run."""
+    wrk_load(ctx["wrk"], url, 1, 1)
+    single = wrk_load(ctx["wrk"], url, 1, ctx["seconds"])
+    before = cpu_seconds()
+    many = wrk_load(ctx["wrk"], url, 50, ctx["seconds"])
+    used = cpu_seconds() - before
+    return {"p50_us": single["p50_us"], "p99_us": single["p99_us"], "rps": many["rps"],
+            "cpu_us": used / max(many["requests"], 1) * 1e6}
+
+
 SLOW_APP = """
 import http.server, os, sys, time
 time.sleep(float(sys.argv[1]))
@@ -796,14 +906,33 @@ def machine():
             break
     memory_kib = int(next(l for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal")).split()[1])
     return {"host": platform.node(), "cpu": model, "cpus": os.cpu_count(), "memory_gib": round(memory_kib / 2**20, 1),
-            "kernel": platform.release(), "virtualised": Path("/sys/hypervisor").exists() or "hypervisor" in Path("/proc/cpuinfo").read_text()}
+            "kernel": platform.release(), "virtualised": Path("/sys/hypervisor").exists() or "hypervisor" in Path("/proc/cpuinfo").read_text(),
+            "hypervisor": hypervisor()}
+
+
+def hypervisor():
+    """What the machine runs on, as far as the guest can see: the
+    hypervisor's type and the DMI vendor and product, where visible."""
+    seen = []
+    for path in ["/sys/hypervisor/type", "/sys/class/dmi/id/sys_vendor", "/sys/class/dmi/id/product_name"]:
+        try:
+            text = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if text and text not in seen:
+            seen.append(text)
+    if shutil.which("systemd-detect-virt"):
+        detected = subprocess.run(["systemd-detect-virt"], capture_output=True, text=True).stdout.strip()
+        if detected and detected != "none" and detected not in seen:
+            seen.append(detected)
+    return ", ".join(seen) or "not visible"
 
 
 def report(results, ctx):
     lines = [f"# dormouse benchmarks, {results['date']}", "",
              f"Machine: {results['machine']['cpu']}, {results['machine']['cpus']} CPUs, "
              f"{results['machine']['memory_gib']} GiB, Linux {results['machine']['kernel']}"
-             f"{' (virtual machine)' if results['machine']['virtualised'] else ''}. "
+             f"{' (virtual machine' + (': ' + results['machine']['hypervisor'] if results['machine'].get('hypervisor') else '') + ')' if results['machine']['virtualised'] else ''}. "
              f"Load generator on the same machine. Medians of {ctx['rounds']} rounds; "
              f"{ctx['seconds']} s per load run. Command: `{results['command']}`.", ""]
     goals = []
@@ -926,6 +1055,21 @@ def report(results, ctx):
         for name, row in wasi3.items():
             lines.append(f"| {name} | {row['p50_us']:.0f} | {row['p99_us']:.0f} | {row['rps']:.0f} |")
         lines.append("")
+    hop = results.get("hop")
+    if hop:
+        lines += ["## the proxy hop to nginx (one worker), against general-purpose proxies", "",
+                  "p50 and p99 at 1 connection, req/s at 50 (medians of the rounds, contenders alternated in each); "
+                  "CPU per request: the proxy's user and system time over the 50-connection run ÷ its requests.", "",
+                  "| path | p50 µs | p99 µs | req/s | proxy CPU µs/request |", "| --- | ---: | ---: | ---: | ---: |"]
+        for name, row in hop.items():
+            cpu = f"{row['cpu_us']:.1f}" if "cpu_us" in row else "—"
+            lines.append(f"| {name} | {row['p50_us']:.0f} | {row['p99_us']:.0f} | {row['rps']:.0f} | {cpu} |")
+        best = max((hop[name] for name in ("HAProxy", "nginx proxy")), key=lambda row: row["rps"])
+        lines.append("")
+        goals.append(("service hop req/s ÷ the faster of HAProxy and nginx as proxies (50 connections)", "≥ 1.0",
+                      hop["dormouse"]["rps"] / best["rps"], lambda v: v >= 1.0, "{:.2f}"))
+        goals.append(("service hop p50 − that proxy's p50 (1 connection)", "≤ 0 µs",
+                      hop["dormouse"]["p50_us"] - best["p50_us"], lambda v: v <= 0, "{:+.0f} µs"))
     metrics = results.get("metrics")
     if metrics:
         off, on = metrics["metrics off"], metrics["metrics on"]
