@@ -153,16 +153,16 @@ impl Record {
 }
 
 /// A request not yet answered: if it is dropped armed (its client left
-/// before the response head), it is counted under the target it waited on
-/// as 499, nginx's "client closed request".
+/// before the response head), it is counted where it was to be (once
+/// known) as 499, nginx's "client closed request".
 pub struct Abandoned<'a> {
-    waiting: &'a std::sync::OnceLock<Arc<TargetMetrics>>,
+    counted: &'a std::sync::OnceLock<Arc<TargetMetrics>>,
     arrived: Option<std::time::Instant>,
 }
 
 impl<'a> Abandoned<'a> {
-    pub fn new(waiting: &'a std::sync::OnceLock<Arc<TargetMetrics>>, arrived: Option<std::time::Instant>) -> Self {
-        Abandoned { waiting, arrived }
+    pub fn new(counted: &'a std::sync::OnceLock<Arc<TargetMetrics>>, arrived: Option<std::time::Instant>) -> Self {
+        Abandoned { counted, arrived }
     }
 
     /// The request was answered: its response counts instead.
@@ -173,7 +173,7 @@ impl<'a> Abandoned<'a> {
 
 impl Drop for Abandoned<'_> {
     fn drop(&mut self) {
-        if let (Some(arrived), Some(target)) = (self.arrived, self.waiting.get()) {
+        if let (Some(arrived), Some(target)) = (self.arrived, self.counted.get()) {
             target.request(dormouse_telemetry::CLIENT_CLOSED_REQUEST, arrived.elapsed(), None);
         }
     }

@@ -139,22 +139,20 @@ pub(crate) struct Asked<'a> {
     pub local: Option<SocketAddr>,
     pub scheme: &'a Scheme,
     pub span: &'a tracing::Span,
-    /// The target the request waits on once routed, where it is counted if
-    /// its client leaves first.
-    pub waiting: OnceLock<Arc<dormouse_telemetry::TargetMetrics>>,
+    /// Where the request is counted, set once it is known (metrics kept):
+    /// its component's or service's metrics, or its app's for requests no
+    /// route took. Its response counts there, or 499 if its client leaves
+    /// first.
+    pub counted: OnceLock<Arc<dormouse_telemetry::TargetMetrics>>,
 }
 
 impl Asked<'_> {
-    fn waits_on(&self, target: Option<&Arc<dormouse_telemetry::TargetMetrics>>) {
+    fn count_under(&self, target: Option<&Arc<dormouse_telemetry::TargetMetrics>>) {
         if let Some(target) = target {
-            let _ = self.waiting.set(target.clone());
+            let _ = self.counted.set(target.clone());
         }
     }
 }
-
-/// Where a request is counted, when metrics are kept: its component's or
-/// service's metrics, or its app's for requests no route took.
-type Counted = Option<Arc<dormouse_telemetry::TargetMetrics>>;
 
 /// The HTTP front: one listener's connections, limits and routing across a
 /// table of apps.
@@ -414,19 +412,22 @@ impl Gateway {
             let arrived = (metrics_on || !span.is_disabled()).then(std::time::Instant::now);
             let instrumented = span.clone();
             async move {
-                let asked = Asked { client, local, scheme: &scheme, span: &span, waiting: OnceLock::new() };
+                let asked = Asked { client, local, scheme: &scheme, span: &span, counted: OnceLock::new() };
                 // A client that leaves before the response head is counted
                 // too, as 499 (nginx's "client closed request").
-                let mut abandoned = conn::Abandoned::new(&asked.waiting, arrived);
-                let (response, app, counted) = gateway.handle(request, &asked).await;
+                let mut abandoned = conn::Abandoned::new(&asked.counted, arrived);
+                let (response, app) = gateway.handle(request, &asked).await;
                 abandoned.disarm();
                 if let Some(arrived) = arrived.filter(|_| !span.is_disabled()) {
                     span.record("status", response.status().as_u16());
                     span.record("ms", arrived.elapsed().as_secs_f64() * 1000.0);
                     tracing::debug!(parent: &span, "answered");
                 }
-                let record =
-                    counted.zip(arrived).map(|(target, arrived)| conn::Record::new(target, &response, arrived));
+                let record = asked
+                    .counted
+                    .get()
+                    .zip(arrived)
+                    .map(|(target, arrived)| conn::Record::new(target.clone(), &response, arrived));
                 Ok::<_, Infallible>(response.map(|body| conn::TrackedBody::new(body, in_flight, app, record)))
             }
             .instrument(instrumented)
@@ -444,12 +445,8 @@ impl Gateway {
 
     /// Routes a request to its app, and within the app to its component or
     /// service. The response comes with the request's mark on its app, to be
-    /// held until the response body ends, and where to count it.
-    async fn handle<B>(
-        &self,
-        request: Request<B>,
-        asked: &Asked<'_>,
-    ) -> (Response<ResponseBody>, Option<app::AppGuard>, Counted)
+    /// held until the response body ends; where to count it is in `asked`.
+    async fn handle<B>(&self, request: Request<B>, asked: &Asked<'_>) -> (Response<ResponseBody>, Option<app::AppGuard>)
     where
         B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<WasiHttpError>,
@@ -458,7 +455,7 @@ impl Gateway {
         let path = request.uri().path();
         if path.starts_with("/.well-known/") {
             if path == HEALTH_PATH {
-                return (plain(StatusCode::OK, "OK\n"), None, None);
+                return (plain(StatusCode::OK, "OK\n"), None);
             }
             // Only to the developer's own machine: it names pids and ports.
             if path == SERVICES_PATH
@@ -469,7 +466,7 @@ impl Gateway {
                 let status = serde_json::to_string(&app.supervisor().status()).expect("statuses serialise");
                 let mut response = plain(StatusCode::OK, &status);
                 response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-                return (response, None, None);
+                return (response, None);
             }
         }
         // The target's own authority wins over `Host` (RFC 9112 §3.2.2:
@@ -482,26 +479,21 @@ impl Gateway {
         // A malformed request (no `Host`, two) is refused before it reaches
         // any app; counted as its app's, if it names one.
         if let Err(rejection) = limits::check_head(&request, &self.config) {
-            let counted = routed.ok().and_then(|app| app.counted_for(request.uri().path()));
-            return (rescue(Failure::Limit(rejection)), None, counted);
+            asked.count_under(routed.ok().and_then(|app| app.counted_for(request.uri().path())).as_ref());
+            return (rescue(Failure::Limit(rejection)), None);
         }
         let app = match routed {
             Ok(app) => app::AppGuard::new(app.clone()),
-            Err(unrouted) => return (unrouted_response(unrouted), None, None),
+            Err(unrouted) => return (unrouted_response(unrouted), None),
         };
         drop(table);
         asked.span.record("app", app.0.name());
-        let (response, counted) = self.handle_in(&app.0, request, asked).await;
-        (response, Some(app), counted)
+        let response = self.handle_in(&app.0, request, asked).await;
+        (response, Some(app))
     }
 
-    /// Handles a request within `app`; says where to count it.
-    async fn handle_in<B>(
-        &self,
-        app: &App,
-        mut request: Request<B>,
-        asked: &Asked<'_>,
-    ) -> (Response<ResponseBody>, Counted)
+    /// Handles a request within `app`, noting in `asked` where it counts.
+    async fn handle_in<B>(&self, app: &App, mut request: Request<B>, asked: &Asked<'_>) -> Response<ResponseBody>
     where
         B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<WasiHttpError>,
@@ -516,14 +508,15 @@ impl Gateway {
             match uri.parse() {
                 Ok(uri) => *request.uri_mut() = uri,
                 Err(_) => {
-                    let response = rescue(Failure::Limit(Rejection::BadRequest("invalid request target")));
-                    return (response, app.unrouted_metrics().cloned());
+                    asked.count_under(app.unrouted_metrics());
+                    return rescue(Failure::Limit(Rejection::BadRequest("invalid request target")));
                 }
             }
         }
         let path = request.uri().path();
         let Some((entry, matched)) = app.router().route(path) else {
-            return (empty(StatusCode::NOT_FOUND), app.unrouted_metrics().cloned());
+            asked.count_under(app.unrouted_metrics());
+            return empty(StatusCode::NOT_FOUND);
         };
         asked.span.record("route", entry.matched_route.as_str());
         asked.span.record("target", entry.target_id.as_str());
@@ -531,15 +524,15 @@ impl Gateway {
             Slot::Component(index) => &app.components()[index],
             Slot::Service(index) => {
                 let service = &app.supervisor().services()[index];
-                asked.waits_on(service.metrics());
-                return (proxy::forward(self, service, request, asked).await, service.metrics().cloned());
+                asked.count_under(service.metrics());
+                return proxy::forward(self, service, request, asked).await;
             }
         };
         let headers = spin::request_headers(&request, Some((entry, &matched)), asked.client, asked.local, asked.scheme);
         spin::apply(request.headers_mut(), headers);
         asked.span.record("start", "warm");
-        asked.waits_on(component.metrics());
-        (self.call(component, request).await, component.metrics().cloned())
+        asked.count_under(component.metrics());
+        self.call(component, request).await
     }
 
     /// A request a component sent to the app itself (`target` is `None`) or
@@ -554,7 +547,7 @@ impl Gateway {
         let local = self.local_addr.get().copied();
         let client = local.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)));
         let asked =
-            Asked { client, local, scheme: &Scheme::HTTP, span: &tracing::Span::none(), waiting: OnceLock::new() };
+            Asked { client, local, scheme: &Scheme::HTTP, span: &tracing::Span::none(), counted: OnceLock::new() };
         if let Err(rejection) = limits::check_head(&request, &self.config) {
             return rescue(Failure::Limit(rejection));
         }
@@ -581,7 +574,7 @@ impl Gateway {
                 spin::apply(request.headers_mut(), headers);
                 self.call(component, request).await
             }
-            None => self.handle_in(app, request, &asked).await.0,
+            None => self.handle_in(app, request, &asked).await,
         }
     }
 

@@ -100,6 +100,19 @@ impl App {
     }
 }
 
+/// Reads `read` until it holds `text`, or fails after `PATIENCE`.
+fn wait_for_text(what: &str, text: &str, read: impl Fn() -> String) -> String {
+    let started = Instant::now();
+    loop {
+        let output = read();
+        if output.contains(text) {
+            return output;
+        }
+        assert!(started.elapsed() < PATIENCE, "{what} never said `{text}`: {output}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 pub struct Server {
     child: Child,
     pub addr: SocketAddr,
@@ -209,15 +222,12 @@ impl Server {
     /// Waits until the log holds `text` (lines arrive through a pipe, a
     /// little after the events they report), and returns the log.
     pub fn wait_for_log(&self, text: &str) -> String {
-        let started = Instant::now();
-        loop {
-            let log = self.stderr();
-            if log.contains(text) {
-                return log;
-            }
-            assert!(started.elapsed() < PATIENCE, "the log never said `{text}`: {log}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for_text("the log", text, || self.stderr())
+    }
+
+    /// Waits until what the server printed holds `text`, and returns it.
+    pub fn wait_for_stdout(&self, text: &str) -> String {
+        wait_for_text("stdout", text, || self.stdout())
     }
 
     pub fn stdout(&self) -> String {

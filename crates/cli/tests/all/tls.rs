@@ -119,19 +119,6 @@ async fn get_h2(sender: &mut hyper::client::conn::http2::SendRequest<Full<Bytes>
     reply(response).await
 }
 
-/// Waits until what the server printed holds `text`.
-fn wait_for_stdout(server: &Server, text: &str) -> String {
-    let started = Instant::now();
-    loop {
-        let stdout = server.stdout();
-        if stdout.contains(text) {
-            return stdout;
-        }
-        assert!(started.elapsed() < PATIENCE, "stdout never said `{text}`: {stdout}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[tokio::test]
 async fn https_negotiates_http2_and_a_replaced_certificate_reaches_new_connections_only() {
     let authority = Authority::new();
@@ -140,7 +127,7 @@ async fn https_negotiates_http2_and_a_replaced_certificate_reaches_new_connectio
     let app = App::new(&[("/hello", "hello"), ("/echo/...", "echo")]);
     let server = app.start(&files.args());
     let port = server.addr.port();
-    let stdout = wait_for_stdout(&server, "hello: https://");
+    let stdout = server.wait_for_stdout("hello: https://");
     assert!(stdout.contains(&format!("Serving https://{}", server.addr)), "{stdout}");
     let connector = authority.client(&[b"h2", b"http/1.1"]);
 
@@ -243,7 +230,7 @@ async fn the_daemon_serves_https_with_the_same_flags() {
     authority.issue(&files.cert, &files.key);
     let state = tempfile::tempdir().unwrap();
     let server = Server::daemon(state.path(), &files.args());
-    wait_for_stdout(&server, "Serving apps at https://<app>.localhost:");
+    server.wait_for_stdout("Serving apps at https://<app>.localhost:");
 
     let mut sender = http2(connect(&authority.client(&[b"h2"]), server.addr).await).await;
     let port = server.addr.port();
