@@ -25,13 +25,19 @@ use tokio::time::Instant;
 #[derive(Debug)]
 pub struct Activity {
     accepted: Instant,
+    /// The header timeout and the idle timeout.
+    timeouts: (Duration, Duration),
     /// When a request last started or ended (ms since accept).
     last_ms: AtomicU64,
     /// When the latest deadline of a request in flight passes (ms since accept).
     busy_until_ms: AtomicU64,
     in_flight: AtomicUsize,
     requests: AtomicU64,
-    /// Wakes the watchdog when a request starts or ends.
+    /// The deadline the watchdog sleeps to (ms since accept).
+    sleeping_until_ms: AtomicU64,
+    /// Wakes the watchdog when a request's end brings its deadline sooner
+    /// than it sleeps to. A deadline that moves later needs no wake-up: the
+    /// watchdog looks again when it wakes.
     changed: tokio::sync::Notify,
 }
 
@@ -48,19 +54,24 @@ pub struct InFlight(Arc<Activity>);
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.touch();
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
-        self.0.changed.notify_one();
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.0.wake_if_sooner();
     }
 }
 
 impl Activity {
-    pub fn new() -> Arc<Activity> {
+    /// A connection accepted now, closed by [`idle`] when it has no request
+    /// within `header_timeout` of its accept, or none in flight for
+    /// `idle_timeout`.
+    pub fn new(header_timeout: Duration, idle_timeout: Duration) -> Arc<Activity> {
         Arc::new(Activity {
             accepted: Instant::now(),
+            timeouts: (header_timeout, idle_timeout),
             last_ms: AtomicU64::new(0),
             busy_until_ms: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
+            sleeping_until_ms: AtomicU64::new(u64::MAX),
             changed: tokio::sync::Notify::new(),
         })
     }
@@ -72,13 +83,25 @@ impl Activity {
 
     /// A request begins that must be over within `limit` (its wall clock).
     pub fn request(self: &Arc<Self>, limit: Duration) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
         self.requests.fetch_add(1, Ordering::AcqRel);
         self.touch();
         let until = self.accepted.elapsed().saturating_add(limit).as_millis() as u64;
         self.busy_until_ms.fetch_max(until, Ordering::Relaxed);
-        self.changed.notify_one();
         InFlight(self.clone())
+    }
+
+    /// Wakes the watchdog if the connection's deadline is now sooner than
+    /// the one it sleeps to. Only an ending request can bring it sooner
+    /// (when the idle timeout is shorter than the wall-clock limit); a
+    /// starting one only moves it later. Waking it for every request would
+    /// wake the connection's own task twice a request, and tokio hands a
+    /// task woken while it runs to another worker thread.
+    fn wake_if_sooner(&self) {
+        let deadline_ms = self.deadline().saturating_duration_since(self.accepted).as_millis() as u64;
+        if deadline_ms < self.sleeping_until_ms.load(Ordering::SeqCst) {
+            self.changed.notify_one();
+        }
     }
 
     fn touch(&self) {
@@ -92,8 +115,9 @@ impl Activity {
     /// after, `idle_timeout` from the end of its last request; while
     /// requests are in flight, until the latest of their deadlines (plus
     /// [`STUCK_GRACE`]).
-    pub fn deadline(&self, header_timeout: Duration, idle_timeout: Duration) -> Instant {
-        if self.in_flight.load(Ordering::Acquire) > 0 {
+    pub fn deadline(&self) -> Instant {
+        let (header_timeout, idle_timeout) = self.timeouts;
+        if self.in_flight.load(Ordering::SeqCst) > 0 {
             return self.accepted + Duration::from_millis(self.busy_until_ms.load(Ordering::Relaxed)) + STUCK_GRACE;
         }
         if self.requests.load(Ordering::Acquire) == 0 {
@@ -104,15 +128,21 @@ impl Activity {
 }
 
 /// Waits until the connection is past its limit (see
-/// [`Activity::deadline`]). Wakes at deadlines and when requests start or
-/// end, never on a tick.
-pub async fn idle(activity: &Activity, header_timeout: Duration, idle_timeout: Duration) {
+/// [`Activity::deadline`]). Wakes at the deadline it last saw (and sleeps
+/// on if that moved later) and when a request's end brings it sooner, never
+/// on a tick.
+pub async fn idle(activity: &Activity) {
     loop {
         let changed = activity.changed.notified();
-        let deadline = activity.deadline(header_timeout, idle_timeout);
+        // Awake: an end from here on wakes it again (a stored permit), so
+        // that none is missed between reading the deadline and sleeping.
+        activity.sleeping_until_ms.store(u64::MAX, Ordering::SeqCst);
+        let deadline = activity.deadline();
         if deadline <= Instant::now() {
             return;
         }
+        let deadline_ms = deadline.saturating_duration_since(activity.accepted).as_millis() as u64;
+        activity.sleeping_until_ms.store(deadline_ms, Ordering::SeqCst);
         tokio::select! {
             () = tokio::time::sleep_until(deadline) => {}
             () = changed => {}
@@ -238,20 +268,20 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_silent_connection_has_the_header_timeout_and_no_more() {
-        let activity = Activity::new();
+        let activity = Activity::new(Duration::from_secs(2), Duration::from_secs(60));
         let started = Instant::now();
-        idle(&activity, Duration::from_secs(2), Duration::from_secs(60)).await;
+        idle(&activity).await;
         assert_eq!(started.elapsed().as_secs(), 2);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_request_in_flight_holds_the_connection_and_idling_after_it_closes_it() {
-        let activity = Activity::new();
+        let activity = Activity::new(Duration::from_secs(2), Duration::from_secs(5));
         let started = Instant::now();
         let request = activity.request(Duration::from_secs(60));
         let watchdog = tokio::spawn({
             let activity = activity.clone();
-            async move { idle(&activity, Duration::from_secs(2), Duration::from_secs(5)).await }
+            async move { idle(&activity).await }
         });
         tokio::time::advance(Duration::from_secs(30)).await;
         assert!(!watchdog.is_finished(), "closed while a request was in flight");
@@ -265,20 +295,20 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_request_stuck_past_its_limit_does_not_hold_the_connection() {
-        let activity = Activity::new();
+        let activity = Activity::new(Duration::from_secs(2), Duration::from_secs(60));
         let started = Instant::now();
         // The response never drains (a client that keeps its window shut).
         let _stuck = activity.request(Duration::from_secs(5));
-        idle(&activity, Duration::from_secs(2), Duration::from_secs(60)).await;
+        idle(&activity).await;
         assert_eq!(started.elapsed().as_secs(), 6, "the limit and the grace");
     }
 
     #[tokio::test(start_paused = true)]
     async fn the_idle_timeout_runs_from_the_last_request_even_when_shorter_than_the_header_timeout() {
-        let activity = Activity::new();
+        let activity = Activity::new(Duration::from_secs(20), Duration::from_secs(2));
         let watchdog = tokio::spawn({
             let activity = activity.clone();
-            async move { idle(&activity, Duration::from_secs(20), Duration::from_secs(2)).await }
+            async move { idle(&activity).await }
         });
         let started = Instant::now();
         tokio::time::sleep(Duration::from_secs(1)).await;

@@ -336,7 +336,8 @@ impl Gateway {
             // Responses are written in one go by hyper; Nagle would only delay
             // the last segment of each.
             let _ = stream.set_nodelay(true);
-            let accepted = Accepted { client, local: local_addr, activity: conn::Activity::new() };
+            let activity = conn::Activity::new(header_timeout, config.idle_timeout);
+            let accepted = Accepted { client, local: local_addr, activity };
             // Taken here, before a shutdown can begin, so that the drain
             // waits for a connection still in its TLS handshake too.
             let watcher = graceful.watcher();
@@ -389,7 +390,6 @@ impl Gateway {
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
         let Accepted { client, local, activity } = accepted;
-        let (header_timeout, idle_timeout) = (self.config.header_read_timeout, self.config.idle_timeout);
         let wall_limit = self.host.config().wall_limit;
         let requests = activity.clone();
         let metrics_on = self.config.metrics.is_some();
@@ -437,7 +437,7 @@ impl Gateway {
             ended = connection => if let Err(error) = ended {
                 tracing::debug!(%client, "connection ended: {error}");
             },
-            () = conn::idle(&activity, header_timeout, idle_timeout) => {
+            () = conn::idle(&activity) => {
                 tracing::debug!(%client, "connection closed: idle past its timeout");
             }
         }

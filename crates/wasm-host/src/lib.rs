@@ -776,11 +776,16 @@ impl ComponentPre {
         // no task and no cross-thread wake-up; one still running is handed to a
         // task of its own, so the wall-clock limit holds even when the client
         // stops reading the body.
+        //
+        // The guest is polled first: one that finishes in its first poll sets
+        // its head before anyone waits for it, so the task is not woken by
+        // its own guest (tokio hands a task woken while it runs to the run
+        // queue and wakes an idle worker thread to take it).
         let mut head = head;
         let first = tokio::select! {
             biased;
-            head = &mut head => Head::Set(head),
             outcome = &mut guest => Head::Finished(outcome),
+            head = &mut head => Head::Set(head),
         };
         match first {
             // Unconstrained: a receiver that holds its value would still say
