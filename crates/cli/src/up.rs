@@ -105,6 +105,10 @@ pub struct Limits {
     /// Requests that may wait for an instance; past it 503 + Retry-After.
     #[arg(long, default_value_t = 1000)]
     queue_limit: usize,
+    /// How long a component's compiled code stays in memory after its last
+    /// request; its next request loads it again from the compile cache.
+    #[arg(long, default_value = "60s", value_parser = positive_duration)]
+    unload_after: Duration,
     /// Largest request body; larger gets 413.
     #[arg(long, default_value = "10MiB")]
     max_body: ByteSize,
@@ -139,6 +143,7 @@ impl Limits {
             max_instances: self.max_instances,
             queue_limit: self.queue_limit,
             cache_dir,
+            unload_after: self.unload_after,
             ..HostConfig::default()
         })
     }

@@ -27,7 +27,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -86,6 +86,11 @@ pub struct HostConfig {
     /// active instance of `memory_limit` bytes) while it lives; `None`
     /// (default, `dormouse up`) counts nothing.
     pub quotas: Option<Arc<dormouse_quota::Quotas>>,
+    /// How long a component's code stays in memory after its last request
+    /// began. Default 60 s; past it the code is let go, and its next request
+    /// loads it again from the compile cache (~0.2 ms for a small guest).
+    /// Only components in the compile cache are let go (see [`Code`]).
+    pub unload_after: Duration,
 }
 
 impl Default for HostConfig {
@@ -99,6 +104,7 @@ impl Default for HostConfig {
             cache_dir: None,
             pooling: true,
             quotas: None,
+            unload_after: Duration::from_secs(60),
         }
     }
 }
@@ -114,6 +120,9 @@ pub enum HandleError {
     ErrorCode(String),
     #[error("guest returned without setting a response")]
     NoResponse,
+    /// The component's code could not be loaded for its first request.
+    #[error("cannot load the component: {0}")]
+    Load(String),
     /// A platform quota stayed full until the request's deadline.
     #[error(transparent)]
     Quota(#[from] dormouse_quota::QuotaExceeded),
@@ -175,7 +184,11 @@ struct Shared {
     /// component with the same bytes shares the compiled code and the
     /// pre-instantiation instead of paying for them again. Weak: the code
     /// goes when the last component using it does (an app removed).
-    loaded: std::sync::Mutex<std::collections::HashMap<blake3::Hash, std::sync::Weak<Pre>>>,
+    loaded: std::sync::Mutex<std::collections::HashMap<blake3::Hash, std::sync::Weak<Code>>>,
+    /// When the host was made: components' last uses are counted from it.
+    started: Instant,
+    /// The thread that lets go of idle components' code.
+    unloader: Unloader,
 }
 
 /// An engine with its linker and compile cache: one for WASI 0.2 components,
@@ -255,11 +268,15 @@ impl Host {
             tasks: TaskTracker::new(),
             ticker,
             loaded: Default::default(),
+            started: Instant::now(),
+            unloader: Unloader::start(),
             wasi2,
             wasi3: Default::default(),
             config,
         };
-        Ok(Host { shared: Arc::new(shared) })
+        let shared = Arc::new(shared);
+        shared.unloader.watch(&shared);
+        Ok(Host { shared })
     }
 
     pub fn config(&self) -> &HostConfig {
@@ -270,25 +287,16 @@ impl Host {
         &self.shared.wasi2.engine
     }
 
-    /// The WASI 0.3 runtime, made (and ticked) on first use.
-    fn wasi3(&self) -> anyhow::Result<Arc<Runtime>> {
-        let mut wasi3 = self.shared.wasi3.lock().expect("not poisoned");
-        if let Some(runtime) = &*wasi3 {
-            return Ok(runtime.clone());
-        }
-        let runtime = Arc::new(Runtime::new(&self.shared.config, true)?);
-        self.shared.ticker.add(&runtime.engine);
-        *wasi3 = Some(runtime.clone());
-        Ok(runtime)
-    }
-
     /// Guest tasks still running (a guest may run on after its response head
     /// was sent). Shutdown waits for these.
     pub fn tasks(&self) -> &TaskTracker {
         &self.shared.tasks
     }
 
-    /// Compiles (or loads from the cache) and pre-instantiates a component.
+    /// Compiles (or loads from the cache) and pre-instantiates a component,
+    /// so that a component that cannot run fails here, not at its first
+    /// request. With a compile cache, its code is then let go again, and
+    /// loaded from the cache by its first request (see [`Code`]).
     /// Blocking: call it off the async runtime's worker threads.
     pub fn load(&self, spec: &ComponentSpec, on_event: &dyn Fn(LoadEvent<'_>)) -> anyhow::Result<ComponentPre> {
         let started = Instant::now();
@@ -301,45 +309,26 @@ impl Host {
         let content = hasher.finalize();
         tracing::debug!(id = %spec.id, "source hashed in {:.1?}", started.elapsed());
         let shared = self.shared.loaded.lock().expect("not poisoned").get(&content).and_then(std::sync::Weak::upgrade);
-        let (pre, outcome) = match shared {
-            Some(pre) => (pre, CacheOutcome::Shared),
+        let (code, outcome) = match shared {
+            Some(code) => (code, CacheOutcome::Shared),
             None => {
                 let read = || {
                     let bytes = std::fs::read(&spec.source).with_context(cannot_read)?;
                     on_event(LoadEvent::CompileStarted { id: &spec.id, bytes: bytes.len() });
                     Ok(bytes)
                 };
-                let cannot_compile = |error: anyhow::Error| {
-                    error.context(format!("component `{}`: cannot compile `{}`", spec.id, spec.source.display()))
+                let recipe = Recipe { id: spec.id.clone(), source: spec.source.clone(), content, wasi3: false };
+                let (pre, outcome) = self.shared.compile_and_link(&recipe, &read)?;
+                let code = match outcome {
+                    // Nowhere to load it from again: kept.
+                    CacheOutcome::Disabled => Code::loaded(pre),
+                    _ => Code::unloaded(Recipe { wasi3: matches!(pre, Pre::Wasi3(..)), ..recipe }),
                 };
-                let wasi2 = &self.shared.wasi2;
-                let compiled = wasi2.cache.load_or_compile(&wasi2.engine, &content, &read);
-                // A component that uses the component model's async features
-                // (wasi:http 0.3, Spin's `spin:*@3.0.0` interfaces) fails
-                // validation on the 0.2 engine, and goes to the 0.3 one.
-                let wasi3 =
-                    matches!(&compiled, Err(error) if format!("{error:#}").contains("component model async feature"));
-                let (wasi3, component, outcome) = if wasi3 {
-                    let runtime = self.wasi3()?;
-                    let (component, outcome) =
-                        runtime.cache.load_or_compile(&runtime.engine, &content, &read).map_err(cannot_compile)?;
-                    (Some(runtime), component, outcome)
-                } else {
-                    let (component, outcome) = compiled.map_err(cannot_compile)?;
-                    (None, component, outcome)
-                };
-                let loaded = Instant::now();
-                let pre = Arc::new(match wasi3 {
-                    None => Pre::Wasi2(proxy_pre(wasi2, &spec.id, &spec.source, &component)?),
-                    Some(runtime) => {
-                        Pre::Wasi3(p3::service_pre(&runtime, &spec.id, &spec.source, &component)?, runtime)
-                    }
-                });
-                tracing::debug!(id = %spec.id, "pre-instantiated in {:.1?}", loaded.elapsed());
+                let code = Arc::new(code);
                 let mut loaded = self.shared.loaded.lock().expect("not poisoned");
-                loaded.retain(|_, pre| pre.strong_count() > 0);
-                loaded.insert(content, Arc::downgrade(&pre));
-                (pre, outcome)
+                loaded.retain(|_, code| code.strong_count() > 0);
+                loaded.insert(content, Arc::downgrade(&code));
+                (code, outcome)
             }
         };
         on_event(LoadEvent::Loaded { id: &spec.id, outcome, elapsed: started.elapsed() });
@@ -354,12 +343,246 @@ impl Host {
             output: spec.output.clone(),
         };
         Ok(ComponentPre {
-            pre,
+            code,
             caps: Arc::new(caps),
             shared: self.shared.clone(),
             stats: Arc::default(),
             metrics: spec.metrics.clone(),
         })
+    }
+}
+
+impl Shared {
+    /// Loads the component `recipe` names from the compile cache, or
+    /// compiles it from the bytes `read` returns (and caches it), then links
+    /// it: on the WASI 0.3 engine if `recipe.wasi3`, or if the 0.2 engine
+    /// finds it uses the component model's async features.
+    fn compile_and_link(
+        self: &Arc<Self>,
+        recipe: &Recipe,
+        read: &dyn Fn() -> anyhow::Result<Vec<u8>>,
+    ) -> anyhow::Result<(Pre, CacheOutcome)> {
+        let Recipe { id, source, content, .. } = recipe;
+        let cannot_compile =
+            |error: anyhow::Error| error.context(format!("component `{id}`: cannot compile `{}`", source.display()));
+        let wasi2 = &self.wasi2;
+        let compiled = (!recipe.wasi3).then(|| wasi2.cache.load_or_compile(&wasi2.engine, content, read));
+        // A component that uses the component model's async features
+        // (wasi:http 0.3, Spin's `spin:*@3.0.0` interfaces) fails
+        // validation on the 0.2 engine, and goes to the 0.3 one.
+        let wasi3 = match &compiled {
+            None => true,
+            Some(Err(error)) => format!("{error:#}").contains("component model async feature"),
+            Some(Ok(_)) => false,
+        };
+        let linked = Instant::now();
+        let (pre, outcome) = match compiled {
+            Some(compiled) if !wasi3 => {
+                let (component, outcome) = compiled.map_err(cannot_compile)?;
+                (Pre::Wasi2(proxy_pre(wasi2, id, source, &component)?), outcome)
+            }
+            _ => {
+                let runtime = self.wasi3()?;
+                let (component, outcome) =
+                    runtime.cache.load_or_compile(&runtime.engine, content, read).map_err(cannot_compile)?;
+                (Pre::Wasi3(p3::service_pre(&runtime, id, source, &component)?, runtime), outcome)
+            }
+        };
+        tracing::debug!(%id, "pre-instantiated in {:.1?}", linked.elapsed());
+        Ok((pre, outcome))
+    }
+
+    /// The WASI 0.3 runtime, made (and ticked) on first use.
+    fn wasi3(&self) -> anyhow::Result<Arc<Runtime>> {
+        let mut wasi3 = self.wasi3.lock().expect("not poisoned");
+        if let Some(runtime) = &*wasi3 {
+            return Ok(runtime.clone());
+        }
+        let runtime = Arc::new(Runtime::new(&self.config, true)?);
+        self.ticker.add(&runtime.engine);
+        *wasi3 = Some(runtime.clone());
+        Ok(runtime)
+    }
+}
+
+/// A thread that lets go of the code of components with no request for
+/// [`HostConfig::unload_after`]. It sleeps until the soonest one could be
+/// let go, and for good (no wake-ups) while none is loaded.
+struct Unloader {
+    thread: std::thread::Thread,
+    /// Gives the thread its host, once.
+    host: std::sync::mpsc::SyncSender<std::sync::Weak<Shared>>,
+}
+
+impl Unloader {
+    fn start() -> Unloader {
+        let (host_tx, host_rx) = std::sync::mpsc::sync_channel::<std::sync::Weak<Shared>>(1);
+        let thread = std::thread::Builder::new()
+            .name("dormouse-unload".into())
+            .spawn(move || {
+                let Ok(host) = host_rx.recv() else { return };
+                loop {
+                    // Goes with the host; `Drop` below unparks it to see that.
+                    let Some(shared) = host.upgrade() else { return };
+                    let next = shared.unload_idle();
+                    drop(shared);
+                    match next {
+                        Some(wait) => std::thread::park_timeout(wait),
+                        None => std::thread::park(),
+                    }
+                }
+            })
+            .expect("spawning the unloader thread");
+        Unloader { thread: thread.thread().clone(), host: host_tx }
+    }
+
+    fn watch(&self, shared: &Arc<Shared>) {
+        let _ = self.host.try_send(Arc::downgrade(shared));
+    }
+
+    /// A component's code was loaded: it is to be let go in time.
+    fn wake(&self) {
+        self.thread.unpark();
+    }
+}
+
+impl Drop for Unloader {
+    fn drop(&mut self) {
+        self.thread.unpark();
+    }
+}
+
+impl Shared {
+    /// Lets go of the code of components idle for `unload_after`, and says
+    /// how long until the next one could be; `None` if none is loaded. A
+    /// request that took the code before it was let go keeps it until it
+    /// ends (and its store keeps the code it runs).
+    fn unload_idle(&self) -> Option<Duration> {
+        let codes: Vec<Arc<Code>> = {
+            let loaded = self.loaded.lock().expect("not poisoned");
+            loaded.values().filter_map(std::sync::Weak::upgrade).collect()
+        };
+        let keep = self.config.unload_after;
+        let now = self.started.elapsed();
+        let mut soonest: Option<Duration> = None;
+        for code in codes.iter().filter(|code| code.recipe.is_some()) {
+            if code.pre.load().is_none() {
+                continue;
+            }
+            let last_used = Duration::from_secs(code.last_used_s.load(Ordering::Relaxed));
+            // Its last second counted whole, so that it is never let go early.
+            let idle = now.saturating_sub(last_used + Duration::from_secs(1));
+            if idle >= keep {
+                code.pre.store(None);
+                let id = code.recipe.as_ref().map_or("", |recipe| &recipe.id);
+                tracing::debug!(%id, "code let go after {idle:.0?} with no request");
+            } else {
+                let left = keep - idle;
+                soonest = Some(soonest.map_or(left, |soonest| soonest.min(left)));
+            }
+        }
+        soonest
+    }
+}
+
+/// Which component to load, and from what.
+struct Recipe {
+    id: String,
+    source: PathBuf,
+    /// The BLAKE3 hash of the bytes checked at start: the cache entry's key,
+    /// and what the source must still hash to if it has to be compiled again.
+    content: blake3::Hash,
+    /// Whether it runs on the WASI 0.3 engine.
+    wasi3: bool,
+}
+
+/// A component's compiled code and pre-instantiation, in memory only once
+/// someone asks for it.
+///
+/// A component whose code is in the compile cache is loaded and linked at
+/// start (so that one that cannot run fails the start) and let go; its first
+/// request loads it again from the cache (a mapping of the file, ~0.2 ms
+/// for a small guest, on a blocking thread) and it stays loaded while any
+/// component with these bytes is deployed. An app of 1,000 components
+/// nobody calls holds none of their code, and a start from a warm cache maps
+/// each entry once. Without a cache, the code is kept from the start.
+struct Code {
+    pre: arc_swap::ArcSwapOption<Pre>,
+    /// When a request last asked for it, in seconds since the host started.
+    last_used_s: AtomicU64,
+    /// Held by the one request that loads it; others wait for it.
+    loading: Arc<tokio::sync::Mutex<()>>,
+    /// How to load it; `None` when it is kept from the start.
+    recipe: Option<Recipe>,
+}
+
+impl Code {
+    fn loaded(pre: Pre) -> Code {
+        Code {
+            pre: arc_swap::ArcSwapOption::from_pointee(pre),
+            last_used_s: 0.into(),
+            loading: Default::default(),
+            recipe: None,
+        }
+    }
+
+    fn unloaded(recipe: Recipe) -> Code {
+        Code {
+            pre: arc_swap::ArcSwapOption::empty(),
+            last_used_s: 0.into(),
+            loading: Default::default(),
+            recipe: Some(recipe),
+        }
+    }
+
+    /// The pre-instantiated component, loaded by the first request that
+    /// needs it. The load runs to its end even if that request is dropped
+    /// (its client hung up), so that the next one finds it done.
+    ///
+    /// Errors: [`HandleError::Load`] when the cache entry is gone and the
+    /// source no longer has the bytes checked at start, or cannot be read.
+    async fn get(self: &Arc<Self>, shared: &Arc<Shared>) -> Result<Arc<Pre>, HandleError> {
+        // Written once a second at most: a busy component's requests on
+        // several threads do not contend for the line.
+        let now = shared.started.elapsed().as_secs();
+        if self.last_used_s.load(Ordering::Relaxed) != now {
+            self.last_used_s.store(now, Ordering::Relaxed);
+        }
+        if let Some(pre) = self.pre.load_full() {
+            return Ok(pre);
+        }
+        let held = self.loading.clone().lock_owned().await;
+        if let Some(pre) = self.pre.load_full() {
+            return Ok(pre);
+        }
+        let (code, shared) = (self.clone(), shared.clone());
+        let loading = tokio::task::spawn_blocking(move || {
+            let _held = held;
+            let recipe = code.recipe.as_ref().expect("code kept from the start is always loaded");
+            let started = Instant::now();
+            let read = || {
+                let bytes = std::fs::read(&recipe.source)
+                    .with_context(|| format!("cannot read `{}`", recipe.source.display()))?;
+                anyhow::ensure!(
+                    blake3::hash(&bytes) == recipe.content,
+                    "`{}` changed since the app started, and its compiled code is no longer in the cache: \
+                     start (or deploy) the app again to load it",
+                    recipe.source.display()
+                );
+                Ok(bytes)
+            };
+            let (pre, _) = shared.compile_and_link(recipe, &read)?;
+            let pre = Arc::new(pre);
+            code.pre.store(Some(pre.clone()));
+            shared.unloader.wake();
+            tracing::debug!(id = %recipe.id, "loaded for its first request in {:.1?}", started.elapsed());
+            Ok::<_, anyhow::Error>(pre)
+        });
+        match loading.await {
+            Ok(Ok(pre)) => Ok(pre),
+            Ok(Err(error)) => Err(HandleError::Load(format!("{error:#}"))),
+            Err(error) => Err(HandleError::Load(error.to_string())),
+        }
     }
 }
 
@@ -547,7 +770,7 @@ impl Drop for EpochTicker {
 /// clone; each request gets its own `Store` and instance from it.
 #[derive(Clone)]
 pub struct ComponentPre {
-    pre: Arc<Pre>,
+    code: Arc<Code>,
     caps: Arc<ComponentCaps>,
     shared: Arc<Shared>,
     stats: Arc<ComponentStats>,
@@ -640,6 +863,13 @@ impl ComponentPre {
         &self.caps.id
     }
 
+    /// Whether the component's compiled code is in memory now: from its first
+    /// request until it has had none for [`HostConfig::unload_after`] (and
+    /// always, without a compile cache).
+    pub fn code_loaded(&self) -> bool {
+        self.code.pre.load().is_some()
+    }
+
     /// Instances of this component alive now (requests being handled).
     pub fn live_instances(&self) -> usize {
         self.stats.live.load(Ordering::Relaxed)
@@ -675,6 +905,7 @@ impl ComponentPre {
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
         let config = &self.shared.config;
+        let pre = self.code.get(&self.shared).await?;
         let deadline = tokio::time::Instant::now() + config.wall_limit;
         let hops = request.extensions().get::<Hops>().copied().unwrap_or_default();
         let permit = self.acquire_instance(deadline).await?;
@@ -693,7 +924,7 @@ impl ComponentPre {
         let ticking = self.shared.ticker.enter();
         let metrics = self.metrics.clone();
 
-        let engine = match &*self.pre {
+        let engine = match &*pre {
             Pre::Wasi2(_) => &self.shared.wasi2.engine,
             Pre::Wasi3(_, runtime) => &runtime.engine,
         };
@@ -716,7 +947,7 @@ impl ComponentPre {
 
         let run: Pin<Box<dyn Future<Output = wasmtime::Result<()>> + Send>>;
         let head: Pin<Box<dyn Future<Output = HeadResult> + Send>>;
-        match &*self.pre {
+        match &*pre {
             Pre::Wasi2(pre) => {
                 let (response_tx, response_rx) = oneshot::channel();
                 let (incoming, outparam) = {
