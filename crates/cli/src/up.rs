@@ -374,6 +374,7 @@ pub(crate) fn load_progress() -> impl Fn(LoadEvent<'_>) {
                 CacheOutcome::Miss => "compiled (cache miss)",
                 CacheOutcome::Replaced => "compiled (cache entry was invalid, replaced)",
                 CacheOutcome::Disabled => "compiled (no cache)",
+                CacheOutcome::Unwritable => "compiled (the cache could not be written; kept in memory)",
                 CacheOutcome::Shared => "shares the code of an identical component",
             };
             tracing::info!("component `{id}` {how} in {:.1?}", elapsed);

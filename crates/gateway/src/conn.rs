@@ -88,15 +88,19 @@ impl Activity {
         self.touch();
         let until = self.accepted.elapsed().saturating_add(limit).as_millis() as u64;
         self.busy_until_ms.fetch_max(until, Ordering::Relaxed);
+        self.wake_if_sooner();
         InFlight(self.clone())
     }
 
     /// Wakes the watchdog if the connection's deadline is now sooner than
-    /// the one it sleeps to. Only an ending request can bring it sooner
-    /// (when the idle timeout is shorter than the wall-clock limit); a
-    /// starting one only moves it later. Waking it for every request would
-    /// wake the connection's own task twice a request, and tokio hands a
-    /// task woken while it runs to another worker thread.
+    /// the one it sleeps to: a request that starts with its limit (plus the
+    /// grace) ending before the header or idle deadline the watchdog sleeps
+    /// to, or one that ends with the idle timeout ending before the busy
+    /// deadline. Under steady traffic the watchdog sleeps to a busy
+    /// deadline, which later requests only move later, so it is seldom
+    /// woken: waking it for every request would wake the connection's own
+    /// task twice a request, and tokio hands a task woken while it runs to
+    /// another worker thread.
     fn wake_if_sooner(&self) {
         let deadline_ms = self.deadline().saturating_duration_since(self.accepted).as_millis() as u64;
         if deadline_ms < self.sleeping_until_ms.load(Ordering::SeqCst) {
@@ -301,6 +305,25 @@ mod tests {
         let _stuck = activity.request(Duration::from_secs(5));
         idle(&activity).await;
         assert_eq!(started.elapsed().as_secs(), 6, "the limit and the grace");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stuck_request_closes_its_connection_a_second_past_its_limit_even_before_the_idle_deadline() {
+        let activity = Activity::new(Duration::from_secs(10), Duration::from_secs(10));
+        let watchdog = tokio::spawn({
+            let activity = activity.clone();
+            async move { idle(&activity).await }
+        });
+        let started = Instant::now();
+        // A quick request, then a stuck one (its response never drained):
+        // the watchdog sleeps to the idle deadline (11 s) when the second
+        // starts, whose limit and grace end sooner (5 s).
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        drop(activity.request(Duration::from_secs(3)));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let _stuck = activity.request(Duration::from_secs(3));
+        watchdog.await.unwrap();
+        assert_eq!(started.elapsed().as_secs(), 6, "2 s in, then the limit and the grace");
     }
 
     #[tokio::test(start_paused = true)]

@@ -30,6 +30,9 @@ pub enum CacheOutcome {
     Replaced,
     /// No cache directory configured: compiled in memory.
     Disabled,
+    /// Compiled, but the cache could not be written (logged): compiled again
+    /// on the next start, and kept in memory meanwhile.
+    Unwritable,
     /// Same bytes as a component already loaded: its compiled code is shared.
     Shared,
 }
@@ -83,9 +86,13 @@ impl CompileCache {
 
         let artifact = engine.precompile_component(&read()?)?;
         // A failure to write the cache costs the next start a compile, nothing more.
-        if let Err(error) = write_entry(&path, &artifact) {
-            tracing::warn!(path = %path.display(), "cannot write compile cache entry: {error:#}");
-        }
+        let outcome = match write_entry(&path, &artifact) {
+            Ok(()) => outcome,
+            Err(error) => {
+                tracing::warn!(path = %path.display(), "cannot write compile cache entry: {error:#}");
+                CacheOutcome::Unwritable
+            }
+        };
         // SAFETY: the bytes are what `precompile_component` just returned.
         let component = unsafe { Component::deserialize(engine, &artifact) }?;
         Ok((component, outcome))

@@ -87,9 +87,10 @@ pub struct HostConfig {
     /// (default, `dormouse up`) counts nothing.
     pub quotas: Option<Arc<dormouse_quota::Quotas>>,
     /// How long a component's code stays in memory after its last request
-    /// began. Default 60 s; past it the code is let go, and its next request
-    /// loads it again from the compile cache (~0.2 ms for a small guest).
-    /// Only components in the compile cache are let go (see [`Code`]).
+    /// began (or its load ended), counted in whole seconds. Default 60 s;
+    /// past it the code is let go, and its next request loads it again from
+    /// the compile cache (~0.25 ms for a small guest). Only components in
+    /// the compile cache are let go (see [`Code`]).
     pub unload_after: Duration,
 }
 
@@ -317,11 +318,11 @@ impl Host {
                     on_event(LoadEvent::CompileStarted { id: &spec.id, bytes: bytes.len() });
                     Ok(bytes)
                 };
-                let recipe = Recipe { id: spec.id.clone(), source: spec.source.clone(), content, wasi3: false };
-                let (pre, outcome) = self.shared.compile_and_link(&recipe, &read)?;
+                let recipe = Recipe { content, wasi3: false };
+                let (pre, outcome) = self.shared.compile_and_link(&spec.id, &spec.source, &recipe, &read)?;
                 let code = match outcome {
-                    // Nowhere to load it from again: kept.
-                    CacheOutcome::Disabled => Code::loaded(pre),
+                    // Not in the cache, so not cheap to load again: kept.
+                    CacheOutcome::Disabled | CacheOutcome::Unwritable => Code::loaded(pre),
                     _ => Code::unloaded(Recipe { wasi3: matches!(pre, Pre::Wasi3(..)), ..recipe }),
                 };
                 let code = Arc::new(code);
@@ -344,6 +345,7 @@ impl Host {
         };
         Ok(ComponentPre {
             code,
+            source: spec.source.as_path().into(),
             caps: Arc::new(caps),
             shared: self.shared.clone(),
             stats: Arc::default(),
@@ -359,10 +361,12 @@ impl Shared {
     /// finds it uses the component model's async features.
     fn compile_and_link(
         self: &Arc<Self>,
+        id: &str,
+        source: &Path,
         recipe: &Recipe,
         read: &dyn Fn() -> anyhow::Result<Vec<u8>>,
     ) -> anyhow::Result<(Pre, CacheOutcome)> {
-        let Recipe { id, source, content, .. } = recipe;
+        let content = &recipe.content;
         let cannot_compile =
             |error: anyhow::Error| error.context(format!("component `{id}`: cannot compile `{}`", source.display()));
         let wasi2 = &self.wasi2;
@@ -465,7 +469,7 @@ impl Shared {
         let keep = self.config.unload_after;
         let now = self.started.elapsed();
         let mut soonest: Option<Duration> = None;
-        for code in codes.iter().filter(|code| code.recipe.is_some()) {
+        for code in codes.iter().filter(|code| code.recipe.is_some() && !code.keep.load(Ordering::Relaxed)) {
             if code.pre.load().is_none() {
                 continue;
             }
@@ -474,21 +478,23 @@ impl Shared {
             let idle = now.saturating_sub(last_used + Duration::from_secs(1));
             if idle >= keep {
                 code.pre.store(None);
-                let id = code.recipe.as_ref().map_or("", |recipe| &recipe.id);
-                tracing::debug!(%id, "code let go after {idle:.0?} with no request");
+                let hash = code.recipe.as_ref().map(|recipe| recipe.content.to_hex());
+                tracing::debug!(code = %hash.as_deref().map_or("", |hash| &hash[..16]), "code let go after {idle:.0?} with no request");
             } else {
                 let left = keep - idle;
                 soonest = Some(soonest.map_or(left, |soonest| soonest.min(left)));
             }
         }
-        soonest
+        // Uses are counted in whole seconds: looking again sooner than a
+        // second on would find nothing new to let go.
+        soonest.map(|soonest| soonest.max(Duration::from_secs(1)))
     }
 }
 
-/// Which component to load, and from what.
+/// How to load a component's code again: the cache entry of these bytes
+/// (or, if it is gone, the requesting component's own source, if it still
+/// has them).
 struct Recipe {
-    id: String,
-    source: PathBuf,
     /// The BLAKE3 hash of the bytes checked at start: the cache entry's key,
     /// and what the source must still hash to if it has to be compiled again.
     content: blake3::Hash,
@@ -496,16 +502,19 @@ struct Recipe {
     wasi3: bool,
 }
 
-/// A component's compiled code and pre-instantiation, in memory only once
-/// someone asks for it.
+/// A component's compiled code and pre-instantiation, in memory only while
+/// it is used.
 ///
 /// A component whose code is in the compile cache is loaded and linked at
 /// start (so that one that cannot run fails the start) and let go; its first
-/// request loads it again from the cache (a mapping of the file, ~0.2 ms
-/// for a small guest, on a blocking thread) and it stays loaded while any
-/// component with these bytes is deployed. An app of 1,000 components
-/// nobody calls holds none of their code, and a start from a warm cache maps
-/// each entry once. Without a cache, the code is kept from the start.
+/// request loads it again from the cache (a mapping of the file, ~0.25 ms
+/// for a small guest, on a blocking thread), and it is let go again after
+/// [`HostConfig::unload_after`] with no request. Components with the same
+/// bytes share it; if the cache entry is gone, the requesting component's
+/// own source is compiled, provided it still has the bytes checked at start.
+/// An app of 1,000 components nobody calls holds none of their code, and a
+/// start from a warm cache maps each entry once. Without a cache (or one that
+/// cannot be written), the code is kept from the start.
 struct Code {
     pre: arc_swap::ArcSwapOption<Pre>,
     /// When a request last asked for it, in seconds since the host started.
@@ -514,6 +523,9 @@ struct Code {
     loading: Arc<tokio::sync::Mutex<()>>,
     /// How to load it; `None` when it is kept from the start.
     recipe: Option<Recipe>,
+    /// Set when a load had to compile and could not write the cache: kept
+    /// from then on, since loading it again would mean compiling again.
+    keep: std::sync::atomic::AtomicBool,
 }
 
 impl Code {
@@ -523,6 +535,7 @@ impl Code {
             last_used_s: 0.into(),
             loading: Default::default(),
             recipe: None,
+            keep: true.into(),
         }
     }
 
@@ -532,6 +545,7 @@ impl Code {
             last_used_s: 0.into(),
             loading: Default::default(),
             recipe: Some(recipe),
+            keep: false.into(),
         }
     }
 
@@ -541,13 +555,8 @@ impl Code {
     ///
     /// Errors: [`HandleError::Load`] when the cache entry is gone and the
     /// source no longer has the bytes checked at start, or cannot be read.
-    async fn get(self: &Arc<Self>, shared: &Arc<Shared>) -> Result<Arc<Pre>, HandleError> {
-        // Written once a second at most: a busy component's requests on
-        // several threads do not contend for the line.
-        let now = shared.started.elapsed().as_secs();
-        if self.last_used_s.load(Ordering::Relaxed) != now {
-            self.last_used_s.store(now, Ordering::Relaxed);
-        }
+    async fn get(self: &Arc<Self>, shared: &Arc<Shared>, id: &str, source: &Path) -> Result<Arc<Pre>, HandleError> {
+        self.touch(shared);
         if let Some(pre) = self.pre.load_full() {
             return Ok(pre);
         }
@@ -555,33 +564,46 @@ impl Code {
         if let Some(pre) = self.pre.load_full() {
             return Ok(pre);
         }
-        let (code, shared) = (self.clone(), shared.clone());
+        let (code, shared, id, source) = (self.clone(), shared.clone(), id.to_owned(), source.to_owned());
         let loading = tokio::task::spawn_blocking(move || {
             let _held = held;
             let recipe = code.recipe.as_ref().expect("code kept from the start is always loaded");
             let started = Instant::now();
             let read = || {
-                let bytes = std::fs::read(&recipe.source)
-                    .with_context(|| format!("cannot read `{}`", recipe.source.display()))?;
+                let bytes = std::fs::read(&source).with_context(|| format!("cannot read `{}`", source.display()))?;
                 anyhow::ensure!(
                     blake3::hash(&bytes) == recipe.content,
                     "`{}` changed since the app started, and its compiled code is no longer in the cache: \
                      start (or deploy) the app again to load it",
-                    recipe.source.display()
+                    source.display()
                 );
                 Ok(bytes)
             };
-            let (pre, _) = shared.compile_and_link(recipe, &read)?;
+            let (pre, outcome) = shared.compile_and_link(&id, &source, recipe, &read)?;
+            if outcome == CacheOutcome::Unwritable {
+                code.keep.store(true, Ordering::Relaxed);
+            }
             let pre = Arc::new(pre);
+            // Idle from now on, not from the request that began the load.
+            code.touch(&shared);
             code.pre.store(Some(pre.clone()));
             shared.unloader.wake();
-            tracing::debug!(id = %recipe.id, "loaded for its first request in {:.1?}", started.elapsed());
+            tracing::debug!(%id, "loaded for its first request in {:.1?}", started.elapsed());
             Ok::<_, anyhow::Error>(pre)
         });
         match loading.await {
             Ok(Ok(pre)) => Ok(pre),
             Ok(Err(error)) => Err(HandleError::Load(format!("{error:#}"))),
             Err(error) => Err(HandleError::Load(error.to_string())),
+        }
+    }
+
+    /// Notes a use now. Written once a second at most, so that a busy
+    /// component's requests on several threads do not contend for the line.
+    fn touch(&self, shared: &Shared) {
+        let now = shared.started.elapsed().as_secs();
+        if self.last_used_s.load(Ordering::Relaxed) != now {
+            self.last_used_s.store(now, Ordering::Relaxed);
         }
     }
 }
@@ -771,6 +793,9 @@ impl Drop for EpochTicker {
 #[derive(Clone)]
 pub struct ComponentPre {
     code: Arc<Code>,
+    /// Its own source, which its code is compiled from again if the cache
+    /// entry is gone.
+    source: Arc<Path>,
     caps: Arc<ComponentCaps>,
     shared: Arc<Shared>,
     stats: Arc<ComponentStats>,
@@ -905,8 +930,15 @@ impl ComponentPre {
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
         let config = &self.shared.config;
-        let pre = self.code.get(&self.shared).await?;
         let deadline = tokio::time::Instant::now() + config.wall_limit;
+        // Loading the code (a first request) counts against the wall-clock
+        // limit like the rest; when loaded, this is ready at once and sets
+        // no timer.
+        let pre =
+            match tokio::time::timeout_at(deadline, self.code.get(&self.shared, &self.caps.id, &self.source)).await {
+                Ok(pre) => pre?,
+                Err(_) => return Err(GuestError::Timeout(config.wall_limit).into()),
+            };
         let hops = request.extensions().get::<Hops>().copied().unwrap_or_default();
         let permit = self.acquire_instance(deadline).await?;
         let quota = match &config.quotas {

@@ -14,7 +14,8 @@ fn guest(name: &str) -> PathBuf {
 }
 
 fn load(host: &Host, source: &Path) -> ComponentPre {
-    let spec = ComponentSpec { id: "hello".into(), source: source.to_owned(), ..ComponentSpec::default() };
+    let id = source.file_stem().unwrap().to_str().unwrap().to_owned();
+    let spec = ComponentSpec { id, source: source.to_owned(), ..ComponentSpec::default() };
     host.load(&spec, &|_| {}).unwrap()
 }
 
@@ -89,4 +90,35 @@ async fn a_lost_cache_entry_is_compiled_again_only_from_the_bytes_checked_at_sta
     let HandleError::Load(why) = &error else { panic!("not a load error: {error}") };
     assert!(why.contains("app.wasm") && why.contains("changed since the app started"), "{why}");
     assert!(!second.code_loaded());
+}
+
+#[tokio::test]
+async fn copies_share_their_code_but_each_compiles_it_again_from_its_own_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let (a, b) = (dir.path().join("a.wasm"), dir.path().join("b.wasm"));
+    std::fs::copy(guest("hello.wasm"), &a).unwrap();
+    std::fs::copy(guest("hello.wasm"), &b).unwrap();
+    let host = Host::new(HostConfig { cache_dir: Some(cache.clone()), ..HostConfig::default() }).unwrap();
+    let (_a, b_component) = (load(&host, &a), load(&host, &b));
+    // The first copy's source and the cache entry are gone: the second
+    // still has the bytes.
+    std::fs::remove_file(&a).unwrap();
+    std::fs::remove_dir_all(&cache).unwrap();
+    assert_eq!(get(&b_component).await.unwrap(), "Hello from dormouse!\n");
+}
+
+#[tokio::test]
+async fn code_whose_cache_entry_cannot_be_written_stays_loaded() {
+    let dir = tempfile::tempdir().unwrap();
+    // A file where the cache directory should be: nothing can be written.
+    let cache = dir.path().join("cache");
+    std::fs::write(&cache, "not a directory").unwrap();
+    let config = HostConfig { cache_dir: Some(cache), unload_after: Duration::from_millis(1), ..HostConfig::default() };
+    let host = Host::new(config).unwrap();
+    let hello = load(&host, &guest("hello.wasm"));
+    assert!(hello.code_loaded(), "loading it again would mean compiling it again");
+    assert_eq!(get(&hello).await.unwrap(), "Hello from dormouse!\n");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(hello.code_loaded());
 }
