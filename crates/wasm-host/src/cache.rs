@@ -109,7 +109,10 @@ fn load_checked(engine: &Engine, path: &Path) -> Result<Component, LoadError> {
     let invalid = |error: anyhow::Error| LoadError::Invalid(error);
     let file = match std::fs::File::open(path) {
         Ok(file) => file,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Err(LoadError::Missing),
+        // No entry, or no cache directory to hold one (a file in its place).
+        Err(error) if matches!(error.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory) => {
+            return Err(LoadError::Missing);
+        }
         Err(error) => return Err(invalid(error.into())),
     };
     let expected = std::fs::read(checksum_path(path)).map_err(|e| invalid(anyhow::anyhow!("checksum file: {e}")))?;
