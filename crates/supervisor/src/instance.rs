@@ -39,8 +39,14 @@ pub(crate) struct Instance {
     /// When the last lease was dropped (or the instance became ready with
     /// none); `None` while leased.
     pub idle_since: Option<tokio::time::Instant>,
-    /// Wakes the owning task when the instance becomes idle.
+    /// Wakes the owning task when the instance becomes idle, unless it is
+    /// already `watching`.
     pub activity: Arc<Notify>,
+    /// Whether the owning task sleeps to a time at which it looks at the
+    /// instance again. It then needs no wake-up when a lease ends: idleness
+    /// that begins before that time is seen then (see
+    /// `ServiceHandle::idle_check`), and a request does not wake a task.
+    pub watching: bool,
     /// Wakes the task that owns the process, to stop it.
     pub stop_signal: Arc<Notify>,
     pub stop_reason: Option<String>,
@@ -76,6 +82,7 @@ impl Instance {
             boot_time: None,
             idle_since: None,
             activity: Arc::new(Notify::new()),
+            watching: false,
             stop_signal: Arc::new(Notify::new()),
             stop_reason: None,
             cgroup: None,

@@ -395,9 +395,12 @@ impl Drop for Lease {
         instance.in_flight -= 1;
         instance.served += 1;
         if instance.in_flight == 0 {
-            // The last lease starts the cooldown, kept by the instance's own task.
+            // The last lease starts the cooldown, kept by the instance's own
+            // task, which needs waking only if it sleeps with no time set.
             instance.idle_since = Some(TokioInstant::now());
-            instance.activity.notify_one();
+            if !instance.watching {
+                instance.activity.notify_one();
+            }
         }
         state.completed += 1;
         self.service.scale_event();
@@ -1025,11 +1028,19 @@ impl ServiceHandle {
         let min = state.min_up();
         let cooldown = state.scale.cooldown;
         let instance = state.instances.iter_mut().find(|i| i.number == number)?;
-        if instance.phase != Phase::Ready || instance.in_flight > 0 {
+        instance.watching = false;
+        if instance.phase != Phase::Ready {
             return None;
         }
+        let Some(idle_since) = instance.idle_since.filter(|_| instance.in_flight == 0) else {
+            // Busy: an idleness that begins from now on cannot pass its
+            // cooldown before one cooldown from now, so that is when to look
+            // again (and the end of each request need not wake this task).
+            instance.watching = true;
+            return Some(cooldown.max(idle::MIN_RECHECK));
+        };
         let decision = idle::decide(&idle::Clock {
-            idle_since: instance.idle_since?,
+            idle_since,
             started_at: instance.started_at,
             served: instance.served,
             on_demand: instance.on_demand,
@@ -1039,7 +1050,10 @@ impl ServiceHandle {
             min,
         });
         match decision {
-            idle::Decision::Wait(duration) => return Some(duration),
+            idle::Decision::Wait(duration) => {
+                instance.watching = true;
+                return Some(duration);
+            }
             idle::Decision::Stay => return None,
             idle::Decision::Standby => {}
         }

@@ -97,6 +97,26 @@ async fn a_paused_service_is_frozen_when_idle_and_thawed_by_a_request() {
     let reply = get(&server.url("/")).await;
     assert_eq!((reply.status, pid_of(&reply.body)), (StatusCode::OK, pid), "the same process, thawed");
     assert_eq!(status(&server).await["starts"], 1);
+    // Thawed by a request, it goes back to standby after its cooldown.
+    wait_for(&server, "paused again", |s| s["state"] == "paused").await;
+    let started = Instant::now();
+    while !is_frozen(pid, &freezer) {
+        assert!(started.elapsed() < PATIENCE, "process {pid} is not frozen again ({freezer})");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_request_longer_than_the_cooldown_keeps_its_instance_and_the_cooldown_counts_from_its_end() {
+    // `/slow` takes 300 ms, three of the instance's cooldowns.
+    let app = python_app("serve", "scale_to_zero = { cooldown = \"100ms\" }");
+    let server = app.start(&[]);
+    let reply = get(&server.url("/slow")).await;
+    assert_eq!(reply.status, StatusCode::OK, "served to its end: {}", reply.body);
+    let stopped = wait_for(&server, "stopped", |s| s["state"] == "standby").await;
+    let stop = &stopped["stops"][0];
+    assert_eq!((stop["reason"].as_str(), stop["served"].as_u64()), (Some("idle"), Some(1)), "{stopped:#}");
+    assert_eq!(stopped["starts"], 1);
 }
 
 /// Whether `pid` is frozen, asked of the mechanism that froze it.
