@@ -57,7 +57,7 @@ def run(command, **kwargs):
 
 def build_dormouse():
     run(["cargo", "build", "--release", "--locked", "-p", "dormouse-cli", "-p", "dormouse-bench-native-hello"], cwd=ROOT)
-    return ROOT / "target/release/dormouse", ROOT / "target/release/native-hello"
+    return ROOT / "target/release/dormouse", ROOT / "target/release/native-hello", ROOT / "target/release/native-proxy"
 
 
 def cargo_tool(binary, crate, version):
@@ -681,9 +681,10 @@ def group_cpu_seconds(pgid):
 
 def scenario_hop(ctx):
     """The proxy hop to one nginx (one worker), through dormouse, HAProxy
-    (`nbthread 2`, `http-reuse always`) and nginx as a reverse proxy (two
-    workers, keep-alive upstream), alternated in each round: p50 and p99 at
-    1 connection, req/s at 50, and each proxy's CPU per request at 50."""
+    (`nbthread 2`, `http-reuse always`), nginx as a reverse proxy (two
+    workers, keep-alive upstream) and a plain hyper proxy (bench/native-hello's
+    `native-proxy`), alternated in each round: p50 and p99 at 1 connection,
+    req/s at 50, and each proxy's CPU per request at 50."""
     haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
     if not Path(haproxy).exists():
         run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "haproxy"])
@@ -705,6 +706,9 @@ def scenario_hop(ctx):
         "nginx proxy": lambda p: (
             (proxy_dir / "nginx.conf").write_text(NGINX_PROXY_CONF.format(port=p, backend=backend)),
             [nginx, "-p", proxy_dir, "-c", "nginx.conf", "-e", "stderr"])[1],
+        # dormouse's own libraries with nothing of dormouse: the floor for a
+        # hop built on hyper and tokio.
+        "hyper proxy": lambda p: [ctx["native_proxy"], f"127.0.0.1:{p}", f"127.0.0.1:{backend}"],
     }
     runs = {name: [] for name in contenders}
     # dormouse serves the backend throughout; the proxies come and go.
@@ -1119,6 +1123,13 @@ def report(results, ctx):
             lines.append(f"| {name} | {row['p50_us']:.0f} | {row['p99_us']:.0f} | {row['rps']:.0f} | {cpu} |")
         best = max((hop[name] for name in ("HAProxy", "nginx proxy")), key=lambda row: row["rps"])
         lines.append("")
+        if "hyper proxy" in hop:
+            floor = hop["hyper proxy"]
+            lines += [f"The hyper proxy is the floor for a hop built on hyper and tokio: it reaches "
+                      f"{floor['rps'] / best['rps']:.2f} of the faster general-purpose proxy's req/s, and dormouse "
+                      f"{hop['dormouse']['rps'] / floor['rps']:.2f} of the hyper proxy's"
+                      + (f", at {hop['dormouse']['cpu_us'] - floor['cpu_us']:+.1f} µs of CPU a request" if "cpu_us" in floor else "")
+                      + ".", ""]
         goals.append(("service hop req/s ÷ the faster of HAProxy and nginx as proxies (50 connections)", "≥ 1.0",
                       hop["dormouse"]["rps"] / best["rps"], lambda v: v >= 1.0, "{:.2f}"))
         goals.append(("service hop p50 − that proxy's p50 (1 connection)", "≤ 0 µs",
@@ -1154,7 +1165,7 @@ def main():
     ctx = {"quick": args.quick, "rounds": args.rounds or (1 if args.quick else 3),
            "seconds": args.seconds or (3 if args.quick else 10), "connections": [1, 50, 200], "density_count": 1000}
     BUILD.mkdir(parents=True, exist_ok=True)
-    ctx["dormouse"], ctx["native"] = build_dormouse()
+    ctx["dormouse"], ctx["native"], ctx["native_proxy"] = build_dormouse()
     ctx["wrk"] = wrk()
     if "services" in args.only and shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists():
         run(["apt-get", "install", "-y", "-qq", "nginx-light"])

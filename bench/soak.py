@@ -183,7 +183,7 @@ def main():
     parser.add_argument("--cycles", type=int, default=50)
     args = parser.parse_args()
     suite.BUILD.mkdir(parents=True, exist_ok=True)
-    dormouse, _ = suite.build_dormouse()
+    dormouse = suite.build_dormouse()[0]
     wrk = suite.wrk()
     if shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists():
         suite.run(["apt-get", "install", "-y", "-qq", "nginx-light"])
