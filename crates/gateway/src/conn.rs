@@ -3,16 +3,18 @@
 //! connects and says nothing, or only pings, is closed), and one with no
 //! request in flight (from its head to the end of its response body) for the
 //! idle timeout is closed too, whatever bytes it sends meanwhile (HTTP/2
-//! PINGs do not keep a connection). Both are measured here, above the
-//! protocols, because hyper's own header timeout starts only once it has read
-//! enough bytes to tell HTTP/1.1 from HTTP/2, and HTTP/2 has none.
+//! PINGs do not keep a connection); an HTTP/1.1 keep-alive connection has the
+//! header timeout to deliver its next request. All are measured here, above
+//! the protocols, because hyper's own header timeout starts only once it has
+//! read enough bytes to tell HTTP/1.1 from HTTP/2, HTTP/2 has none, and
+//! hyper's arms a timer for every request head.
 
 use crate::Refused;
 use crate::app::AppGuard;
 use dormouse_telemetry::TargetMetrics;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -33,6 +35,9 @@ pub struct Activity {
     busy_until_ms: AtomicU64,
     in_flight: AtomicUsize,
     requests: AtomicU64,
+    /// Whether the connection speaks HTTP/1: between requests it has the
+    /// header timeout, not the idle timeout, to start its next one.
+    http1: AtomicBool,
     /// The deadline the watchdog sleeps to (ms since accept).
     sleeping_until_ms: AtomicU64,
     /// Wakes the watchdog when a request's end brings its deadline sooner
@@ -71,6 +76,7 @@ impl Activity {
             busy_until_ms: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
+            http1: AtomicBool::new(false),
             sleeping_until_ms: AtomicU64::new(u64::MAX),
             changed: tokio::sync::Notify::new(),
         })
@@ -81,8 +87,12 @@ impl Activity {
         self.accepted
     }
 
-    /// A request begins that must be over within `limit` (its wall clock).
-    pub fn request(self: &Arc<Self>, limit: Duration) -> InFlight {
+    /// A request of `version` begins that must be over within `limit` (its
+    /// wall clock).
+    pub fn request(self: &Arc<Self>, version: http::Version, limit: Duration) -> InFlight {
+        if version < http::Version::HTTP_2 {
+            self.http1.store(true, Ordering::Relaxed);
+        }
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         self.requests.fetch_add(1, Ordering::AcqRel);
         self.touch();
@@ -116,7 +126,9 @@ impl Activity {
 
     /// When the connection should be closed if nothing changes. Before its
     /// first request a connection has `header_timeout` from its accept;
-    /// after, `idle_timeout` from the end of its last request; while
+    /// after, `idle_timeout` from the end of its last request (an HTTP/1
+    /// connection, which sends one request at a time, the shorter of the
+    /// two: the time to deliver its next request's head); while
     /// requests are in flight, until the latest of their deadlines (plus
     /// [`STUCK_GRACE`]).
     pub fn deadline(&self) -> Instant {
@@ -127,7 +139,8 @@ impl Activity {
         if self.requests.load(Ordering::Acquire) == 0 {
             return self.accepted + header_timeout;
         }
-        self.accepted + Duration::from_millis(self.last_ms.load(Ordering::Relaxed)) + idle_timeout
+        let between = if self.http1.load(Ordering::Relaxed) { idle_timeout.min(header_timeout) } else { idle_timeout };
+        self.accepted + Duration::from_millis(self.last_ms.load(Ordering::Relaxed)) + between
     }
 }
 
@@ -282,7 +295,7 @@ mod tests {
     async fn a_request_in_flight_holds_the_connection_and_idling_after_it_closes_it() {
         let activity = Activity::new(Duration::from_secs(2), Duration::from_secs(5));
         let started = Instant::now();
-        let request = activity.request(Duration::from_secs(60));
+        let request = activity.request(http::Version::HTTP_2, Duration::from_secs(60));
         let watchdog = tokio::spawn({
             let activity = activity.clone();
             async move { idle(&activity).await }
@@ -298,11 +311,27 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn an_http1_connection_has_the_header_timeout_to_start_its_next_request() {
+        let activity = Activity::new(Duration::from_secs(2), Duration::from_secs(60));
+        let started = Instant::now();
+        let request = activity.request(http::Version::HTTP_11, Duration::from_secs(60));
+        let watchdog = tokio::spawn({
+            let activity = activity.clone();
+            async move { idle(&activity).await }
+        });
+        tokio::time::advance(Duration::from_secs(30)).await;
+        drop(request);
+        watchdog.await.unwrap();
+        let elapsed = started.elapsed().as_secs();
+        assert!((32..=33).contains(&elapsed), "closed after {elapsed} s, not at the 60 s idle timeout");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_request_stuck_past_its_limit_does_not_hold_the_connection() {
         let activity = Activity::new(Duration::from_secs(2), Duration::from_secs(60));
         let started = Instant::now();
         // The response never drains (a client that keeps its window shut).
-        let _stuck = activity.request(Duration::from_secs(5));
+        let _stuck = activity.request(http::Version::HTTP_11, Duration::from_secs(5));
         idle(&activity).await;
         assert_eq!(started.elapsed().as_secs(), 6, "the limit and the grace");
     }
@@ -319,9 +348,9 @@ mod tests {
         // the watchdog sleeps to the idle deadline (11 s) when the second
         // starts, whose limit and grace end sooner (5 s).
         tokio::time::sleep(Duration::from_secs(1)).await;
-        drop(activity.request(Duration::from_secs(3)));
+        drop(activity.request(http::Version::HTTP_2, Duration::from_secs(3)));
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let _stuck = activity.request(Duration::from_secs(3));
+        let _stuck = activity.request(http::Version::HTTP_2, Duration::from_secs(3));
         watchdog.await.unwrap();
         assert_eq!(started.elapsed().as_secs(), 6, "2 s in, then the limit and the grace");
     }
@@ -335,7 +364,7 @@ mod tests {
         });
         let started = Instant::now();
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let request = activity.request(Duration::from_secs(30));
+        let request = activity.request(http::Version::HTTP_11, Duration::from_secs(30));
         tokio::time::sleep(Duration::from_secs(3)).await;
         drop(request);
         watchdog.await.unwrap();

@@ -292,8 +292,9 @@ impl Gateway {
         let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(config.header_read_timeout)
+            // The connection's watchdog (`conn::Activity`) gives a request
+            // head the header timeout, without a timer for every head.
+            .header_read_timeout(None)
             .max_headers((config.max_header_bytes / HEADER_BYTES_PER_LINE).max(100))
             // Room for the URL and header limits below, so that those answer
             // 414 and 431 with a reason; hyper answers 431 past this.
@@ -394,7 +395,7 @@ impl Gateway {
         let requests = activity.clone();
         let metrics_on = self.config.metrics.is_some();
         let service = hyper::service::service_fn(move |request| {
-            let in_flight = requests.request(wall_limit);
+            let in_flight = requests.request(request.version(), wall_limit);
             let gateway = self.clone();
             let scheme = scheme.clone();
             // One span per request, at debug level: off by default, so that

@@ -31,18 +31,21 @@ fn closed_after(addr: std::net::SocketAddr, first: &[u8]) -> Option<f64> {
 #[test]
 fn silent_and_idle_connections_are_closed() {
     let app = App::new(&[("/hello", "hello")]);
-    let server = app.start(&["--header-timeout", "1s", "--idle-timeout", "2s"]);
+    let server = app.start(&["--header-timeout", "1s", "--idle-timeout", "10s"]);
     // Not a byte, over HTTP/1.1 or HTTP/2 (the h2c preface, then nothing).
     let silent = closed_after(server.addr, b"").expect("a silent connection stayed open");
     assert!((0.9..5.0).contains(&silent), "closed after {silent} s");
     let preface =
         closed_after(server.addr, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").expect("an idle h2 connection stayed open");
     assert!((0.9..5.0).contains(&preface), "closed after {preface} s");
-    // An HTTP/1.1 keep-alive connection has the header timeout to start its
-    // next request.
+    // An HTTP/1.1 keep-alive connection has the header timeout, not the idle
+    // timeout, to start its next request, and to finish its head.
     let idle =
         closed_after(server.addr, b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n").expect("an idle connection stayed open");
     assert!((0.9..5.0).contains(&idle), "closed after {idle} s");
+    let partial = closed_after(server.addr, b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\nGET /hello HTTP/1.1\r\nHo")
+        .expect("a connection with half a head stayed open");
+    assert!((0.9..5.0).contains(&partial), "closed after {partial} s");
 }
 
 #[tokio::test]
