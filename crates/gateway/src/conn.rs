@@ -283,6 +283,12 @@ impl AcceptErrors {
 mod tests {
     use super::*;
 
+    /// The connection's watchdog, running.
+    fn watch(activity: &Arc<Activity>) -> tokio::task::JoinHandle<()> {
+        let activity = activity.clone();
+        tokio::spawn(async move { idle(&activity).await })
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_silent_connection_has_the_header_timeout_and_no_more() {
         let activity = Activity::new(Duration::from_secs(2), Duration::from_secs(60));
@@ -296,10 +302,7 @@ mod tests {
         let activity = Activity::new(Duration::from_secs(2), Duration::from_secs(5));
         let started = Instant::now();
         let request = activity.request(http::Version::HTTP_2, Duration::from_secs(60));
-        let watchdog = tokio::spawn({
-            let activity = activity.clone();
-            async move { idle(&activity).await }
-        });
+        let watchdog = watch(&activity);
         tokio::time::advance(Duration::from_secs(30)).await;
         assert!(!watchdog.is_finished(), "closed while a request was in flight");
         drop(request);
@@ -315,10 +318,7 @@ mod tests {
         let activity = Activity::new(Duration::from_secs(2), Duration::from_secs(60));
         let started = Instant::now();
         let request = activity.request(http::Version::HTTP_11, Duration::from_secs(60));
-        let watchdog = tokio::spawn({
-            let activity = activity.clone();
-            async move { idle(&activity).await }
-        });
+        let watchdog = watch(&activity);
         tokio::time::advance(Duration::from_secs(30)).await;
         drop(request);
         watchdog.await.unwrap();
@@ -339,10 +339,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_stuck_request_closes_its_connection_a_second_past_its_limit_even_before_the_idle_deadline() {
         let activity = Activity::new(Duration::from_secs(10), Duration::from_secs(10));
-        let watchdog = tokio::spawn({
-            let activity = activity.clone();
-            async move { idle(&activity).await }
-        });
+        let watchdog = watch(&activity);
         let started = Instant::now();
         // A quick request, then a stuck one (its response never drained):
         // the watchdog sleeps to the idle deadline (11 s) when the second
@@ -358,10 +355,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_idle_timeout_runs_from_the_last_request_even_when_shorter_than_the_header_timeout() {
         let activity = Activity::new(Duration::from_secs(20), Duration::from_secs(2));
-        let watchdog = tokio::spawn({
-            let activity = activity.clone();
-            async move { idle(&activity).await }
-        });
+        let watchdog = watch(&activity);
         let started = Instant::now();
         tokio::time::sleep(Duration::from_secs(1)).await;
         let request = activity.request(http::Version::HTTP_11, Duration::from_secs(30));
