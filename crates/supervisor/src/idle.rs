@@ -24,10 +24,6 @@ pub struct Clock {
     pub min: usize,
 }
 
-/// The least time a busy instance's task sleeps before it looks again:
-/// the manifest's shortest cooldown.
-pub const MIN_RECHECK: Duration = Duration::from_millis(100);
-
 #[derive(Debug, PartialEq, Eq)]
 pub enum Decision {
     /// Look again after this long.

@@ -1037,7 +1037,7 @@ impl ServiceHandle {
             // cooldown before one cooldown from now, so that is when to look
             // again (and the end of each request need not wake this task).
             instance.watching = true;
-            return Some(cooldown.max(idle::MIN_RECHECK));
+            return Some(cooldown.max(dormouse_manifest::MIN_COOLDOWN));
         };
         let decision = idle::decide(&idle::Clock {
             idle_since,
