@@ -161,7 +161,7 @@ pub struct Gateway {
     apps: arc_swap::ArcSwap<AppTable>,
     /// Serialises table updates (deploys and removals), never requests.
     updating: std::sync::Mutex<()>,
-    backends: proxy::BackendClient,
+    backends: proxy::Backends,
     host: Host,
     config: GatewayConfig,
     /// Upgraded connections to services (WebSocket and the like), which the
@@ -184,7 +184,7 @@ impl Gateway {
         Arc::new(Gateway {
             apps: arc_swap::ArcSwap::from_pointee(apps),
             updating: std::sync::Mutex::new(()),
-            backends: proxy::client(),
+            backends: proxy::Backends::new(),
             host,
             config,
             upgrades: TaskTracker::new(),

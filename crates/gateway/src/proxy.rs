@@ -37,10 +37,23 @@ type BackendBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 
 pub type BackendClient = Client<HttpConnector, BackendBody>;
 
-pub fn client() -> BackendClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    Client::builder(TokioExecutor::new()).build(connector)
+/// The clients of the hop: `pooled` keeps idle connections for reuse;
+/// `fresh` keeps none, so that every request it sends goes on a new
+/// connection (a resend must not meet another pooled connection the app
+/// closed).
+pub struct Backends {
+    pooled: BackendClient,
+    fresh: BackendClient,
+}
+
+impl Backends {
+    pub fn new() -> Backends {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let builder =
+            |max_idle| Client::builder(TokioExecutor::new()).pool_max_idle_per_host(max_idle).build(connector.clone());
+        Backends { pooled: builder(usize::MAX), fresh: builder(0) }
+    }
 }
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1,
@@ -117,10 +130,10 @@ where
     let replay = (is_idempotent(&head.method) && body.is_end_stream()).then(|| Replay::of(&head));
     let body = body.map_err(|error| BoxError::from(format!("{error:?}"))).boxed_unsync();
     let sent = async {
-        match gateway.backends.request(Request::from_parts(head, body)).await {
+        match gateway.backends.pooled.request(Request::from_parts(head, body)).await {
             Err(error) if replay.is_some() => {
                 tracing::debug!(service = id, "hop failed, sending again: {error}");
-                gateway.backends.request(replay.expect("checked in the guard").request()).await
+                gateway.backends.fresh.request(replay.expect("checked in the guard").request()).await
             }
             result => result,
         }

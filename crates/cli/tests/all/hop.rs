@@ -77,6 +77,11 @@ async fn a_keep_alive_connection_closed_by_the_app_is_sent_again() {
     // GET after the first meets a pooled connection the app just closed.
     let app = python_app("one-per-connection", "");
     let server = app.start(&[]);
+    // Two requests at once leave two pooled connections, each answered once:
+    // the resend must not take the second after the first was closed.
+    let slow = server.url("/slow");
+    let (first, second) = tokio::join!(get(&slow), get(&slow));
+    assert_eq!((first.status, second.status), (StatusCode::OK, StatusCode::OK));
     for _ in 0..5 {
         let reply = get(&server.url("/again")).await;
         assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
