@@ -269,8 +269,15 @@ pub struct ServiceHandle {
     log: Option<std::path::PathBuf>,
     processes: Arc<Processes>,
     state: Mutex<State>,
-    /// Notified on every state change that could let a waiting request go.
+    /// Notified (every waiter) on every state change that could let a
+    /// waiting request go: an instance ready, a start failed, a stop.
     changed: Notify,
+    /// Notified once for every place a lease gives back while requests wait:
+    /// one waiter (the longest waiting, tokio's `notify_one` order) takes it.
+    /// A waiter woken but gone (its client left) passes the wake-up on, so
+    /// that none is lost; waking every waiter for one place would wake all
+    /// of a full queue to let one go.
+    room: Notify,
     shutting_down: std::sync::atomic::AtomicBool,
     /// Set while the service has step policies: leases then wake its scaler.
     has_policies: std::sync::atomic::AtomicBool,
@@ -404,11 +411,12 @@ impl Drop for Lease {
         }
         state.completed += 1;
         self.service.scale_event();
-        // Room freed on an instance matters only to requests waiting for it.
+        // Room freed on an instance matters only to requests waiting for it,
+        // and only one of them can take it.
         let someone_waits = state.waiting > 0;
         drop(state);
         if someone_waits {
-            self.service.changed.notify_waiters();
+            self.service.room.notify_one();
         }
     }
 }
@@ -435,6 +443,7 @@ impl ServiceHandle {
             processes,
             state: Mutex::new(State { scale, ..State::default() }),
             changed: Notify::new(),
+            room: Notify::new(),
             shutting_down: Default::default(),
             has_policies: Default::default(),
             scale_events: Arc::default(),
@@ -614,8 +623,11 @@ impl ServiceHandle {
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
+            let room = self.room.notified();
+            tokio::pin!(room);
             // Registered before the state is read, so no change is missed.
             notified.as_mut().enable();
+            room.as_mut().enable();
             // Room another app's instance gives back wakes this one too;
             // registered now for the same reason.
             let quota_watch = self.processes.quotas.as_ref().map(|quotas| quotas.watch());
@@ -686,6 +698,7 @@ impl ServiceHandle {
             let woken = tokio::time::timeout_at(wake_at, async {
                 tokio::select! {
                     () = notified => {}
+                    () = room => {}
                     () = quota_freed => {}
                 }
             });

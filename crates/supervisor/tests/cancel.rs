@@ -1,11 +1,14 @@
-//! Cancellation in process: a request that stops waiting for a waking
-//! service (its client hung up) gives its place among the waiting back, so
-//! impatient clients can never wedge a service at its wake buffer.
+//! Waiting in process: a request that stops waiting for a waking service
+//! (its client hung up) gives its place among the waiting back, so impatient
+//! clients can never wedge a service at its wake buffer; requests held at a
+//! full instance get its room in the order they came, and one that leaves
+//! as its turn comes passes the turn on.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use dormouse_manifest::model::{Service, Standby};
-use dormouse_supervisor::{Processes, Supervisor, WAKE_BUFFER, WakeError};
+use dormouse_supervisor::{Lease, Processes, ServiceHandle, Supervisor, WAKE_BUFFER, WakeError};
 
 /// A service that never listens: every request for it waits.
 fn never_ready() -> Service {
@@ -46,6 +49,85 @@ async fn dropped_waits_give_their_places_back() {
         "refused after impatient clients left: {:?}",
         held.map(|r| r.map(drop))
     );
+    supervisor.shutdown().await;
+    processes.shutdown().await;
+}
+
+/// A service that listens at once (Python's http.server on the `PORT`
+/// dormouse picks) and takes one request at a time.
+fn one_at_a_time() -> Service {
+    let listen = "exec python3 -m http.server --bind 127.0.0.1 \"$PORT\"";
+    Service { command: vec!["sh".into(), "-c".into(), listen.into()], target_concurrency: 1, ..never_ready() }
+}
+
+/// Starts `one_at_a_time` as `app` (a name of its own per test: tests run
+/// at once, and an app's processes are named by it) and holds its one place.
+async fn started_and_full(app: &str) -> (Arc<Processes>, Supervisor, Arc<ServiceHandle>, Lease) {
+    let service = one_at_a_time();
+    // No cgroups: those of two supervisors in one process share names.
+    let processes = Processes::new(None, false, None);
+    let supervisor = Supervisor::new(app, [service], &processes, None, None);
+    let service = supervisor.service("s").unwrap().clone();
+    let first = tokio::time::timeout(Duration::from_secs(20), service.acquire()).await.expect("ready in 20 s").unwrap();
+    (processes, supervisor, service, first)
+}
+
+/// Waits until `n` requests are held.
+async fn until_waiting(service: &ServiceHandle, n: usize) {
+    while service.status().waiting != n {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_held_at_a_full_instance_get_its_room_in_the_order_they_came() {
+    let (processes, supervisor, service, first) = started_and_full("in-order").await;
+    let (served, mut order) = tokio::sync::mpsc::unbounded_channel();
+    for n in 1..=5 {
+        let (waiter, served) = (service.clone(), served.clone());
+        tokio::spawn(async move {
+            let lease = waiter.acquire().await.unwrap();
+            served.send(n).unwrap();
+            // Holds the place a moment, as a request would.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            drop(lease);
+        });
+        until_waiting(&service, n).await;
+    }
+    drop(first);
+    let mut came = Vec::new();
+    while came.len() < 5 {
+        came.push(tokio::time::timeout(Duration::from_secs(5), order.recv()).await.expect("served in 5 s").unwrap());
+    }
+    assert_eq!(came, [1, 2, 3, 4, 5], "first come, first served");
+    supervisor.shutdown().await;
+    processes.shutdown().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_request_that_leaves_as_its_turn_comes_passes_the_turn_on() {
+    let (processes, supervisor, service, first) = started_and_full("passes-on").await;
+    let leaving = tokio::spawn({
+        let service = service.clone();
+        async move { service.acquire().await.map(drop) }
+    });
+    until_waiting(&service, 1).await;
+    let next = tokio::spawn({
+        let service = service.clone();
+        async move { service.acquire().await }
+    });
+    until_waiting(&service, 2).await;
+    // The place goes to the first waiter, which leaves before it runs (one
+    // thread: it cannot run before this test yields).
+    drop(first);
+    leaving.abort();
+    let lease = tokio::time::timeout(Duration::from_secs(5), next)
+        .await
+        .expect("the turn passed on: served long before the ready timeout")
+        .unwrap();
+    assert!(lease.is_ok());
+    assert_eq!(service.status().waiting, 0);
+    drop(lease);
     supervisor.shutdown().await;
     processes.shutdown().await;
 }
