@@ -52,6 +52,10 @@ pub struct Activity {
 /// and the connection is closed.
 const STUCK_GRACE: Duration = Duration::from_secs(1);
 
+/// How long a connection closed by its watchdog has to send its goodbye
+/// (an HTTP/2 GOAWAY) before it is dropped, whatever its client does.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
 /// A request in flight on a connection, from its head until its response
 /// body ended or was dropped (the client went away, a HEAD response).
 pub struct InFlight(Arc<Activity>);

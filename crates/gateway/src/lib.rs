@@ -307,7 +307,12 @@ impl Gateway {
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(config.max_header_bytes.saturating_mul(2)).unwrap_or(u32::MAX));
         let builder = Arc::new(builder);
-        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        // Every connection's task, from its accept (so that the drain waits
+        // for a handshake in progress too), and the signal that starts the
+        // drain, a child of which each connection watches: its own, so that
+        // the connections' many wake-ups never share one lock.
+        let open = TaskTracker::new();
+        let draining = tokio_util::sync::CancellationToken::new();
         let connections = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
         let mut accept_errors = conn::AcceptErrors::default();
         let header_timeout = config.header_read_timeout;
@@ -339,15 +344,13 @@ impl Gateway {
             let _ = stream.set_nodelay(true);
             let activity = conn::Activity::new(header_timeout, config.idle_timeout);
             let accepted = Accepted { client, local: local_addr, activity };
-            // Taken here, before a shutdown can begin, so that the drain
-            // waits for a connection still in its TLS handshake too.
-            let watcher = graceful.watcher();
+            let drain = draining.child_token();
             let (gateway, builder) = (self.clone(), builder.clone());
-            tokio::spawn(async move {
+            open.spawn(async move {
                 let _place = permit;
                 let Some(tls) = &gateway.config.tls else {
                     let io = TokioIo::new(stream);
-                    return gateway.serve_connection(io, Scheme::HTTP, &builder, watcher, accepted).await;
+                    return gateway.serve_connection(io, Scheme::HTTP, &builder, drain, accepted).await;
                 };
                 // The handshake, in the connection's own task (a slow client
                 // holds no one else up), within the time a connection has
@@ -357,7 +360,7 @@ impl Gateway {
                 match handshake {
                     Ok(Ok(stream)) => {
                         let io = TokioIo::new(stream);
-                        gateway.serve_connection(io, Scheme::HTTPS, &builder, watcher, accepted).await;
+                        gateway.serve_connection(io, Scheme::HTTPS, &builder, drain, accepted).await;
                     }
                     Ok(Err(error)) => tracing::debug!(%client, "TLS connection refused: {error}"),
                     Err(_) => tracing::debug!(%client, "TLS connection closed: no handshake within {header_timeout:?}"),
@@ -367,8 +370,10 @@ impl Gateway {
 
         self.accepting.store(false, std::sync::atomic::Ordering::Release);
         drop(listener);
+        draining.cancel();
+        open.close();
         let drain = async {
-            graceful.shutdown().await;
+            open.wait().await;
             let tasks = self.host.tasks();
             tasks.close();
             self.upgrades.close();
@@ -379,13 +384,15 @@ impl Gateway {
 
     /// Serves one connection, plain or past its TLS handshake, with hyper
     /// (HTTP/1.1 or HTTP/2, by its first bytes) until it ends, its watchdog
-    /// closes it or the drain does.
+    /// closes it or the drain (`drain` cancelled) does. Either closes it
+    /// gracefully: HTTP/2 gets a GOAWAY first (RFC 9113 §6.8), HTTP/1.1
+    /// `Connection: close` on a response still to be sent.
     async fn serve_connection<I>(
         self: Arc<Self>,
         io: I,
         scheme: Scheme,
         builder: &hyper_util::server::conn::auto::Builder<TokioExecutor>,
-        watcher: hyper_util::server::graceful::Watcher,
+        drain: tokio_util::sync::CancellationToken,
         accepted: Accepted,
     ) where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
@@ -433,13 +440,32 @@ impl Gateway {
             }
             .instrument(instrumented)
         });
-        let connection = watcher.watch(builder.serve_connection_with_upgrades(io, service).into_owned());
-        tokio::select! {
-            ended = connection => if let Err(error) = ended {
+        let connection = builder.serve_connection_with_upgrades(io, service).into_owned();
+        tokio::pin!(connection);
+        let ended = |ended: Result<(), _>| {
+            if let Err(error) = ended {
                 tracing::debug!(%client, "connection ended: {error}");
-            },
+            }
+        };
+        tokio::select! {
+            result = connection.as_mut() => ended(result),
             () = conn::idle(&activity) => {
                 tracing::debug!(%client, "connection closed: idle past its timeout");
+                // Nothing in flight (or nothing that will finish): a moment
+                // to send the GOAWAY, then closed whatever the client does.
+                connection.as_mut().graceful_shutdown();
+                if let Ok(result) = tokio::time::timeout(conn::CLOSE_GRACE, connection).await {
+                    ended(result);
+                }
+            }
+            () = drain.cancelled() => {
+                // Requests in flight finish, within the drain timeout and
+                // under the watchdog still.
+                connection.as_mut().graceful_shutdown();
+                tokio::select! {
+                    result = connection => ended(result),
+                    () = conn::idle(&activity) => {}
+                }
             }
         }
     }

@@ -48,6 +48,38 @@ fn silent_and_idle_connections_are_closed() {
     assert!((0.9..5.0).contains(&partial), "closed after {partial} s");
 }
 
+/// The types of the HTTP/2 frames the server sends on a connection that
+/// sends the h2c preface and an empty SETTINGS frame, then nothing, until
+/// the server closes it. A frame is a 9-byte header (24-bit length, type,
+/// flags, stream) and its payload (RFC 9113 §4.1).
+fn h2_frames_until_closed(addr: std::net::SocketAddr) -> Vec<u8> {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0").unwrap();
+    let mut types = Vec::new();
+    let mut header = [0u8; 9];
+    while stream.read_exact(&mut header).is_ok() {
+        types.push(header[3]);
+        let length = u64::from(u32::from_be_bytes([0, header[0], header[1], header[2]]));
+        std::io::copy(&mut (&mut stream).take(length), &mut std::io::sink()).unwrap();
+    }
+    types
+}
+
+#[test]
+fn an_http2_connection_closed_by_a_timeout_gets_a_goaway_first() {
+    const GOAWAY: u8 = 0x7;
+    let app = App::new(&[("/hello", "hello")]);
+    let server = app.start(&["--header-timeout", "1s"]);
+    let started = Instant::now();
+    let types = h2_frames_until_closed(server.addr);
+    let closed = started.elapsed().as_secs_f64();
+    assert!((0.9..5.0).contains(&closed), "closed after {closed} s");
+    // hyper's graceful close sends a GOAWAY and a PING, and would send a
+    // last GOAWAY once the PING came back; this client never answers it.
+    assert!(types.contains(&GOAWAY), "frames received (by type): {types:?}");
+}
+
 #[tokio::test]
 async fn an_idle_http2_connection_is_closed_after_the_idle_timeout() {
     use bytes::Bytes;
