@@ -270,9 +270,10 @@ pub struct ServiceHandle {
     processes: Arc<Processes>,
     state: Mutex<State>,
     /// Notified (every waiter) on every state change that could let a
-    /// waiting request go: an instance ready, a start failed, a stop.
+    /// waiting request go other than room: a start failed, a stop.
     changed: Notify,
-    /// Notified once for every place a lease gives back while requests wait:
+    /// Notified once for every place a lease gives back, or a new instance
+    /// offers, while requests wait:
     /// one waiter (the longest waiting, tokio's `notify_one` order) takes it.
     /// A waiter woken but gone (its client left) passes the wake-up on, so
     /// that none is lost; waking every waiter for one place would wake all
@@ -909,8 +910,14 @@ impl ServiceHandle {
                         instance.idle_since = Some(TokioInstant::now());
                     }
                 }
+                // Its places go to the requests held longest, one wake-up
+                // each, in the order they came (waking all would let them
+                // race for it).
+                let places = state.waiting.min(self.config.target_concurrency as usize);
                 drop(state);
-                self.changed.notify_waiters();
+                for _ in 0..places {
+                    self.room.notify_one();
+                }
             }
             Err(reason) => {
                 let mut state = self.state.lock().expect("not poisoned");

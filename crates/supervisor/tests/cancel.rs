@@ -104,6 +104,33 @@ async fn requests_held_at_a_full_instance_get_its_room_in_the_order_they_came() 
     processes.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_held_while_an_instance_starts_get_its_room_in_the_order_they_came() {
+    let mut slow = one_at_a_time();
+    slow.command[2] = format!("sleep 0.5; {}", slow.command[2]);
+    let processes = Processes::new(None, false, None);
+    let supervisor = Supervisor::new("cold-order", [slow], &processes, None, None);
+    let service = supervisor.service("s").unwrap().clone();
+    let (served, mut order) = tokio::sync::mpsc::unbounded_channel();
+    for n in 1..=5 {
+        let (waiter, served) = (service.clone(), served.clone());
+        tokio::spawn(async move {
+            let lease = waiter.acquire().await.unwrap();
+            served.send(n).unwrap();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            drop(lease);
+        });
+        until_waiting(&service, n).await;
+    }
+    let mut came = Vec::new();
+    while came.len() < 5 {
+        came.push(tokio::time::timeout(Duration::from_secs(20), order.recv()).await.expect("served in 20 s").unwrap());
+    }
+    assert_eq!(came, [1, 2, 3, 4, 5], "first come, first served, from a cold start too");
+    supervisor.shutdown().await;
+    processes.shutdown().await;
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn a_request_that_leaves_as_its_turn_comes_passes_the_turn_on() {
     let (processes, supervisor, service, first) = started_and_full("passes-on").await;
