@@ -79,26 +79,39 @@ async fn until_waiting(service: &ServiceHandle, n: usize) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn requests_held_at_a_full_instance_get_its_room_in_the_order_they_came() {
-    let (processes, supervisor, service, first) = started_and_full("in-order").await;
-    let (served, mut order) = tokio::sync::mpsc::unbounded_channel();
+/// Five requests for `service`, held one after another (each in its place
+/// before the next comes), each holding its lease 10 ms once it has one:
+/// their numbers (1 to 5) arrive on the receiver in the order served.
+async fn hold_five(service: &Arc<ServiceHandle>) -> tokio::sync::mpsc::UnboundedReceiver<usize> {
+    let (served, order) = tokio::sync::mpsc::unbounded_channel();
     for n in 1..=5 {
         let (waiter, served) = (service.clone(), served.clone());
         tokio::spawn(async move {
             let lease = waiter.acquire().await.unwrap();
             served.send(n).unwrap();
-            // Holds the place a moment, as a request would.
             tokio::time::sleep(Duration::from_millis(10)).await;
             drop(lease);
         });
-        until_waiting(&service, n).await;
+        until_waiting(service, n).await;
     }
-    drop(first);
+    order
+}
+
+/// The five numbers `hold_five` sends, in order, within 20 s.
+async fn served_order(mut order: tokio::sync::mpsc::UnboundedReceiver<usize>) -> Vec<usize> {
     let mut came = Vec::new();
     while came.len() < 5 {
-        came.push(tokio::time::timeout(Duration::from_secs(5), order.recv()).await.expect("served in 5 s").unwrap());
+        came.push(tokio::time::timeout(Duration::from_secs(20), order.recv()).await.expect("served in 20 s").unwrap());
     }
+    came
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_held_at_a_full_instance_get_its_room_in_the_order_they_came() {
+    let (processes, supervisor, service, first) = started_and_full("in-order").await;
+    let order = hold_five(&service).await;
+    drop(first);
+    let came = served_order(order).await;
     assert_eq!(came, [1, 2, 3, 4, 5], "first come, first served");
     supervisor.shutdown().await;
     processes.shutdown().await;
@@ -111,21 +124,7 @@ async fn requests_held_while_an_instance_starts_get_its_room_in_the_order_they_c
     let processes = Processes::new(None, false, None);
     let supervisor = Supervisor::new("cold-order", [slow], &processes, None, None);
     let service = supervisor.service("s").unwrap().clone();
-    let (served, mut order) = tokio::sync::mpsc::unbounded_channel();
-    for n in 1..=5 {
-        let (waiter, served) = (service.clone(), served.clone());
-        tokio::spawn(async move {
-            let lease = waiter.acquire().await.unwrap();
-            served.send(n).unwrap();
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            drop(lease);
-        });
-        until_waiting(&service, n).await;
-    }
-    let mut came = Vec::new();
-    while came.len() < 5 {
-        came.push(tokio::time::timeout(Duration::from_secs(20), order.recv()).await.expect("served in 20 s").unwrap());
-    }
+    let came = served_order(hold_five(&service).await).await;
     assert_eq!(came, [1, 2, 3, 4, 5], "first come, first served, from a cold start too");
     supervisor.shutdown().await;
     processes.shutdown().await;
