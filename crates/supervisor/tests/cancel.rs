@@ -60,14 +60,19 @@ fn one_at_a_time() -> Service {
     Service { command: vec!["sh".into(), "-c".into(), listen.into()], target_concurrency: 1, ..never_ready() }
 }
 
-/// Starts `one_at_a_time` as `app` (a name of its own per test: tests run
-/// at once, and an app's processes are named by it) and holds its one place.
-async fn started_and_full(app: &str) -> (Arc<Processes>, Supervisor, Arc<ServiceHandle>, Lease) {
-    let service = one_at_a_time();
-    // No cgroups: those of two supervisors in one process share names.
+/// `service` supervised as `app` (a name of its own per test: tests run at
+/// once, and an app's processes are named by it), with no cgroups (those of
+/// two supervisors in one process share names).
+fn supervised(app: &str, service: Service) -> (Arc<Processes>, Supervisor, Arc<ServiceHandle>) {
     let processes = Processes::new(None, false, None);
     let supervisor = Supervisor::new(app, [service], &processes, None, None);
     let service = supervisor.service("s").unwrap().clone();
+    (processes, supervisor, service)
+}
+
+/// Starts `one_at_a_time` as `app` and holds its one place.
+async fn started_and_full(app: &str) -> (Arc<Processes>, Supervisor, Arc<ServiceHandle>, Lease) {
+    let (processes, supervisor, service) = supervised(app, one_at_a_time());
     let first = tokio::time::timeout(Duration::from_secs(20), service.acquire()).await.expect("ready in 20 s").unwrap();
     (processes, supervisor, service, first)
 }
@@ -121,9 +126,7 @@ async fn requests_held_at_a_full_instance_get_its_room_in_the_order_they_came() 
 async fn requests_held_while_an_instance_starts_get_its_room_in_the_order_they_came() {
     let mut slow = one_at_a_time();
     slow.command[2] = format!("sleep 0.5; {}", slow.command[2]);
-    let processes = Processes::new(None, false, None);
-    let supervisor = Supervisor::new("cold-order", [slow], &processes, None, None);
-    let service = supervisor.service("s").unwrap().clone();
+    let (processes, supervisor, service) = supervised("cold-order", slow);
     let came = served_order(hold_five(&service).await).await;
     assert_eq!(came, [1, 2, 3, 4, 5], "first come, first served, from a cold start too");
     supervisor.shutdown().await;
