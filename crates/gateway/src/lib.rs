@@ -280,8 +280,10 @@ impl Gateway {
 
     /// Serves connections from `listener` until `shutdown` resolves, then
     /// stops accepting and waits up to the drain timeout for in-flight
-    /// requests, guests and upgraded connections. Returns whether everything
-    /// drained in time. With [`GatewayConfig::tls`], every connection is
+    /// requests, guests and upgraded connections. Past that timeout, every
+    /// request still without a response head is answered 503 (with
+    /// `Retry-After`), given up to [`conn::CLOSE_GRACE`] to be written.
+    /// Returns whether everything drained in time. With [`GatewayConfig::tls`], every connection is
     /// HTTPS, and the certificate files are watched while this runs.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) -> bool {
         let local_addr = listener.local_addr().ok();
@@ -313,6 +315,9 @@ impl Gateway {
         // the connections' many wake-ups never share one lock.
         let open = TaskTracker::new();
         let draining = tokio_util::sync::CancellationToken::new();
+        // And the signal that the drain timeout passed: requests still
+        // without a response are answered 503 before dormouse exits.
+        let cut_short = tokio_util::sync::CancellationToken::new();
         let connections = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
         let mut accept_errors = conn::AcceptErrors::default();
         let header_timeout = config.header_read_timeout;
@@ -344,13 +349,13 @@ impl Gateway {
             let _ = stream.set_nodelay(true);
             let activity = conn::Activity::new(header_timeout, config.idle_timeout);
             let accepted = Accepted { client, local: local_addr, activity };
-            let drain = draining.child_token();
+            let (drain, cut) = (draining.child_token(), cut_short.child_token());
             let (gateway, builder) = (self.clone(), builder.clone());
             open.spawn(async move {
                 let _place = permit;
                 let Some(tls) = &gateway.config.tls else {
                     let io = TokioIo::new(stream);
-                    return gateway.serve_connection(io, Scheme::HTTP, &builder, drain, accepted).await;
+                    return gateway.serve_connection(io, Scheme::HTTP, &builder, drain, cut, accepted).await;
                 };
                 // The handshake, in the connection's own task (a slow client
                 // holds no one else up), within the time a connection has
@@ -360,7 +365,7 @@ impl Gateway {
                 match handshake {
                     Ok(Ok(stream)) => {
                         let io = TokioIo::new(stream);
-                        gateway.serve_connection(io, Scheme::HTTPS, &builder, drain, accepted).await;
+                        gateway.serve_connection(io, Scheme::HTTPS, &builder, drain, cut, accepted).await;
                     }
                     Ok(Err(error)) => tracing::debug!(%client, "TLS connection refused: {error}"),
                     Err(_) => tracing::debug!(%client, "TLS connection closed: no handshake within {header_timeout:?}"),
@@ -379,7 +384,14 @@ impl Gateway {
             self.upgrades.close();
             tokio::join!(tasks.wait(), self.upgrades.wait());
         };
-        tokio::time::timeout(self.config.drain_timeout, drain).await.is_ok()
+        let drained = tokio::time::timeout(self.config.drain_timeout, drain).await.is_ok();
+        if !drained {
+            cut_short.cancel();
+            // A moment to write those answers; a response body still
+            // streaming is cut.
+            let _ = tokio::time::timeout(conn::CLOSE_GRACE, open.wait()).await;
+        }
+        drained
     }
 
     /// Serves one connection, plain or past its TLS handshake, with hyper
@@ -393,6 +405,7 @@ impl Gateway {
         scheme: Scheme,
         builder: &hyper_util::server::conn::auto::Builder<TokioExecutor>,
         drain: tokio_util::sync::CancellationToken,
+        cut: tokio_util::sync::CancellationToken,
         accepted: Accepted,
     ) where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
@@ -401,7 +414,9 @@ impl Gateway {
         let wall_limit = self.host.config().wall_limit;
         let requests = activity.clone();
         let metrics_on = self.config.metrics.is_some();
+        let cut = Arc::new(cut);
         let service = hyper::service::service_fn(move |request| {
+            let cut = cut.clone();
             let in_flight = requests.request(request.version(), wall_limit);
             let gateway = self.clone();
             let scheme = scheme.clone();
@@ -424,7 +439,14 @@ impl Gateway {
                 // A client that leaves before the response head is counted
                 // too, as 499 (nginx's "client closed request").
                 let mut abandoned = conn::Abandoned::new(&asked.counted, arrived);
-                let (response, app) = gateway.handle(request, &asked).await;
+                // A drain cut short by its timeout answers every request
+                // still without a response, instead of leaving its client
+                // with a closed connection and no status.
+                let (response, app) = tokio::select! {
+                    biased;
+                    handled = gateway.handle(request, &asked) => handled,
+                    () = cut.cancelled() => (rescue(Failure::DrainCut), None),
+                };
                 abandoned.disarm();
                 if let Some(arrived) = arrived.filter(|_| !span.is_disabled()) {
                     span.record("status", response.status().as_u16());
@@ -644,6 +666,8 @@ pub enum Failure<'a> {
         service: &'a str,
         limit: Duration,
     },
+    /// The shutdown's drain timeout passed before the request was answered.
+    DrainCut,
 }
 
 /// The one place a failed request becomes a response, and is logged: the
@@ -664,6 +688,7 @@ pub fn rescue(failure: Failure<'_>) -> Response<ResponseBody> {
         Failure::Component(_, HandleError::Quota(_)) | Failure::Wake(WakeError::Quota { .. }) => Some(Reason::Quota),
         Failure::Wake(WakeError::Timeout { .. }) => Some(Reason::WakeTimeout),
         Failure::Wake(WakeError::Failing { .. }) => Some(Reason::ServiceFailing),
+        Failure::Wake(WakeError::Stopping { .. }) | Failure::DrainCut => Some(Reason::Stopping),
         Failure::Component(..) | Failure::Hop { .. } | Failure::ServiceTimeout { .. } => None,
     };
     let mut response = answer(failure);
@@ -714,10 +739,15 @@ fn answer(failure: Failure<'_>) -> Response<ResponseBody> {
                 WakeError::Failing { retry_after, .. } => {
                     retry(plain(StatusCode::SERVICE_UNAVAILABLE, &text), retry_after.as_secs())
                 }
-                WakeError::Overloaded { .. } | WakeError::Quota { .. } => {
+                WakeError::Overloaded { .. } | WakeError::Quota { .. } | WakeError::Stopping { .. } => {
                     retry(plain(StatusCode::SERVICE_UNAVAILABLE, &text), 1)
                 }
             }
+        }
+        Failure::DrainCut => {
+            tracing::warn!("refused: the drain timeout passed before this request was answered");
+            let text = "dormouse is shutting down: the drain timeout passed before this request was answered\n";
+            retry(plain(StatusCode::SERVICE_UNAVAILABLE, text), 1)
         }
         Failure::Hop { service, error } => {
             // The instance broke the connection (it crashed, or is stopping):

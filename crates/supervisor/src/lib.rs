@@ -67,6 +67,10 @@ pub enum WakeError {
     Overloaded { service: String, held: usize },
     #[error("service `{service}` cannot start an instance: {exceeded}")]
     Quota { service: String, exceeded: dormouse_quota::QuotaExceeded },
+    /// Its app is stopping (dormouse shutting down, the app removed or
+    /// replaced): no instance will start for the request.
+    #[error("service `{service}` is stopping: {reason}")]
+    Stopping { service: String, reason: String },
 }
 
 /// Whether a service's command would start: its program an executable (on
@@ -232,9 +236,13 @@ impl Supervisor {
             // Its scaler, if it waits for an event, sees the stop and ends.
             service.scale_events.notify_one();
             let mut state = service.state.lock().expect("not poisoned");
+            state.stop_reason = Some(reason.to_owned());
             for instance in &mut state.instances {
                 instance.stop(reason);
             }
+            drop(state);
+            // Requests held for it are refused now, not at their ready timeout.
+            service.changed.notify_waiters();
         }
         for service in &self.services {
             loop {
@@ -310,6 +318,8 @@ struct State {
     scaler_running: bool,
     /// Why the last start or thaw was refused by a quota, until one succeeds.
     quota_blocked: Option<dormouse_quota::QuotaExceeded>,
+    /// Why the app stopped ([`Supervisor::stop`]): requests for it are refused.
+    stop_reason: Option<String>,
 }
 
 /// A request's place among those waiting for a service to wake, given back
@@ -647,6 +657,13 @@ impl ServiceHandle {
                         lease.start = Start::Cold;
                     }
                     return Ok(lease);
+                }
+                if let Some(reason) = &state.stop_reason {
+                    let error = WakeError::Stopping { service: self.config.id.clone(), reason: reason.clone() };
+                    if let Some(place) = place.take() {
+                        place.leave(&mut state);
+                    }
+                    return Err(error);
                 }
                 let starting = state.instances.iter().any(|i| i.phase == Phase::Starting);
                 if let Some((reason, until)) = &state.failing

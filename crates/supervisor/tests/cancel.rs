@@ -53,6 +53,28 @@ async fn dropped_waits_give_their_places_back() {
     processes.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_held_for_an_app_that_stops_is_refused_at_once() {
+    let (processes, supervisor, service) = supervised("stopping", never_ready());
+    let held = tokio::spawn({
+        let service = service.clone();
+        async move { service.acquire().await.map(drop) }
+    });
+    until_waiting(&service, 1).await;
+    let started = std::time::Instant::now();
+    supervisor.stop("its app was removed").await;
+    let refused = tokio::time::timeout(Duration::from_secs(5), held).await.expect("refused before its ready timeout");
+    match refused.unwrap() {
+        Err(WakeError::Stopping { reason, .. }) => assert_eq!(reason, "its app was removed"),
+        other => panic!("expected a refusal for the stop, got {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    assert_eq!(service.status().waiting, 0, "its place was given back");
+    // And so is every request that comes after.
+    assert!(matches!(service.acquire().await, Err(WakeError::Stopping { .. })));
+    processes.shutdown().await;
+}
+
 /// A service that listens at once (Python's http.server on the `PORT`
 /// dormouse picks) and takes one request at a time.
 fn one_at_a_time() -> Service {

@@ -186,6 +186,10 @@ label_values! {
         WakeTimeout => "wake_timeout",
         /// A service is failing to start (in back-off): 503.
         ServiceFailing => "service_failing",
+        /// dormouse or the app was stopping before the request was answered
+        /// (a drain cut short by its timeout, an app removed or replaced
+        /// while the request was held): 503.
+        Stopping => "stopping",
     }
 }
 

@@ -122,6 +122,34 @@ async fn a_second_signal_exits_at_once() {
 }
 
 #[tokio::test]
+async fn a_drain_cut_short_answers_every_request_still_unanswered_with_503() {
+    let app = python_app(
+        "serve",
+        "scale_to_zero = { cooldown = \"60s\" }\nautoscale = { min = 0, max = 1, target_concurrency = 1 }",
+    );
+    let server = app.start(&["--drain-timeout", "1s"]);
+    assert_eq!(get(&server.url("/")).await.status, StatusCode::OK);
+    // One request in flight that the app never answers, and one held behind
+    // it for the instance's only place.
+    let in_flight = tokio::spawn(get_owned(server.url("/hang")));
+    wait_for(&server, "the request in flight", |s| s["instances"][0]["in_flight"] == 1).await;
+    let held = tokio::spawn(get_owned(server.url("/")));
+    wait_for(&server, "the request held", |s| s["waiting"] == 1).await;
+    let started = Instant::now();
+    server.signal("TERM");
+    for (what, reply) in [("in flight", in_flight), ("held", held)] {
+        let reply = reply.await.unwrap_or_else(|error| panic!("the request {what} got no answer: {error}"));
+        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{what}: {}", reply.body);
+        assert!(reply.body.contains("drain timeout passed"), "{what}: {}", reply.body);
+        assert_eq!(reply.headers.get("retry-after").map(|v| v.to_str().unwrap()), Some("1"), "{what}");
+    }
+    let answered = started.elapsed();
+    assert!(answered >= Duration::from_secs(1), "answered before the drain timeout: {answered:?}");
+    let status = server.wait();
+    assert!(!status.success(), "a cut drain is not a clean exit: {status:?}");
+}
+
+#[tokio::test]
 async fn the_drain_waits_for_upgraded_connections() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let app = python_app("serve", "");
