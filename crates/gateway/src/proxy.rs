@@ -141,9 +141,12 @@ where
     let response = match tokio::time::timeout_at(deadline, sent).await {
         Ok(Ok(response)) => response,
         Ok(Err(error)) => {
-            return match fault.rejection(max_body) {
-                Some(rejection) => rescue(Failure::Limit(rejection)),
-                None => rescue(Failure::Hop { service: id, error: &error }),
+            return match (fault.rejection(max_body), service.stopping()) {
+                (Some(rejection), _) => rescue(Failure::Limit(rejection)),
+                // The instance went because its app is stopping (removed,
+                // replaced, shut down), not because it broke.
+                (None, Some(stopping)) => rescue(Failure::Wake(&stopping)),
+                (None, None) => rescue(Failure::Hop { service: id, error: &error }),
             };
         }
         Err(_) => return rescue(Failure::ServiceTimeout { service: id, limit }),

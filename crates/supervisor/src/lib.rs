@@ -572,6 +572,14 @@ impl ServiceHandle {
         live > 0 || state.waiting > 0 || state.floor > 0
     }
 
+    /// Why its app stopped ([`Supervisor::stop`]), as a request for it is
+    /// refused: `Some` once stopping, for good.
+    pub fn stopping(&self) -> Option<WakeError> {
+        let state = self.state.lock().expect("not poisoned");
+        let reason = state.stop_reason.clone()?;
+        Some(WakeError::Stopping { service: self.config.id.clone(), reason })
+    }
+
     pub fn config(&self) -> &Service {
         &self.config
     }

@@ -495,6 +495,37 @@ async fn quotas_hold_requests_then_refuse_them_by_name_and_refuse_deploys_past_t
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_removed_past_its_drain_answers_its_unfinished_requests_503() {
+    let state = tempfile::tempdir().unwrap();
+    let state_dir = state.path();
+    let server = Server::daemon(state_dir, &["--drain-timeout", "1s"]);
+    let a = service_app(
+        "a",
+        "scale_to_zero = { cooldown = \"60s\" }\nautoscale = { min = 0, max = 1, target_concurrency = 1 }",
+    );
+    ok(state_dir, &["deploy", "-0", path_str(a.path())]);
+    // One request the app never answers, and one held for the instance's
+    // only place behind it.
+    let send = |path: &str| {
+        let url = server.url(path);
+        tokio::spawn(async move { get_with(&url, &[("host", "a.localhost")]).await })
+    };
+    let in_flight = send("/hang");
+    wait_for_state(state_dir, "a", "a", "running");
+    let held = send("/");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    ok(state_dir, &["rm", "a"]);
+    for (what, reply) in [("in flight", in_flight), ("held", held)] {
+        let reply = tokio::time::timeout(PATIENCE, reply).await.unwrap().unwrap();
+        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{what}: {}", reply.body);
+        assert!(reply.body.contains("service `a` is stopping: its app was removed"), "{what}: {}", reply.body);
+        assert!(reply.headers.contains_key("retry-after"), "{what}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_past_its_memory_size_is_killed_and_says_so() {
     let state = tempfile::tempdir().unwrap();
     let state_dir = state.path();
