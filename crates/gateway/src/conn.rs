@@ -38,6 +38,9 @@ pub struct Activity {
     /// Whether the connection speaks HTTP/1: between requests it has the
     /// header timeout, not the idle timeout, to start its next one.
     http1: AtomicBool,
+    /// Set by the drain: every response from now on says the connection
+    /// closes after it (HTTP/1: `Connection: close`).
+    closing: AtomicBool,
     /// The deadline the watchdog sleeps to (ms since accept).
     sleeping_until_ms: AtomicU64,
     /// Wakes the watchdog when a request's end brings its deadline sooner
@@ -56,9 +59,23 @@ const STUCK_GRACE: Duration = Duration::from_secs(1);
 /// (an HTTP/2 GOAWAY) before it is dropped, whatever its client does.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
+/// How long the drain keeps an idle HTTP/1.1 keep-alive connection open for
+/// a request its client may already have sent on it (answered with
+/// `Connection: close`), instead of closing it under that request. About
+/// the longest round trip between continents.
+pub const LAST_CALL: Duration = Duration::from_millis(250);
+
 /// A request in flight on a connection, from its head until its response
 /// body ended or was dropped (the client went away, a HEAD response).
 pub struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    /// Whether its response should close the connection after it (the
+    /// drain says so).
+    pub fn closing(&self) -> bool {
+        self.0.closing()
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
@@ -81,6 +98,7 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
             http1: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
             sleeping_until_ms: AtomicU64::new(u64::MAX),
             changed: tokio::sync::Notify::new(),
         })
@@ -89,6 +107,23 @@ impl Activity {
     /// When the connection was accepted.
     pub fn accepted(&self) -> Instant {
         self.accepted
+    }
+
+    /// Whether this connection has carried an HTTP/1 request: one whose
+    /// client may be sending its next request right now, after a response
+    /// that kept the connection open.
+    pub fn speaks_http1(&self) -> bool {
+        self.http1.load(Ordering::Relaxed)
+    }
+
+    /// Every response from now on closes the connection after it.
+    pub fn close_after_each_response(&self) {
+        self.closing.store(true, Ordering::Release);
+    }
+
+    /// Whether a response should close the connection after it.
+    pub fn closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
     }
 
     /// A request of `version` begins that must be over within `limit` (its

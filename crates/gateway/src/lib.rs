@@ -442,12 +442,18 @@ impl Gateway {
                 // A drain cut short by its timeout answers every request
                 // still without a response, instead of leaving its client
                 // with a closed connection and no status.
-                let (response, app) = tokio::select! {
+                let http1 = request.version() < http::Version::HTTP_2;
+                let (mut response, app) = tokio::select! {
                     biased;
                     handled = gateway.handle(request, &asked) => handled,
                     () = cut.cancelled() => (rescue(Failure::DrainCut), None),
                 };
                 abandoned.disarm();
+                // Draining: the client is told not to send another request
+                // on this connection (RFC 9112 §9.6).
+                if http1 && in_flight.closing() && response.status() != StatusCode::SWITCHING_PROTOCOLS {
+                    response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
                 if let Some(arrived) = arrived.filter(|_| !span.is_disabled()) {
                     span.record("status", response.status().as_u16());
                     span.record("ms", arrived.elapsed().as_secs_f64() * 1000.0);
@@ -481,6 +487,17 @@ impl Gateway {
                 }
             }
             () = drain.cancelled() => {
+                // An HTTP/1.1 keep-alive connection is not closed under a
+                // request its client may have sent already, after a response
+                // that kept the connection open: for a moment, one that comes
+                // is answered, and every response says `Connection: close`.
+                if activity.speaks_http1() {
+                    activity.close_after_each_response();
+                    tokio::select! {
+                        result = connection.as_mut() => return ended(result),
+                        () = tokio::time::sleep(conn::LAST_CALL) => {}
+                    }
+                }
                 // Requests in flight finish, within the drain timeout and
                 // under the watchdog still.
                 connection.as_mut().graceful_shutdown();

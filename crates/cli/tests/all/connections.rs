@@ -202,3 +202,36 @@ fn flag_values_that_make_no_sense_are_refused_at_start() {
         assert!(stderr.contains(flags[0]), "{flags:?}: {stderr}");
     }
 }
+
+#[tokio::test]
+async fn a_keep_alive_request_sent_as_the_drain_begins_is_answered_and_told_to_close() {
+    use http_body_util::{BodyExt as _, Full};
+    use hyper_util::rt::TokioIo;
+
+    let app = App::new(&[("/hello", "hello")]);
+    let server = app.start(&[]);
+    let stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    let connection = tokio::spawn(connection);
+    let hello =
+        || hyper::Request::get("/hello").header("host", "localhost").body(Full::new(bytes::Bytes::new())).unwrap();
+    let first = sender.send_request(hello()).await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    assert!(!first.headers().contains_key("connection"), "kept alive: {:?}", first.headers());
+    first.into_body().collect().await.unwrap();
+
+    // The drain reaches the idle connection just as its client, having had
+    // a response that kept it open, sends the next request on it.
+    server.signal("TERM");
+    server.wait_for_log("shutting down");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let next = tokio::time::timeout(PATIENCE, sender.send_request(hello()))
+        .await
+        .unwrap()
+        .expect("answered, not closed under the request");
+    assert_eq!(next.status(), StatusCode::OK);
+    assert_eq!(next.headers().get("connection").map(|v| v.to_str().unwrap()), Some("close"));
+    next.into_body().collect().await.unwrap();
+    tokio::time::timeout(PATIENCE, connection).await.expect("closed after that response").unwrap().unwrap();
+    assert!(server.wait().success());
+}
