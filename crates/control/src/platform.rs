@@ -387,6 +387,7 @@ impl Platform {
                 platform.mark_retiring(bundle.as_deref(), true);
                 let timeout = platform.deployer().map(|d| d.config.drain_timeout).unwrap_or_default();
                 app.retire(timeout, "its app was removed").await;
+                app.supervisor().forget_prepared();
                 platform.mark_retiring(bundle.as_deref(), false);
             }
             // Everything of it goes: logs, key-value data, its bundle if no

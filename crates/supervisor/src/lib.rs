@@ -204,6 +204,19 @@ impl Supervisor {
         Supervisor { services }
     }
 
+    /// Keeps no processes ready for these services any more: for an app
+    /// removed for good (a version replaced by another leaves the new
+    /// version's, which may share the command, alone).
+    pub fn forget_prepared(&self) {
+        for service in &self.services {
+            if let Spawner::Helper(helper) = &service.processes.spawner
+                && let Err(error) = helper.forget(&service.key)
+            {
+                tracing::warn!(service = %service.key, "cannot let its ready processes go: {error}");
+            }
+        }
+    }
+
     pub fn service(&self, id: &str) -> Option<&Arc<ServiceHandle>> {
         self.services.iter().find(|s| s.config.id == id)
     }

@@ -132,6 +132,10 @@ enum Order {
         stubs: usize,
     },
     Spawn(Spawn),
+    /// Keep no processes ready for `service` any more (its app is gone).
+    Forget {
+        service: String,
+    },
 }
 
 /// What the helper says back.
@@ -360,6 +364,17 @@ impl HelperClient {
         self.with_connection(|connection| send_order(&mut connection.writer, &Order::Prepare { template, stubs }))
     }
 
+    /// Asks that no processes be kept ready for `service` any more; a
+    /// helper that is gone took them with it.
+    pub fn forget(&self, service: &str) -> std::io::Result<()> {
+        self.prepared.lock().expect("not poisoned").remove(service);
+        let mut connection = self.connection.lock().expect("not poisoned");
+        match connection.as_mut().filter(|c| c.alive.load(Ordering::Acquire)) {
+            Some(connection) => send_order(&mut connection.writer, &Order::Forget { service: service.to_owned() }),
+            None => Ok(()),
+        }
+    }
+
     async fn spawn(&self, mut request: Spawn) -> std::io::Result<(Process, Option<Cgroup>)> {
         let (reply_tx, reply_rx) = oneshot::channel();
         self.with_connection(|connection| {
@@ -582,6 +597,16 @@ impl Stubs {
         self.refill(Duration::ZERO);
     }
 
+    /// Keeps no stubs for `service` any more, and lets its ready ones go.
+    fn forget(&self, service: &str) {
+        let mut table = self.table.lock().expect("not poisoned");
+        table.known.remove(service);
+        table.recent.retain(|name| name != service);
+        if let Some(stubs) = table.ready.remove(service) {
+            retire_stubs(stubs);
+        }
+    }
+
     /// A ready stub that becomes `request`, if there is one; either way the
     /// service counts as just used (it gets stubs again if it had none).
     fn take(self: &Arc<Self>, request: &Spawn) -> Option<Stub> {
@@ -630,6 +655,12 @@ pub fn helper_main(run: Option<&Path>) -> std::io::Result<()> {
                         Ok(Order::Prepare { template, stubs: count }) => {
                             if let Some(stubs) = &stubs {
                                 stubs.prepare(template, count);
+                            }
+                            continue;
+                        }
+                        Ok(Order::Forget { service }) => {
+                            if let Some(stubs) = &stubs {
+                                stubs.forget(&service);
                             }
                             continue;
                         }

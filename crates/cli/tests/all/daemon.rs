@@ -800,3 +800,35 @@ async fn a_rollback_to_earlier_content_serves_its_first_request() {
     assert_eq!(reply.status, StatusCode::OK, "the first request after the rollback: {}", reply.body);
     assert!(reply.body.starts_with("pid "), "{}", reply.body);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_app_leaves_no_waiting_processes_behind() {
+    let state = tempfile::tempdir().unwrap();
+    let state_dir = state.path();
+    let server = Server::daemon(state_dir, &[]);
+    let app = tempfile::tempdir().unwrap();
+    std::fs::write(
+        app.path().join("spin.toml"),
+        "spin_manifest_version = 2\n[application]\nname = \"gone\"\n[[trigger.http]]\nroute = \"/...\"\nservice = \"s\"\n\
+         [service.s]\ncommand = [\"sleep\", \"300\"]\n",
+    )
+    .unwrap();
+    ok(state_dir, &["deploy", "-0", path_str(app.path())]);
+    // The process helper keeps two shells waiting for the service's wakes.
+    let children = |pid: u32| -> Vec<u32> {
+        let output = std::process::Command::new("pgrep").args(["-P", &pid.to_string()]).output().unwrap();
+        String::from_utf8_lossy(&output.stdout).lines().filter_map(|line| line.parse().ok()).collect()
+    };
+    let helper = children(server.pid())[0];
+    let waiting = |count: usize| {
+        let started = Instant::now();
+        while children(helper).len() != count {
+            assert!(started.elapsed() < PATIENCE, "{:?} waiting, not {count}", children(helper));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    waiting(2);
+    ok(state_dir, &["rm", "gone"]);
+    // Their app is gone, and so are they.
+    waiting(0);
+}
