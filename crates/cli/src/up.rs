@@ -324,7 +324,14 @@ pub(crate) async fn serve_until_signalled(
     let on_second = gateway.clone();
     tokio::spawn(async move {
         let name = signals.recv().await;
-        tracing::info!("{name}: shutting down: draining in-flight requests (again to exit at once)");
+        match on_second.config().drain_timeout {
+            Duration::ZERO => {
+                tracing::info!("{name}: shutting down without a drain (`--drain-timeout 0`; again to exit at once)")
+            }
+            limit => tracing::info!(
+                "{name}: shutting down: draining in-flight requests for up to {limit:?} (again to exit at once)"
+            ),
+        }
         let _ = first_tx.send(());
         let name = signals.recv().await;
         tracing::warn!("{name} again: exiting without draining");
