@@ -109,11 +109,12 @@ impl Activity {
         self.accepted
     }
 
-    /// Whether this connection has carried an HTTP/1 request: one whose
-    /// client may be sending its next request right now, after a response
-    /// that kept the connection open.
-    pub fn speaks_http1(&self) -> bool {
-        self.http1.load(Ordering::Relaxed)
+    /// Whether this connection's client may be sending an HTTP/1 request
+    /// right now that the server has not yet read: it has carried HTTP/1
+    /// requests (the next may follow a response that kept it open), or none
+    /// yet (a client's pooled connection, opened ahead of its request).
+    pub fn may_be_sending_http1(&self) -> bool {
+        self.http1.load(Ordering::Relaxed) || self.requests.load(Ordering::Acquire) == 0
     }
 
     /// Every response from now on closes the connection after it.
@@ -202,6 +203,19 @@ pub async fn idle(activity: &Activity) {
         tokio::select! {
             () = tokio::time::sleep_until(deadline) => {}
             () = changed => {}
+        }
+    }
+}
+
+/// Waits until the connection has had no request in flight for a whole
+/// `grace` (looked at every `grace`): for a connection being closed
+/// gracefully, whose client may never answer the close (hyper's HTTP/2
+/// graceful close waits for a PING's acknowledgement).
+pub async fn quiet(activity: &Activity, grace: Duration) {
+    loop {
+        tokio::time::sleep(grace).await;
+        if activity.in_flight.load(Ordering::SeqCst) == 0 {
+            return;
         }
     }
 }

@@ -487,11 +487,12 @@ impl Gateway {
                 }
             }
             () = drain.cancelled() => {
-                // An HTTP/1.1 keep-alive connection is not closed under a
-                // request its client may have sent already, after a response
-                // that kept the connection open: for a moment, one that comes
-                // is answered, and every response says `Connection: close`.
-                if activity.speaks_http1() {
+                // An HTTP/1.1 connection is not closed under a request its
+                // client may have sent already (after a response that kept
+                // it open, or on a connection opened ahead of it): for a
+                // moment, one that comes is answered, and every response
+                // says `Connection: close`. HTTP/2 has GOAWAY for that.
+                if activity.may_be_sending_http1() {
                     activity.close_after_each_response();
                     tokio::select! {
                         result = connection.as_mut() => return ended(result),
@@ -499,11 +500,17 @@ impl Gateway {
                     }
                 }
                 // Requests in flight finish, within the drain timeout and
-                // under the watchdog still.
+                // under the watchdog still; with none left, the client has a
+                // moment for the goodbye (HTTP/2: GOAWAY, a PING, its
+                // acknowledgement), and a client that never answers is not
+                // waited for.
                 connection.as_mut().graceful_shutdown();
                 tokio::select! {
                     result = connection => ended(result),
                     () = conn::idle(&activity) => {}
+                    () = conn::quiet(&activity, conn::CLOSE_GRACE) => {
+                        tracing::debug!(%client, "connection closed: no answer to the drain's close");
+                    }
                 }
             }
         }

@@ -203,35 +203,85 @@ fn flag_values_that_make_no_sense_are_refused_at_start() {
     }
 }
 
+/// An HTTP/1.1 connection to `server`, its requests sent with the sender.
+async fn http1_connection(
+    server: &crate::support::Server,
+) -> (
+    hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>,
+    tokio::task::JoinHandle<hyper::Result<()>>,
+) {
+    let stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+    (sender, tokio::spawn(connection))
+}
+
+/// `GET /hello` on `sender` just after the drain has begun: answered, with
+/// `Connection: close`, not closed under it.
+async fn hello_as_the_drain_begins(
+    server: &crate::support::Server,
+    sender: &mut hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>,
+) {
+    use http_body_util::BodyExt as _;
+    server.signal("TERM");
+    server.wait_for_log("shutting down");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let response = tokio::time::timeout(PATIENCE, sender.send_request(hello()))
+        .await
+        .unwrap()
+        .expect("answered, not closed under the request");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers().get("connection").map(|v| v.to_str().unwrap()), Some("close"));
+    response.into_body().collect().await.unwrap();
+}
+
+fn hello() -> hyper::Request<http_body_util::Full<bytes::Bytes>> {
+    hyper::Request::get("/hello").header("host", "localhost").body(Default::default()).unwrap()
+}
+
 #[tokio::test]
 async fn a_keep_alive_request_sent_as_the_drain_begins_is_answered_and_told_to_close() {
-    use http_body_util::{BodyExt as _, Full};
-    use hyper_util::rt::TokioIo;
-
+    use http_body_util::BodyExt as _;
     let app = App::new(&[("/hello", "hello")]);
     let server = app.start(&[]);
-    let stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
-    let connection = tokio::spawn(connection);
-    let hello =
-        || hyper::Request::get("/hello").header("host", "localhost").body(Full::new(bytes::Bytes::new())).unwrap();
+    let (mut sender, connection) = http1_connection(&server).await;
     let first = sender.send_request(hello()).await.unwrap();
     assert_eq!(first.status(), StatusCode::OK);
     assert!(!first.headers().contains_key("connection"), "kept alive: {:?}", first.headers());
     first.into_body().collect().await.unwrap();
-
     // The drain reaches the idle connection just as its client, having had
     // a response that kept it open, sends the next request on it.
-    server.signal("TERM");
-    server.wait_for_log("shutting down");
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let next = tokio::time::timeout(PATIENCE, sender.send_request(hello()))
-        .await
-        .unwrap()
-        .expect("answered, not closed under the request");
-    assert_eq!(next.status(), StatusCode::OK);
-    assert_eq!(next.headers().get("connection").map(|v| v.to_str().unwrap()), Some("close"));
-    next.into_body().collect().await.unwrap();
+    hello_as_the_drain_begins(&server, &mut sender).await;
     tokio::time::timeout(PATIENCE, connection).await.expect("closed after that response").unwrap().unwrap();
     assert!(server.wait().success());
+}
+
+#[tokio::test]
+async fn a_first_request_on_a_connection_opened_before_the_drain_is_answered() {
+    let app = App::new(&[("/hello", "hello")]);
+    let server = app.start(&[]);
+    // A client's pooled connection, opened ahead of the request it carries.
+    let (mut sender, _connection) = http1_connection(&server).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    hello_as_the_drain_begins(&server, &mut sender).await;
+    assert!(server.wait().success());
+}
+
+#[test]
+fn an_http2_client_that_never_answers_the_close_does_not_hold_the_drain() {
+    let app = App::new(&[("/hello", "hello")]);
+    let server = app.start(&[]);
+    // The h2c preface and SETTINGS, then silence: the client never reads
+    // again, so it never acknowledges the PING of hyper's graceful close.
+    let mut stream = std::net::TcpStream::connect(server.addr).unwrap();
+    stream.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let started = Instant::now();
+    server.signal("TERM");
+    let status = server.wait();
+    let took = started.elapsed();
+    assert!(status.success(), "nothing was in flight: a clean exit, not a cut drain: {status:?}");
+    // Not the header timeout (10 s) nor the drain timeout (30 s).
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    drop(stream);
 }
