@@ -283,8 +283,9 @@ impl Gateway {
     /// requests, guests and upgraded connections. Past that timeout, every
     /// request still without a response head is answered 503 (with
     /// `Retry-After`), given up to [`conn::CLOSE_GRACE`] to be written.
-    /// Returns whether everything drained in time. With [`GatewayConfig::tls`], every connection is
-    /// HTTPS, and the certificate files are watched while this runs.
+    /// Returns whether everything drained in time. With
+    /// [`GatewayConfig::tls`], every connection is HTTPS, and the
+    /// certificate files are watched while this runs.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) -> bool {
         let local_addr = listener.local_addr().ok();
         if let Some(addr) = local_addr {

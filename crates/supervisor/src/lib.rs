@@ -245,11 +245,10 @@ impl Supervisor {
     /// none again, and waits until all are reaped.
     pub async fn stop(&self, reason: &str) {
         for service in &self.services {
-            service.shutting_down.store(true, std::sync::atomic::Ordering::Release);
-            // Its scaler, if it waits for an event, sees the stop and ends.
-            service.scale_events.notify_one();
             let mut state = service.state.lock().expect("not poisoned");
             state.stop_reason = Some(reason.to_owned());
+            // Its scaler, if it waits for an event, sees the stop and ends.
+            service.scale_events.notify_one();
             for instance in &mut state.instances {
                 instance.stop(reason);
             }
@@ -300,7 +299,6 @@ pub struct ServiceHandle {
     /// that none is lost; waking every waiter for one place would wake all
     /// of a full queue to let one go.
     room: Notify,
-    shutting_down: std::sync::atomic::AtomicBool,
     /// Set while the service has step policies: leases then wake its scaler.
     has_policies: std::sync::atomic::AtomicBool,
     scale_events: Arc<Notify>,
@@ -468,7 +466,6 @@ impl ServiceHandle {
             state: Mutex::new(State { scale, ..State::default() }),
             changed: Notify::new(),
             room: Notify::new(),
-            shutting_down: Default::default(),
             has_policies: Default::default(),
             scale_events: Arc::default(),
             metrics,
@@ -588,7 +585,10 @@ impl ServiceHandle {
     /// Why its app stopped ([`Supervisor::stop`]), as a request for it is
     /// refused: `Some` once stopping, for good.
     pub fn stopping(&self) -> Option<WakeError> {
-        let state = self.state.lock().expect("not poisoned");
+        self.stopped(&self.state.lock().expect("not poisoned"))
+    }
+
+    fn stopped(&self, state: &State) -> Option<WakeError> {
         let reason = state.stop_reason.clone()?;
         Some(WakeError::Stopping { service: self.config.id.clone(), reason })
     }
@@ -679,8 +679,7 @@ impl ServiceHandle {
                     }
                     return Ok(lease);
                 }
-                if let Some(reason) = &state.stop_reason {
-                    let error = WakeError::Stopping { service: self.config.id.clone(), reason: reason.clone() };
+                if let Some(error) = self.stopped(&state) {
                     if let Some(place) = place.take() {
                         place.leave(&mut state);
                     }
@@ -761,7 +760,7 @@ impl ServiceHandle {
     /// for a fixed port, not until the previous instance is reaped, its own
     /// or another app's (two processes must never share the port).
     fn may_start(&self, state: &State) -> bool {
-        !self.shutting_down.load(std::sync::atomic::Ordering::Acquire)
+        state.stop_reason.is_none()
             && self.config.port.is_none_or(|port| state.instances.is_empty() && !self.processes.port_held(port))
     }
 
@@ -892,7 +891,7 @@ impl ServiceHandle {
                 let mut state = self.state.lock().expect("not poisoned");
                 state.instances.retain(|i| i.number != number);
                 self.release_fixed_port();
-                if !self.shutting_down.load(std::sync::atomic::Ordering::Acquire) {
+                if state.stop_reason.is_none() {
                     self.fail(&mut state, format!("cannot start `{program}`: {error}"));
                 }
                 drop(state);
@@ -965,7 +964,7 @@ impl ServiceHandle {
                 // The loop below terminates it: a stop that came while it was
                 // starting was consumed above, so signal again.
                 stop.notify_one();
-                if !asked_to_stop && !self.shutting_down.load(std::sync::atomic::Ordering::Acquire) {
+                if !asked_to_stop && state.stop_reason.is_none() {
                     self.fail(&mut state, reason);
                 }
             }
@@ -1030,8 +1029,7 @@ impl ServiceHandle {
         // crashed, the process helper was killed) is replaced at once,
         // unless the service is failing (its back-off decides) or going
         // away; one stopped on purpose (`instance stop`) is not.
-        if went_on_its_own && !self.shutting_down.load(std::sync::atomic::Ordering::Acquire) && state.failing.is_none()
-        {
+        if went_on_its_own && state.stop_reason.is_none() && state.failing.is_none() {
             let wanted = state.min_up();
             self.start_kept_up(&mut state, wanted);
         }
@@ -1131,13 +1129,11 @@ async fn scaler(service: std::sync::Weak<ServiceHandle>, events: Arc<Notify>) {
     loop {
         let busy = {
             let Some(service) = service.upgrade() else { return };
-            if service.shutting_down.load(std::sync::atomic::Ordering::Acquire)
-                || !service.has_policies.load(std::sync::atomic::Ordering::Acquire)
             {
-                // Looked at again under the lock `set_scale` takes, so that
-                // policies set just now are not left without a scaler.
+                // Under the lock `set_scale` takes, so that policies set just
+                // now are not left without a scaler.
                 let mut state = service.state.lock().expect("not poisoned");
-                if service.shutting_down.load(std::sync::atomic::Ordering::Acquire) || state.scale.policies.is_empty() {
+                if state.stop_reason.is_some() || state.scale.policies.is_empty() {
                     state.scaler_running = false;
                     return;
                 }

@@ -806,13 +806,7 @@ async fn a_removed_app_leaves_no_waiting_processes_behind() {
     let state = tempfile::tempdir().unwrap();
     let state_dir = state.path();
     let server = Server::daemon(state_dir, &[]);
-    let app = tempfile::tempdir().unwrap();
-    std::fs::write(
-        app.path().join("spin.toml"),
-        "spin_manifest_version = 2\n[application]\nname = \"gone\"\n[[trigger.http]]\nroute = \"/...\"\nservice = \"s\"\n\
-         [service.s]\ncommand = [\"sleep\", \"300\"]\n",
-    )
-    .unwrap();
+    let app = service_app("gone", "");
     ok(state_dir, &["deploy", "-0", path_str(app.path())]);
     // The process helper keeps two shells waiting for the service's wakes.
     let children = |pid: u32| -> Vec<u32> {
