@@ -132,6 +132,12 @@ pub struct Limits {
     /// in-flight requests.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
+    /// Threads that accept and serve connections, each keeping a
+    /// connection's I/O, hops and guests' first stretch on one CPU; guests
+    /// that wait or run past a 10 ms tick go on on the shared runtime.
+    /// Default: one per CPU dormouse may use.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    io_threads: Option<u32>,
 }
 
 impl Limits {
@@ -157,6 +163,10 @@ impl Limits {
             max_header_bytes: usize::try_from(self.max_headers.as_u64()).context("header limit too large")?,
             max_body_bytes: self.max_body.as_u64(),
             drain_timeout: self.drain_timeout,
+            io_threads: match self.io_threads {
+                Some(threads) => threads as usize,
+                None => GatewayConfig::default().io_threads,
+            },
             ..GatewayConfig::default()
         })
     }

@@ -87,6 +87,15 @@ pub struct GatewayConfig {
     /// counted. `None` (the default): nothing is counted, and a request pays
     /// nothing for metrics.
     pub metrics: Option<Arc<Metrics>>,
+    /// Threads that accept and serve connections, each with a
+    /// single-threaded runtime of its own: a connection's I/O, its hop to a
+    /// service and a guest's first stretch (up to the guest's first wait)
+    /// stay on one thread, with no hand-off between threads. A guest that
+    /// waits (for I/O, or past a 10 ms tick of CPU) goes on on the runtime
+    /// `serve` runs on, so that it holds up no other connection. Default: one
+    /// per CPU this process may use (`std::thread::available_parallelism`);
+    /// at least 1.
+    pub io_threads: usize,
 }
 
 impl Default for GatewayConfig {
@@ -102,6 +111,7 @@ impl Default for GatewayConfig {
             outbound: OutboundConfig::default(),
             tls: None,
             metrics: None,
+            io_threads: std::thread::available_parallelism().map_or(1, usize::from),
         }
     }
 }
@@ -122,6 +132,29 @@ pub type ResponseBody =
 /// far below the byte limit; a larger cap costs hyper a larger (uninitialised)
 /// index array per request.
 const HEADER_BYTES_PER_LINE: usize = 32;
+
+/// What the I/O threads of one `serve` share.
+struct Serving {
+    builder: hyper_util::server::conn::auto::Builder<TokioExecutor>,
+    local_addr: Option<SocketAddr>,
+    /// Every connection's task, from its accept (so that the drain waits
+    /// for a handshake in progress too).
+    open: TaskTracker,
+    /// The drain's start, a child of which each connection watches: its
+    /// own, so that the connections' many wake-ups never share one lock.
+    draining: tokio_util::sync::CancellationToken,
+    /// The drain timeout passed: requests still without a response are
+    /// answered 503 before dormouse exits.
+    cut_short: tokio_util::sync::CancellationToken,
+    connections: Arc<tokio::sync::Semaphore>,
+    /// Shared by the accept loops: at most one line a second in all.
+    accept_errors: std::sync::Mutex<conn::AcceptErrors>,
+    stop_accepting: tokio_util::sync::CancellationToken,
+    /// The accept loops, one per I/O thread.
+    accepting: TaskTracker,
+    /// `serve` returned: the I/O threads' runtimes go.
+    finished: tokio_util::sync::CancellationToken,
+}
 
 /// A connection just accepted: its client, the address it reached, and what
 /// its watchdog measures from the accept on.
@@ -278,12 +311,14 @@ impl Gateway {
         self.accepting.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// Serves connections from `listener` until `shutdown` resolves, then
-    /// stops accepting and waits up to the drain timeout for in-flight
+    /// Serves connections from `listener` on `GatewayConfig::io_threads`
+    /// threads of its own until `shutdown` resolves (guests that wait go on
+    /// on the runtime this runs on), then stops accepting and waits up to the drain timeout for in-flight
     /// requests, guests and upgraded connections. Past that timeout, every
     /// request still without a response head is answered 503 (with
     /// `Retry-After`), given up to [`conn::CLOSE_GRACE`] to be written.
-    /// Returns whether everything drained in time. With
+    /// Returns whether everything drained in time (false too if no I/O
+    /// thread could serve). With
     /// [`GatewayConfig::tls`], every connection is HTTPS, and the
     /// certificate files are watched while this runs.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) -> bool {
@@ -309,28 +344,103 @@ impl Gateway {
             .http2()
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(config.max_header_bytes.saturating_mul(2)).unwrap_or(u32::MAX));
-        let builder = Arc::new(builder);
-        // Every connection's task, from its accept (so that the drain waits
-        // for a handshake in progress too), and the signal that starts the
-        // drain, a child of which each connection watches: its own, so that
-        // the connections' many wake-ups never share one lock.
-        let open = TaskTracker::new();
-        let draining = tokio_util::sync::CancellationToken::new();
-        // And the signal that the drain timeout passed: requests still
-        // without a response are answered 503 before dormouse exits.
-        let cut_short = tokio_util::sync::CancellationToken::new();
-        let connections = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
-        let mut accept_errors = conn::AcceptErrors::default();
-        let header_timeout = config.header_read_timeout;
+        let serving = Arc::new(Serving {
+            builder,
+            local_addr,
+            open: TaskTracker::new(),
+            draining: tokio_util::sync::CancellationToken::new(),
+            cut_short: tokio_util::sync::CancellationToken::new(),
+            connections: Arc::new(tokio::sync::Semaphore::new(config.max_connections)),
+            accept_errors: Default::default(),
+            stop_accepting: tokio_util::sync::CancellationToken::new(),
+            accepting: TaskTracker::new(),
+            finished: tokio_util::sync::CancellationToken::new(),
+        });
+        let _finished = serving.finished.clone().drop_guard();
+        // Guests that wait go on here, off the I/O threads.
+        self.host.run_waiting_guests_on(tokio::runtime::Handle::current());
         let _reload = config.tls.clone().map(|tls| tokio_util::task::AbortOnDropHandle::new(tokio::spawn(tls.watch())));
-        tokio::pin!(shutdown);
         self.accepting.store(true, std::sync::atomic::Ordering::Release);
 
+        let io_threads = config.io_threads.max(1);
+        let listener = match listener.into_std() {
+            Ok(listener) => listener,
+            Err(error) => {
+                tracing::error!("cannot serve: {error}");
+                return false;
+            }
+        };
+        for number in 0..io_threads {
+            let cloned = match listener.try_clone() {
+                Ok(cloned) => cloned,
+                Err(error) => {
+                    tracing::warn!("cannot share the listener with I/O thread {number}: {error}");
+                    break;
+                }
+            };
+            let (gateway, serving) = (self.clone(), serving.clone());
+            let token = serving.accepting.token();
+            let spawned = std::thread::Builder::new().name(format!("dormouse-io-{number}")).spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(runtime) => runtime,
+                    Err(error) => return tracing::error!("I/O thread {number}: {error}"),
+                };
+                runtime.block_on(async move {
+                    match TcpListener::from_std(cloned) {
+                        Ok(listener) => gateway.accept(listener, &serving).await,
+                        Err(error) => tracing::error!("I/O thread {number}: {error}"),
+                    }
+                    drop(token);
+                    serving.finished.cancelled().await;
+                });
+                runtime.shutdown_background();
+            });
+            if let Err(error) = spawned {
+                tracing::warn!("cannot start I/O thread {number}: {error}");
+            }
+        }
+        drop(listener);
+        serving.accepting.close();
+        tokio::pin!(shutdown);
+        let failed = tokio::select! {
+            () = &mut shutdown => false,
+            () = serving.accepting.wait() => {
+                tracing::error!("no I/O thread is accepting connections: shutting down");
+                true
+            }
+        };
+
+        self.accepting.store(false, std::sync::atomic::Ordering::Release);
+        serving.stop_accepting.cancel();
+        serving.accepting.wait().await;
+        serving.draining.cancel();
+        serving.open.close();
+        let drain = async {
+            serving.open.wait().await;
+            let tasks = self.host.tasks();
+            tasks.close();
+            self.upgrades.close();
+            tokio::join!(tasks.wait(), self.upgrades.wait());
+        };
+        let drained = tokio::time::timeout(self.config.drain_timeout, drain).await.is_ok();
+        if !drained {
+            serving.cut_short.cancel();
+            // A moment to write those answers; a response body still
+            // streaming is cut.
+            let _ = tokio::time::timeout(conn::CLOSE_GRACE, serving.open.wait()).await;
+        }
+        drained && !failed
+    }
+
+    /// Accepts connections from `listener` until `serving.stop_accepting`,
+    /// each served in a task of this thread's runtime.
+    async fn accept(self: &Arc<Self>, listener: TcpListener, serving: &Arc<Serving>) {
+        let header_timeout = self.config.header_read_timeout;
         loop {
             // A place first: at the cap, connections wait in the backlog.
             let permit = tokio::select! {
-                permit = connections.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
-                () = &mut shutdown => break,
+                permit = serving.connections.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+                () = serving.stop_accepting.cancelled() => break,
             };
             let (stream, client) = tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -338,25 +448,26 @@ impl Gateway {
                     Err(error) => {
                         // Out of file descriptors and the like: keep serving
                         // the connections we have, try again shortly.
-                        accept_errors.record(&error);
+                        serving.accept_errors.lock().expect("not poisoned").record(&error);
                         tokio::time::sleep(Duration::from_millis(10)).await;
                         continue;
                     }
                 },
-                () = &mut shutdown => break,
+                () = serving.stop_accepting.cancelled() => break,
             };
             // Responses are written in one go by hyper; Nagle would only delay
             // the last segment of each.
             let _ = stream.set_nodelay(true);
-            let activity = conn::Activity::new(header_timeout, config.idle_timeout);
-            let accepted = Accepted { client, local: local_addr, activity };
-            let (drain, cut) = (draining.child_token(), cut_short.child_token());
-            let (gateway, builder) = (self.clone(), builder.clone());
-            open.spawn(async move {
+            let activity = conn::Activity::new(header_timeout, self.config.idle_timeout);
+            let accepted = Accepted { client, local: serving.local_addr, activity };
+            let (drain, cut) = (serving.draining.child_token(), serving.cut_short.child_token());
+            let (gateway, serving) = (self.clone(), serving.clone());
+            serving.open.clone().spawn(async move {
                 let _place = permit;
+                let builder = &serving.builder;
                 let Some(tls) = &gateway.config.tls else {
                     let io = TokioIo::new(stream);
-                    return gateway.serve_connection(io, Scheme::HTTP, &builder, drain, cut, accepted).await;
+                    return gateway.clone().serve_connection(io, Scheme::HTTP, builder, drain, cut, accepted).await;
                 };
                 // The handshake, in the connection's own task (a slow client
                 // holds no one else up), within the time a connection has
@@ -366,33 +477,13 @@ impl Gateway {
                 match handshake {
                     Ok(Ok(stream)) => {
                         let io = TokioIo::new(stream);
-                        gateway.serve_connection(io, Scheme::HTTPS, &builder, drain, cut, accepted).await;
+                        gateway.clone().serve_connection(io, Scheme::HTTPS, builder, drain, cut, accepted).await;
                     }
                     Ok(Err(error)) => tracing::debug!(%client, "TLS connection refused: {error}"),
                     Err(_) => tracing::debug!(%client, "TLS connection closed: no handshake within {header_timeout:?}"),
                 }
             });
         }
-
-        self.accepting.store(false, std::sync::atomic::Ordering::Release);
-        drop(listener);
-        draining.cancel();
-        open.close();
-        let drain = async {
-            open.wait().await;
-            let tasks = self.host.tasks();
-            tasks.close();
-            self.upgrades.close();
-            tokio::join!(tasks.wait(), self.upgrades.wait());
-        };
-        let drained = tokio::time::timeout(self.config.drain_timeout, drain).await.is_ok();
-        if !drained {
-            cut_short.cancel();
-            // A moment to write those answers; a response body still
-            // streaming is cut.
-            let _ = tokio::time::timeout(conn::CLOSE_GRACE, open.wait()).await;
-        }
-        drained
     }
 
     /// Serves one connection, plain or past its TLS handshake, with hyper

@@ -42,17 +42,24 @@ pub type BackendClient = Client<HttpConnector, BackendBody>;
 /// connection (a resend must not meet another pooled connection the app
 /// closed).
 pub struct Backends {
-    pooled: BackendClient,
+    /// A pool for each I/O thread: a connection to a service is driven by
+    /// the thread whose client connections use it.
+    pooled: thread_local::ThreadLocal<BackendClient>,
     fresh: BackendClient,
+    connector: HttpConnector,
 }
 
 impl Backends {
     pub fn new() -> Backends {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
-        let builder =
-            |max_idle| Client::builder(TokioExecutor::new()).pool_max_idle_per_host(max_idle).build(connector.clone());
-        Backends { pooled: builder(usize::MAX), fresh: builder(0) }
+        let fresh = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(0).build(connector.clone());
+        Backends { pooled: thread_local::ThreadLocal::new(), fresh, connector }
+    }
+
+    /// This thread's pool.
+    pub fn pooled(&self) -> &BackendClient {
+        self.pooled.get_or(|| Client::builder(TokioExecutor::new()).build(self.connector.clone()))
     }
 }
 
@@ -130,7 +137,7 @@ where
     let replay = (is_idempotent(&head.method) && body.is_end_stream()).then(|| Replay::of(&head));
     let body = body.map_err(|error| BoxError::from(format!("{error:?}"))).boxed_unsync();
     let sent = async {
-        match gateway.backends.pooled.request(Request::from_parts(head, body)).await {
+        match gateway.backends.pooled().request(Request::from_parts(head, body)).await {
             Err(error) if replay.is_some() => {
                 tracing::debug!(service = id, "hop failed, sending again: {error}");
                 gateway.backends.fresh.request(replay.expect("checked in the guard").request()).await

@@ -2,10 +2,12 @@
 //! schema (`spin_key_value (store, key, value)`), so a database Spin wrote
 //! opens here and the other way round.
 //!
-//! Connections come from a small pool; each call runs on the calling thread,
-//! reads as they are and writes marked as blocking (`block_in_place`), since a
-//! commit waits for its fsync (`synchronous = FULL` in WAL mode). Reads go on
-//! in parallel with a write (WAL).
+//! Connections come from a small pool; reads run on the calling thread, and so
+//! do writes on a multi-threaded runtime, marked as blocking
+//! (`block_in_place`), since a commit waits for its fsync (`synchronous =
+//! FULL` in WAL mode). On a single-threaded runtime (a gateway's I/O thread,
+//! whose other connections must not wait for the fsync) a write goes to
+//! tokio's blocking pool. Reads go on in parallel with a write (WAL).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -142,17 +144,25 @@ impl SqliteStore {
         work(&connection, &self.label)
     }
 
-    /// Runs a write with a pooled connection, telling tokio that this thread
-    /// blocks (a commit waits for its fsync), so the worker's other tasks
-    /// move to another thread meanwhile.
-    fn write_with<T>(&self, work: impl FnOnce(&mut rusqlite::Connection, &str) -> Result<T>) -> Result<T> {
-        let run = || {
-            let mut connection = self.pool.get().map_err(sql)?;
-            work(&mut connection, &self.label)
+    /// Runs a write with a pooled connection: where tokio can move this
+    /// worker's other tasks to another thread (a multi-threaded runtime),
+    /// here, telling it that this thread blocks (a commit waits for its
+    /// fsync); on a single-threaded runtime, on the blocking pool.
+    async fn write_with<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut rusqlite::Connection, &str) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let (pool, label) = (self.pool.clone(), self.label.clone());
+        let run = move || {
+            let mut connection = pool.get().map_err(sql)?;
+            work(&mut connection, &label)
         };
         match tokio::runtime::Handle::try_current().map(|handle| handle.runtime_flavor()) {
             Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(run),
-            _ => run(),
+            Ok(_) => tokio::task::spawn_blocking(run)
+                .await
+                .map_err(|error| Error::Sqlite(format!("a write to {} did not finish: {error}", self.location)))?,
+            Err(_) => run(),
         }
     }
 
@@ -174,17 +184,18 @@ impl SqliteStore {
     }
 
     pub async fn set_many(&self, pairs: Vec<(String, Vec<u8>)>) -> Result<()> {
-        self.write_with(|connection, label| {
+        self.write_with(move |connection, label| {
             let transaction = connection.transaction().map_err(sql)?;
             for (key, value) in &pairs {
                 write(&transaction, label, key, value)?;
             }
             transaction.commit().map_err(sql)
         })
+        .await
     }
 
     pub async fn delete_many(&self, keys: Vec<String>) -> Result<()> {
-        self.write_with(|connection, label| {
+        self.write_with(move |connection, label| {
             let transaction = connection.transaction().map_err(sql)?;
             {
                 let mut delete = transaction
@@ -196,6 +207,7 @@ impl SqliteStore {
             }
             transaction.commit().map_err(sql)
         })
+        .await
     }
 
     pub async fn list_keys(&self, offset: u64) -> Result<KeyPage> {
@@ -220,31 +232,35 @@ impl SqliteStore {
     }
 
     pub async fn increment(&self, key: &str, delta: i64) -> Result<i64> {
-        self.write_with(|connection, label| {
+        let key = key.to_owned();
+        self.write_with(move |connection, label| {
             // IMMEDIATE takes the write lock first, so two increments never
             // both read the old value.
             let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
-            let current = match read(&transaction, label, key)? {
-                Some(value) => parse_counter(key, &value)?,
+            let current = match read(&transaction, label, &key)? {
+                Some(value) => parse_counter(&key, &value)?,
                 None => 0,
             };
-            let next = current.checked_add(delta).ok_or_else(|| Error::Overflow(key.to_owned()))?;
-            write(&transaction, label, key, next.to_string().as_bytes())?;
+            let next = current.checked_add(delta).ok_or_else(|| Error::Overflow(key.clone()))?;
+            write(&transaction, label, &key, next.to_string().as_bytes())?;
             transaction.commit().map_err(sql)?;
             Ok(next)
         })
+        .await
     }
 
     pub async fn compare_and_swap(&self, key: &str, expected: Option<Vec<u8>>, value: Vec<u8>) -> Result<bool> {
-        self.write_with(|connection, label| {
+        let key = key.to_owned();
+        self.write_with(move |connection, label| {
             let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
-            if read(&transaction, label, key)? != expected {
+            if read(&transaction, label, &key)? != expected {
                 return Ok(false);
             }
-            write(&transaction, label, key, &value)?;
+            write(&transaction, label, &key, &value)?;
             transaction.commit().map_err(sql)?;
             Ok(true)
         })
+        .await
     }
 }
 

@@ -99,6 +99,10 @@ pub struct Processes {
     clean_env: bool,
     /// Fixed ports held by an instance, from its start until it is reaped.
     fixed_ports: Mutex<std::collections::HashSet<u16>>,
+    /// The runtime that instances' and scalers' tasks run on: the one this
+    /// was made in, which lives as long as dormouse, not the I/O thread of
+    /// the request that happened to wake an instance.
+    runtime: tokio::runtime::Handle,
 }
 
 impl Processes {
@@ -127,7 +131,8 @@ impl Processes {
             },
             _ => Spawner::Direct(cgroups.clone()),
         };
-        Arc::new(Processes { cgroups, spawner, quotas, clean_env: false, fixed_ports: Mutex::default() })
+        let runtime = tokio::runtime::Handle::current();
+        Arc::new(Processes { cgroups, spawner, quotas, clean_env: false, fixed_ports: Mutex::default(), runtime })
     }
 
     /// The same, but services start from a clean environment: only
@@ -514,7 +519,7 @@ impl ServiceHandle {
         }
         if has_policies && !state.scaler_running {
             state.scaler_running = true;
-            tokio::spawn(scaler(Arc::downgrade(self), self.scale_events.clone()));
+            self.processes.runtime.spawn(scaler(Arc::downgrade(self), self.scale_events.clone()));
         }
     }
 
@@ -863,7 +868,7 @@ impl ServiceHandle {
                 let stop = instance.stop_signal.clone();
                 let port = instance.port;
                 state.instances.push(instance);
-                tokio::spawn(self.clone().run_instance(number, port, request, stop));
+                self.processes.runtime.spawn(self.clone().run_instance(number, port, request, stop));
                 true
             }
             Err(error) => {

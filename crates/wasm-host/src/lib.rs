@@ -180,6 +180,9 @@ struct Shared {
     instances: Arc<Semaphore>,
     waiting: AtomicUsize,
     tasks: TaskTracker,
+    /// The runtime guests that wait go on on (see
+    /// [`Host::run_waiting_guests_on`]); unset, the one that polled them.
+    runtime: OnceLock<tokio::runtime::Handle>,
     ticker: Arc<EpochTicker>,
     /// Components already loaded, by the BLAKE3 hash of their bytes: a second
     /// component with the same bytes shares the compiled code and the
@@ -267,6 +270,7 @@ impl Host {
             instances: Arc::new(Semaphore::new(instances as usize)),
             waiting: AtomicUsize::new(0),
             tasks: TaskTracker::new(),
+            runtime: OnceLock::new(),
             ticker,
             loaded: Default::default(),
             started: Instant::now(),
@@ -286,6 +290,14 @@ impl Host {
 
     pub fn engine(&self) -> &Engine {
         &self.shared.wasi2.engine
+    }
+
+    /// Where a guest that waits (for I/O, or because a 10 ms tick passed
+    /// while it ran) goes on, in a task of its own: a runtime whose threads
+    /// handle no connection, so that it holds none up. Only the first call
+    /// counts; without one, a guest goes on on the runtime that polled it.
+    pub fn run_waiting_guests_on(&self, runtime: tokio::runtime::Handle) {
+        let _ = self.shared.runtime.set(runtime);
     }
 
     /// Guest tasks still running (a guest may run on after its response head
@@ -351,6 +363,16 @@ impl Host {
             stats: Arc::default(),
             metrics: spec.metrics.clone(),
         })
+    }
+}
+
+impl Shared {
+    /// Runs a guest's task on the host's runtime, tracked for the drain.
+    fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        match self.runtime.get() {
+            Some(runtime) => drop(self.tasks.spawn_on(task, runtime)),
+            None => drop(self.tasks.spawn(task)),
+        }
     }
 }
 
@@ -695,12 +717,6 @@ fn pooling_config(config: &HostConfig) -> PoolingAllocationConfig {
 /// Memory a pooled slot keeps resident (and resets by `memset`) between uses.
 const KEEP_RESIDENT: usize = 1 << 20;
 
-/// How the wait for a guest's response head ended.
-enum Head<T> {
-    Set(T),
-    Finished(Result<(), GuestError>),
-}
-
 /// A guest's response head with its body, or the error code it answered with
 /// (as text: 0.2 and 0.3 have a type each); an error if it never answered.
 type HeadResult = Result<Result<hyper::Response<body::Inner>, String>, oneshot::error::RecvError>;
@@ -1011,79 +1027,90 @@ impl ComponentPre {
             metrics.instantiated();
             OutcomeRecord { metrics, flags, done: false }
         });
-        let guest = async move {
-            let outcome = match tokio::time::timeout_at(deadline, run).await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(error)) if matches!(error.downcast_ref::<Trap>(), Some(Trap::Interrupt)) => {
+        // What the guest's run came to (`None`: past the wall-clock limit);
+        // counted, and its instance's places given back.
+        let finish = move |ran: Option<wasmtime::Result<()>>| {
+            let outcome = match ran {
+                Some(Ok(())) => Ok(()),
+                Some(Err(error)) if matches!(error.downcast_ref::<Trap>(), Some(Trap::Interrupt)) => {
                     Err(GuestError::CpuLimit(cpu_limit))
                 }
-                Ok(Err(error)) => Err(GuestError::Trap(error.into())),
-                Err(_) => Err(GuestError::Timeout(wall_limit)),
+                Some(Err(error)) => Err(GuestError::Trap(error.into())),
+                None => Err(GuestError::Timeout(wall_limit)),
             };
             if let Some(record) = record {
                 record.finish(&outcome);
             }
-            // The store (and with it the response sender) went with `run`, so
-            // a waiting receiver sees either a response or a closed channel.
             drop(permit);
             drop(quota);
             drop(live);
             drop(ticking);
             outcome
         };
-        // Boxed so that it can move to a task of its own after being polled here.
-        let mut guest = Box::pin(guest);
 
-        // Run the guest right here until it sets its response head. A guest
-        // that has finished by then (most do: they answer, write, return) costs
-        // no task and no cross-thread wake-up; one still running is handed to a
-        // task of its own, so the wall-clock limit holds even when the client
-        // stops reading the body.
+        // The guest runs right here, in the connection's task, until it first
+        // waits. Most guests (answer, write, return) never do: they cost no
+        // task and no wake-up of another thread. A guest that waits (for I/O,
+        // or because a tick passed while it ran) goes on in a task of its own
+        // on the host's runtime, so that it never holds up the other
+        // connections of this I/O thread, and the wall-clock limit holds even
+        // when the client stops reading the body.
         //
-        // The guest is polled first: one that finishes in its first poll sets
-        // its head before anyone waits for it, so the task is not woken by
-        // its own guest (tokio hands a task woken while it runs to the run
-        // queue and wakes an idle worker thread to take it).
+        // The guest is polled before its head is looked for: one that finishes
+        // in this poll sets its head before anyone waits for it.
+        let mut run = run;
         let mut head = head;
-        let first = tokio::select! {
-            biased;
-            outcome = &mut guest => Head::Finished(outcome),
-            head = &mut head => Head::Set(head),
-        };
-        match first {
+        match std::future::poll_fn(|cx| std::task::Poll::Ready(run.as_mut().poll(cx))).await {
+            // The store (and with it the response sender) went with `run`, so
+            // the receiver holds either a response or a closed channel.
             // Unconstrained: a receiver that holds its value would still say
             // "pending" once the task's cooperative budget is spent, and a
             // finished guest's answer would be lost.
-            Head::Finished(outcome) => match tokio::task::unconstrained(head).now_or_never() {
-                Some(Ok(Ok(response))) => Ok(response.map(|body| GuardedBody::new(body, Outcome::Ready(outcome)))),
-                Some(Ok(Err(code))) => Err(HandleError::ErrorCode(code)),
-                _ => Err(outcome.err().map_or(HandleError::NoResponse, HandleError::Guest)),
-            },
-            Head::Set(Ok(Ok(response))) => {
-                let (mut outcome_tx, outcome_rx) = oneshot::channel();
-                self.shared.tasks.spawn(async move {
-                    // The body holds the receiver: once it is dropped (the
-                    // client hung up, or a HEAD response needed no body),
-                    // nobody can read what the guest writes, so the guest is
-                    // dropped, its instance torn down and its slot freed.
+            std::task::Poll::Ready(ran) => {
+                drop(run);
+                let outcome = finish(Some(ran));
+                match tokio::task::unconstrained(head).now_or_never() {
+                    Some(Ok(Ok(response))) => Ok(response.map(|body| GuardedBody::new(body, Outcome::Ready(outcome)))),
+                    Some(Ok(Err(code))) => Err(HandleError::ErrorCode(code)),
+                    _ => Err(outcome.err().map_or(HandleError::NoResponse, HandleError::Guest)),
+                }
+            }
+            std::task::Poll::Pending => {
+                let (mut outcome_tx, mut outcome_rx) = oneshot::channel();
+                let guest = async move {
+                    let ran = tokio::time::timeout_at(deadline, run).await.ok();
+                    finish(ran)
+                };
+                self.shared.spawn(async move {
+                    // The response body holds the receiver (this request, until
+                    // its head): once it is dropped (the client hung up, or a
+                    // HEAD response needed no body), nobody can read what the
+                    // guest writes, so the guest is dropped, its instance torn
+                    // down and its slot freed.
                     tokio::select! {
-                        outcome = &mut guest => {
+                        outcome = guest => {
                             let _ = outcome_tx.send(outcome);
                         }
                         () = outcome_tx.closed() => {}
                     }
                 });
-                Ok(response.map(|body| GuardedBody::new(body, Outcome::Pending(outcome_rx))))
-            }
-            // The guest answered with an error code: nothing it does next can
-            // reach the client, so it is stopped here.
-            Head::Set(Ok(Err(code))) => {
-                if let Some(flags) = stopped {
-                    flags.error_code.store(true, Ordering::Relaxed);
+                match (&mut head).await {
+                    Ok(Ok(response)) => Ok(response.map(|body| GuardedBody::new(body, Outcome::Pending(outcome_rx)))),
+                    // The guest answered with an error code: nothing it does
+                    // next can reach the client, so it is stopped (the
+                    // receiver dropped).
+                    Ok(Err(code)) => {
+                        if let Some(flags) = stopped {
+                            flags.error_code.store(true, Ordering::Relaxed);
+                        }
+                        Err(HandleError::ErrorCode(code))
+                    }
+                    Err(_closed) => {
+                        let failed = (&mut outcome_rx).await.ok().and_then(Result::err);
+                        Err(failed.map_or(HandleError::NoResponse, HandleError::Guest))
+                    }
                 }
-                Err(HandleError::ErrorCode(code))
             }
-            Head::Set(Err(_closed)) => Err(guest.await.err().map_or(HandleError::NoResponse, HandleError::Guest)),
         }
     }
 
