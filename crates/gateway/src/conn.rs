@@ -21,6 +21,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 /// What a connection's watchdog looks at: requests in flight and when the
 /// last one ended, in milliseconds since the connection was accepted.
@@ -329,6 +330,81 @@ impl AcceptErrors {
         }
         self.last_logged = Some(now);
         self.suppressed = 0;
+    }
+}
+
+/// The threads that serve connections, each with a single-threaded tokio
+/// runtime: a connection's I/O, its hops to services and its guests' first
+/// poll stay on one thread, with no hand-off to another (see
+/// `GatewayConfig::io_threads`).
+pub(crate) struct IoThreads {
+    threads: Vec<IoThread>,
+}
+
+struct IoThread {
+    runtime: tokio::runtime::Handle,
+    /// Connections it serves now.
+    open: Arc<AtomicUsize>,
+}
+
+/// A connection's place on its I/O thread, given back when it ends.
+pub(crate) struct Placed(Option<Arc<AtomicUsize>>);
+
+impl Drop for Placed {
+    fn drop(&mut self) {
+        if let Some(open) = &self.0 {
+            open.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl IoThreads {
+    /// Starts `count` (at least 1) threads, `dormouse-io-N`, whose runtimes
+    /// run until `finished` is cancelled; then the connection tasks left on
+    /// them are dropped. A thread that cannot start is logged and left out;
+    /// with none, connections are served where the accept loop runs.
+    pub(crate) fn start(count: usize, finished: &CancellationToken) -> IoThreads {
+        let mut threads = Vec::new();
+        for number in 0..count.max(1) {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    tracing::warn!("cannot make I/O thread {number}'s runtime: {error}");
+                    continue;
+                }
+            };
+            let handle = runtime.handle().clone();
+            let finished = finished.clone();
+            let started = std::thread::Builder::new().name(format!("dormouse-io-{number}")).spawn(move || {
+                runtime.block_on(finished.cancelled());
+                // Blocking work of a connection dropped here (a SQLite
+                // commit) finishes on its own; nobody waits for it.
+                runtime.shutdown_background();
+            });
+            match started {
+                Ok(_) => threads.push(IoThread { runtime: handle, open: Arc::default() }),
+                Err(error) => tracing::warn!("cannot start I/O thread {number}: {error}"),
+            }
+        }
+        IoThreads { threads }
+    }
+
+    /// Where the accept loop runs: the first thread's runtime (`None`: no
+    /// thread started).
+    pub(crate) fn acceptor(&self) -> Option<&tokio::runtime::Handle> {
+        self.threads.first().map(|thread| &thread.runtime)
+    }
+
+    /// The runtime of the thread with the fewest connections (`None`: no
+    /// thread started), and the new connection's place on it.
+    pub(crate) fn least_loaded(&self) -> (Option<&tokio::runtime::Handle>, Placed) {
+        match self.threads.iter().min_by_key(|thread| thread.open.load(Ordering::Relaxed)) {
+            Some(thread) => {
+                thread.open.fetch_add(1, Ordering::Relaxed);
+                (Some(&thread.runtime), Placed(Some(thread.open.clone())))
+            }
+            None => (None, Placed(None)),
+        }
     }
 }
 

@@ -133,10 +133,9 @@ pub type ResponseBody =
 /// index array per request.
 const HEADER_BYTES_PER_LINE: usize = 32;
 
-/// What the I/O threads of one `serve` share.
+/// What the connections of one `serve` share.
 struct Serving {
     builder: hyper_util::server::conn::auto::Builder<TokioExecutor>,
-    local_addr: Option<SocketAddr>,
     /// Every connection's task, from its accept (so that the drain waits
     /// for a handshake in progress too).
     open: TaskTracker,
@@ -146,12 +145,6 @@ struct Serving {
     /// The drain timeout passed: requests still without a response are
     /// answered 503 before dormouse exits.
     cut_short: tokio_util::sync::CancellationToken,
-    connections: Arc<tokio::sync::Semaphore>,
-    /// Shared by the accept loops: at most one line a second in all.
-    accept_errors: std::sync::Mutex<conn::AcceptErrors>,
-    stop_accepting: tokio_util::sync::CancellationToken,
-    /// The accept loops, one per I/O thread.
-    accepting: TaskTracker,
     /// `serve` returned: the I/O threads' runtimes go.
     finished: tokio_util::sync::CancellationToken,
 }
@@ -311,14 +304,14 @@ impl Gateway {
         self.accepting.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// Serves connections from `listener` on `GatewayConfig::io_threads`
-    /// threads of its own until `shutdown` resolves (guests that wait go on
-    /// on the runtime this runs on), then stops accepting and waits up to the drain timeout for in-flight
+    /// Accepts connections from `listener` until `shutdown` resolves, each
+    /// served on the one of `GatewayConfig::io_threads` threads of its own
+    /// with the fewest (guests that wait go on on the runtime this runs on),
+    /// then stops accepting and waits up to the drain timeout for in-flight
     /// requests, guests and upgraded connections. Past that timeout, every
     /// request still without a response head is answered 503 (with
     /// `Retry-After`), given up to [`conn::CLOSE_GRACE`] to be written.
-    /// Returns whether everything drained in time (false too if no I/O
-    /// thread could serve). With
+    /// Returns whether everything drained in time. With
     /// [`GatewayConfig::tls`], every connection is HTTPS, and the
     /// certificate files are watched while this runs.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) -> bool {
@@ -346,23 +339,18 @@ impl Gateway {
             .max_header_list_size(u32::try_from(config.max_header_bytes.saturating_mul(2)).unwrap_or(u32::MAX));
         let serving = Arc::new(Serving {
             builder,
-            local_addr,
             open: TaskTracker::new(),
             draining: tokio_util::sync::CancellationToken::new(),
             cut_short: tokio_util::sync::CancellationToken::new(),
-            connections: Arc::new(tokio::sync::Semaphore::new(config.max_connections)),
-            accept_errors: Default::default(),
-            stop_accepting: tokio_util::sync::CancellationToken::new(),
-            accepting: TaskTracker::new(),
             finished: tokio_util::sync::CancellationToken::new(),
         });
         let _finished = serving.finished.clone().drop_guard();
+        let io_threads = Arc::new(conn::IoThreads::start(config.io_threads, &serving.finished));
         // Guests that wait go on here, off the I/O threads.
         self.host.run_waiting_guests_on(tokio::runtime::Handle::current());
         let _reload = config.tls.clone().map(|tls| tokio_util::task::AbortOnDropHandle::new(tokio::spawn(tls.watch())));
-        self.accepting.store(true, std::sync::atomic::Ordering::Release);
-
-        let io_threads = config.io_threads.max(1);
+        // The accept loop runs on an I/O thread too: here, it would wait
+        // behind busy guests for the runtime to look at its socket.
         let listener = match listener.into_std() {
             Ok(listener) => listener,
             Err(error) => {
@@ -370,49 +358,34 @@ impl Gateway {
                 return false;
             }
         };
-        for number in 0..io_threads {
-            let cloned = match listener.try_clone() {
-                Ok(cloned) => cloned,
-                Err(error) => {
-                    tracing::warn!("cannot share the listener with I/O thread {number}: {error}");
-                    break;
-                }
-            };
-            let (gateway, serving) = (self.clone(), serving.clone());
-            let token = serving.accepting.token();
-            let spawned = std::thread::Builder::new().name(format!("dormouse-io-{number}")).spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                    Ok(runtime) => runtime,
-                    Err(error) => return tracing::error!("I/O thread {number}: {error}"),
-                };
-                runtime.block_on(async move {
-                    match TcpListener::from_std(cloned) {
-                        Ok(listener) => gateway.accept(listener, &serving).await,
-                        Err(error) => tracing::error!("I/O thread {number}: {error}"),
-                    }
-                    drop(token);
-                    serving.finished.cancelled().await;
-                });
-                runtime.shutdown_background();
-            });
-            if let Err(error) = spawned {
-                tracing::warn!("cannot start I/O thread {number}: {error}");
-            }
-        }
-        drop(listener);
-        serving.accepting.close();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let acceptor = {
+            let (gateway, serving, io_threads, stop) =
+                (self.clone(), serving.clone(), io_threads.clone(), stop.clone());
+            async move { gateway.accept(listener, &serving, &io_threads, stop).await }
+        };
+        let mut accepting = tokio_util::task::AbortOnDropHandle::new(match io_threads.acceptor() {
+            Some(runtime) => runtime.spawn(acceptor),
+            None => tokio::spawn(acceptor),
+        });
+        self.accepting.store(true, std::sync::atomic::Ordering::Release);
         tokio::pin!(shutdown);
         let failed = tokio::select! {
             () = &mut shutdown => false,
-            () = serving.accepting.wait() => {
-                tracing::error!("no I/O thread is accepting connections: shutting down");
+            ended = &mut accepting => {
+                tracing::error!("stopped accepting connections: {}", match ended {
+                    Ok(()) => "the listener failed".to_owned(),
+                    Err(error) => error.to_string(),
+                });
                 true
             }
         };
-
         self.accepting.store(false, std::sync::atomic::Ordering::Release);
-        serving.stop_accepting.cancel();
-        serving.accepting.wait().await;
+        stop.cancel();
+        if !failed {
+            // It closes the listener as it ends.
+            let _ = accepting.await;
+        }
         serving.draining.cancel();
         serving.open.close();
         let drain = async {
@@ -432,15 +405,28 @@ impl Gateway {
         drained && !failed
     }
 
-    /// Accepts connections from `listener` until `serving.stop_accepting`,
-    /// each served in a task of this thread's runtime.
-    async fn accept(self: &Arc<Self>, listener: TcpListener, serving: &Arc<Serving>) {
+    /// Accepts connections until `stop`, each served on the I/O thread with
+    /// the fewest; runs on an I/O thread itself.
+    async fn accept(
+        self: Arc<Self>,
+        listener: std::net::TcpListener,
+        serving: &Arc<Serving>,
+        io_threads: &conn::IoThreads,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        let listener = match TcpListener::from_std(listener) {
+            Ok(listener) => listener,
+            Err(error) => return tracing::error!("cannot accept connections: {error}"),
+        };
+        let connections = Arc::new(tokio::sync::Semaphore::new(self.config.max_connections));
+        let mut accept_errors = conn::AcceptErrors::default();
         let header_timeout = self.config.header_read_timeout;
+
         loop {
             // A place first: at the cap, connections wait in the backlog.
             let permit = tokio::select! {
-                permit = serving.connections.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
-                () = serving.stop_accepting.cancelled() => break,
+                permit = connections.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+                () = stop.cancelled() => break,
             };
             let (stream, client) = tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -448,23 +434,37 @@ impl Gateway {
                     Err(error) => {
                         // Out of file descriptors and the like: keep serving
                         // the connections we have, try again shortly.
-                        serving.accept_errors.lock().expect("not poisoned").record(&error);
+                        accept_errors.record(&error);
                         tokio::time::sleep(Duration::from_millis(10)).await;
                         continue;
                     }
                 },
-                () = serving.stop_accepting.cancelled() => break,
+                () = stop.cancelled() => break,
             };
             // Responses are written in one go by hyper; Nagle would only delay
             // the last segment of each.
             let _ = stream.set_nodelay(true);
+            // The I/O thread with the fewest connections serves it: the
+            // socket leaves this runtime for that one's.
+            let stream = match stream.into_std() {
+                Ok(stream) => stream,
+                Err(error) => {
+                    tracing::debug!(%client, "connection dropped: {error}");
+                    continue;
+                }
+            };
+            let (runtime, placed) = io_threads.least_loaded();
             let activity = conn::Activity::new(header_timeout, self.config.idle_timeout);
-            let accepted = Accepted { client, local: serving.local_addr, activity };
+            let accepted = Accepted { client, local: self.local_addr.get().copied(), activity };
             let (drain, cut) = (serving.draining.child_token(), serving.cut_short.child_token());
-            let (gateway, serving) = (self.clone(), serving.clone());
-            serving.open.clone().spawn(async move {
-                let _place = permit;
-                let builder = &serving.builder;
+            let (gateway, shared) = (self.clone(), serving.clone());
+            let connection = async move {
+                let _place = (permit, placed);
+                let stream = match tokio::net::TcpStream::from_std(stream) {
+                    Ok(stream) => stream,
+                    Err(error) => return tracing::debug!(%client, "connection dropped: {error}"),
+                };
+                let builder = &shared.builder;
                 let Some(tls) = &gateway.config.tls else {
                     let io = TokioIo::new(stream);
                     return gateway.clone().serve_connection(io, Scheme::HTTP, builder, drain, cut, accepted).await;
@@ -482,7 +482,11 @@ impl Gateway {
                     Ok(Err(error)) => tracing::debug!(%client, "TLS connection refused: {error}"),
                     Err(_) => tracing::debug!(%client, "TLS connection closed: no handshake within {header_timeout:?}"),
                 }
-            });
+            };
+            match runtime {
+                Some(runtime) => drop(serving.open.spawn_on(connection, runtime)),
+                None => drop(serving.open.spawn(connection)),
+            }
         }
     }
 
