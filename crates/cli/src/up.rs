@@ -134,9 +134,9 @@ pub struct Limits {
     drain_timeout: Duration,
     /// Threads that accept and serve connections, each keeping a
     /// connection's I/O, hops and guests' first stretch on one CPU; guests
-    /// that wait or run past a 10 ms tick go on on the shared runtime.
-    /// Default: one per CPU dormouse may use.
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    /// that wait or run past a 10 ms tick go on on the guests' runtime.
+    /// Default: one per CPU dormouse may use; at most 256.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=dormouse_gateway::MAX_IO_THREADS as i64))]
     io_threads: Option<u32>,
 }
 

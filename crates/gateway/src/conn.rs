@@ -359,18 +359,22 @@ impl Drop for Placed {
 }
 
 impl IoThreads {
-    /// Starts `count` (at least 1) threads, `dormouse-io-N`, whose runtimes
-    /// run until `finished` is cancelled; then the connection tasks left on
-    /// them are dropped. A thread that cannot start is logged and left out;
-    /// with none, connections are served where the accept loop runs.
+    /// Starts `count` (1 to `MAX_IO_THREADS`) threads, `dormouse-io-N`,
+    /// whose runtimes run until `finished` is cancelled; then the connection
+    /// tasks left on them are dropped. If one cannot start (out of threads or
+    /// file descriptors), that is logged and those started serve; with none,
+    /// connections are served where the accept loop runs.
     pub(crate) fn start(count: usize, finished: &CancellationToken) -> IoThreads {
         let mut threads = Vec::new();
-        for number in 0..count.max(1) {
+        let count = count.clamp(1, crate::MAX_IO_THREADS);
+        for number in 0..count {
             let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(runtime) => runtime,
                 Err(error) => {
-                    tracing::warn!("cannot make I/O thread {number}'s runtime: {error}");
-                    continue;
+                    tracing::warn!(
+                        "cannot make I/O thread {number}'s runtime, serving on {number} of {count}: {error}"
+                    );
+                    break;
                 }
             };
             let handle = runtime.handle().clone();
@@ -383,7 +387,10 @@ impl IoThreads {
             });
             match started {
                 Ok(_) => threads.push(IoThread { runtime: handle, open: Arc::default() }),
-                Err(error) => tracing::warn!("cannot start I/O thread {number}: {error}"),
+                Err(error) => {
+                    tracing::warn!("cannot start I/O thread {number}, serving on {number} of {count}: {error}");
+                    break;
+                }
             }
         }
         IoThreads { threads }

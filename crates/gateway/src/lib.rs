@@ -50,6 +50,9 @@ pub const HEALTH_PATH: &str = "/.well-known/spin/health";
 /// tenants get theirs from the control API.
 pub const SERVICES_PATH: &str = "/.well-known/dormouse/services";
 
+/// The most I/O threads a gateway starts (`GatewayConfig::io_threads`).
+pub const MAX_IO_THREADS: usize = 256;
+
 /// Request limits and timeouts of the front. Defaults are DESIGN.md's. They
 /// hold for requests to components and to services alike; the wall-clock
 /// limit of a request is the host's (`HostConfig::wall_limit`).
@@ -91,10 +94,11 @@ pub struct GatewayConfig {
     /// single-threaded runtime of its own: a connection's I/O, its hop to a
     /// service and a guest's first stretch (up to the guest's first wait)
     /// stay on one thread, with no hand-off between threads. A guest that
-    /// waits (for I/O, or past a 10 ms tick of CPU) goes on on the runtime
-    /// `serve` runs on, so that it holds up no other connection. Default: one
-    /// per CPU this process may use (`std::thread::available_parallelism`);
-    /// at least 1.
+    /// waits (for I/O, or past a 10 ms tick of CPU) goes on on the host's
+    /// guest runtime, so that it holds up no other connection. Default: one
+    /// per CPU this process may use (`std::thread::available_parallelism`),
+    /// at most [`MAX_IO_THREADS`]; at least 1. Each costs a thread and 4
+    /// file descriptors.
     pub io_threads: usize,
 }
 
@@ -111,7 +115,7 @@ impl Default for GatewayConfig {
             outbound: OutboundConfig::default(),
             tls: None,
             metrics: None,
-            io_threads: std::thread::available_parallelism().map_or(1, usize::from),
+            io_threads: std::thread::available_parallelism().map_or(1, usize::from).min(MAX_IO_THREADS),
         }
     }
 }
@@ -306,8 +310,7 @@ impl Gateway {
 
     /// Accepts connections from `listener` until `shutdown` resolves, each
     /// served on the one of `GatewayConfig::io_threads` threads of its own
-    /// with the fewest (guests that wait go on on the runtime this runs on),
-    /// then stops accepting and waits up to the drain timeout for in-flight
+    /// with the fewest, then stops accepting and waits up to the drain timeout for in-flight
     /// requests, guests and upgraded connections. Past that timeout, every
     /// request still without a response head is answered 503 (with
     /// `Retry-After`), given up to [`conn::CLOSE_GRACE`] to be written.
@@ -346,8 +349,6 @@ impl Gateway {
         });
         let _finished = serving.finished.clone().drop_guard();
         let io_threads = Arc::new(conn::IoThreads::start(config.io_threads, &serving.finished));
-        // Guests that wait go on here, off the I/O threads.
-        self.host.run_waiting_guests_on(tokio::runtime::Handle::current());
         let _reload = config.tls.clone().map(|tls| tokio_util::task::AbortOnDropHandle::new(tokio::spawn(tls.watch())));
         // The accept loop runs on an I/O thread too: here, it would wait
         // behind busy guests for the runtime to look at its socket.

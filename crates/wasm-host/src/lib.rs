@@ -27,7 +27,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -180,9 +180,11 @@ struct Shared {
     instances: Arc<Semaphore>,
     waiting: AtomicUsize,
     tasks: TaskTracker,
-    /// The runtime guests that wait go on on (see
-    /// [`Host::run_waiting_guests_on`]); unset, the one that polled them.
-    runtime: OnceLock<tokio::runtime::Handle>,
+    /// The runtime guests that wait go on on, made by the first that does:
+    /// its own threads, so that busy guests delay neither connections nor
+    /// dormouse's own work (signals, the drain, services, the admin and
+    /// control APIs).
+    guests: OnceLock<GuestRuntime>,
     ticker: Arc<EpochTicker>,
     /// Components already loaded, by the BLAKE3 hash of their bytes: a second
     /// component with the same bytes shares the compiled code and the
@@ -246,6 +248,47 @@ impl Runtime {
     }
 }
 
+/// Task polls between a guest worker's looks at the runtime's queue of new
+/// tasks and at its I/O.
+const GUEST_POLLS_BETWEEN_LOOKS: u32 = 4;
+
+/// The multi-threaded runtime that guests which wait run on, one worker per
+/// CPU (`dormouse-guest`); shut down without waiting when the host goes.
+struct GuestRuntime(Option<tokio::runtime::Runtime>);
+
+impl GuestRuntime {
+    fn start() -> GuestRuntime {
+        // A poll of a busy guest is a 10 ms slice: a worker looks at new
+        // tasks and at its sockets every 4 polls, not tokio's 31 and 61, so
+        // that a guest arriving or woken by I/O waits a few slices at most.
+        let built = tokio::runtime::Builder::new_multi_thread()
+            .thread_name("dormouse-guest")
+            .global_queue_interval(GUEST_POLLS_BETWEEN_LOOKS)
+            .event_interval(GUEST_POLLS_BETWEEN_LOOKS)
+            .enable_all()
+            .build();
+        GuestRuntime(
+            built
+                .inspect_err(|error| {
+                    tracing::warn!("cannot start the guests' runtime, guests that wait stay where they began: {error}")
+                })
+                .ok(),
+        )
+    }
+
+    fn handle(&self) -> Option<&tokio::runtime::Handle> {
+        self.0.as_ref().map(tokio::runtime::Runtime::handle)
+    }
+}
+
+impl Drop for GuestRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
 /// A pre-instantiated component of either `wasi:http` generation.
 #[derive(Clone)]
 enum Pre {
@@ -270,7 +313,7 @@ impl Host {
             instances: Arc::new(Semaphore::new(instances as usize)),
             waiting: AtomicUsize::new(0),
             tasks: TaskTracker::new(),
-            runtime: OnceLock::new(),
+            guests: OnceLock::new(),
             ticker,
             loaded: Default::default(),
             started: Instant::now(),
@@ -290,14 +333,6 @@ impl Host {
 
     pub fn engine(&self) -> &Engine {
         &self.shared.wasi2.engine
-    }
-
-    /// Where a guest that waits (for I/O, or because a 10 ms tick passed
-    /// while it ran) goes on, in a task of its own: a runtime whose threads
-    /// handle no connection, so that it holds none up. Only the first call
-    /// counts; without one, a guest goes on on the runtime that polled it.
-    pub fn run_waiting_guests_on(&self, runtime: tokio::runtime::Handle) {
-        let _ = self.shared.runtime.set(runtime);
     }
 
     /// Guest tasks still running (a guest may run on after its response head
@@ -367,9 +402,10 @@ impl Host {
 }
 
 impl Shared {
-    /// Runs a guest's task on the host's runtime, tracked for the drain.
+    /// Runs a guest's task on the guest runtime (or, if it could not be
+    /// made, the caller's), tracked for the drain.
     fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
-        match self.runtime.get() {
+        match self.guests.get_or_init(GuestRuntime::start).handle() {
             Some(runtime) => drop(self.tasks.spawn_on(task, runtime)),
             None => drop(self.tasks.spawn(task)),
         }
@@ -827,6 +863,12 @@ struct ComponentStats {
     instantiated: std::sync::atomic::AtomicU64,
     /// Requests waiting in the host's queue for an instance of this one.
     waiting: AtomicUsize,
+    /// A guest of it was still running when two epoch ticks passed (10 ms
+    /// or more), and none has since finished in one poll: its next guest
+    /// starts on the guest runtime, not in a connection's task, so that a
+    /// burst of busy guests holds an I/O thread up for a tick or two, not a
+    /// tick each.
+    runs_long: AtomicBool,
 }
 
 /// Counts how a guest's handling of a request ended; a guest dropped before
@@ -984,12 +1026,20 @@ impl ComponentPre {
         store.limiter(|ctx| &mut ctx.limits);
         let budget_ticks = config.cpu_limit.as_millis().div_ceil(EPOCH_TICK.as_millis()).max(1) as u64;
         let mut ticks_used = 0u64;
+        // The deadline is set again as the guest starts (in `run`): it may
+        // wait for a thread of the guest runtime first.
         store.set_epoch_deadline(1);
         // Each callback means the guest was running when a tick passed: count it
         // against the CPU budget and yield, so one busy guest cannot hold a
         // worker thread.
+        let stats = self.stats.clone();
         store.epoch_deadline_callback(move |_| {
             ticks_used += 1;
+            // Two ticks: it ran for 10 ms at least. One may land in a short
+            // guest's microseconds (or while its thread was preempted).
+            if ticks_used == 2 {
+                stats.runs_long.store(true, Ordering::Relaxed);
+            }
             if ticks_used > budget_ticks { Err(Trap::Interrupt.into()) } else { Ok(UpdateDeadline::Yield(1)) }
         });
 
@@ -1007,6 +1057,7 @@ impl ComponentPre {
                 };
                 let pre = pre.clone();
                 run = Box::pin(async move {
+                    store.set_epoch_deadline(1);
                     let proxy = pre.instantiate_async(&mut store).await?;
                     proxy.wasi_http_incoming_handler().call_handle(&mut store, incoming, outparam).await
                 });
@@ -1052,15 +1103,21 @@ impl ComponentPre {
         // waits. Most guests (answer, write, return) never do: they cost no
         // task and no wake-up of another thread. A guest that waits (for I/O,
         // or because a tick passed while it ran) goes on in a task of its own
-        // on the host's runtime, so that it never holds up the other
+        // on the guest runtime, so that it never holds up the other
         // connections of this I/O thread, and the wall-clock limit holds even
-        // when the client stops reading the body.
+        // when the client stops reading the body. A component whose guests
+        // run past a tick starts there (`runs_long`).
         //
         // The guest is polled before its head is looked for: one that finishes
         // in this poll sets its head before anyone waits for it.
         let mut run = run;
         let mut head = head;
-        match std::future::poll_fn(|cx| std::task::Poll::Ready(run.as_mut().poll(cx))).await {
+        let inline = !self.stats.runs_long.load(Ordering::Relaxed);
+        let first = match inline {
+            true => std::future::poll_fn(|cx| std::task::Poll::Ready(run.as_mut().poll(cx))).await,
+            false => std::task::Poll::Pending,
+        };
+        match first {
             // The store (and with it the response sender) went with `run`, so
             // the receiver holds either a response or a closed channel.
             // Unconstrained: a receiver that holds its value would still say
@@ -1077,8 +1134,19 @@ impl ComponentPre {
             }
             std::task::Poll::Pending => {
                 let (mut outcome_tx, mut outcome_rx) = oneshot::channel();
+                let stats = self.stats.clone();
                 let guest = async move {
-                    let ran = tokio::time::timeout_at(deadline, run).await.ok();
+                    let mut polls = 0u32;
+                    let counted = std::future::poll_fn(|cx| {
+                        polls += 1;
+                        run.as_mut().poll(cx)
+                    });
+                    let ran = tokio::time::timeout_at(deadline, counted).await.ok();
+                    // Started here for a guest that ran long, and done in
+                    // one poll: the next may start inline again.
+                    if !inline && polls == 1 {
+                        stats.runs_long.store(false, Ordering::Relaxed);
+                    }
                     finish(ran)
                 };
                 self.shared.spawn(async move {

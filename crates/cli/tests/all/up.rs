@@ -132,6 +132,55 @@ async fn guests_busy_on_the_cpu_do_not_hold_up_the_requests_of_their_io_thread()
 }
 
 #[tokio::test]
+async fn a_burst_of_busy_guests_holds_up_the_requests_of_their_io_thread_for_a_tick_or_two() {
+    let app = App::new(&[("/loop", "loop"), ("/hello", "hello")]);
+    let server = app.start(&["--io-threads", "1", "--cpu-limit", "100ms", "--timeout", "30s"]);
+    assert_eq!(get(&server.url("/hello")).await.status, StatusCode::OK);
+    // Forty at once: each that started on the I/O thread would hold it for
+    // a 10 ms tick before moving, some 400 ms in all.
+    let burst: Vec<_> = (0..40).map(|_| tokio::spawn(get_owned(server.url("/loop")))).collect();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut took = Vec::new();
+    for _ in 0..3 {
+        let started = Instant::now();
+        assert_eq!(get(&server.url("/hello")).await.status, StatusCode::OK);
+        took.push(started.elapsed());
+    }
+    assert!(
+        took.iter().all(|t| *t < Duration::from_millis(200)),
+        "hello took {took:?} after a burst of 40 busy guests"
+    );
+    for busy in burst {
+        assert_eq!(busy.await.unwrap().status, StatusCode::INTERNAL_SERVER_ERROR);
+    }
+}
+
+#[tokio::test]
+async fn a_signal_is_acted_on_at_once_while_guests_are_busy() {
+    let app = App::new(&[("/loop", "loop")]);
+    let server = app.start(&["--cpu-limit", "5s", "--timeout", "30s", "--drain-timeout", "1s"]);
+    let busy: Vec<_> = (0..20).map(|_| tokio::spawn(get_owned(server.url("/loop")))).collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let signalled = Instant::now();
+    server.signal("TERM");
+    // The drain starts by closing the listener: new connections are refused.
+    while tokio::net::TcpStream::connect(server.addr).await.is_ok() {
+        assert!(signalled.elapsed() < Duration::from_secs(5), "still accepting 5 s after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let noticed = signalled.elapsed();
+    assert!(
+        noticed < Duration::from_millis(200),
+        "the listener closed {noticed:?} after SIGTERM beside 20 busy guests"
+    );
+    // Past the drain timeout, the loops still running are answered 503.
+    for request in busy {
+        assert_eq!(request.await.unwrap().status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+    let _ = server.wait();
+}
+
+#[tokio::test]
 async fn the_wall_clock_limit_answers_504() {
     let app = App::new(&[("/loop", "loop")]);
     let server = app.start(&["--cpu-limit", "60s", "--timeout", "300ms"]);
