@@ -9,7 +9,9 @@ use hyper::{Request, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use crate::support::{App, PATIENCE, assert_stopped_by_the_cpu_deadline, dormouse, get, get_owned, send};
+use crate::support::{
+    App, PATIENCE, Reply, Server, assert_stopped_by_the_cpu_deadline, dormouse, get, get_owned, send,
+};
 
 #[tokio::test]
 async fn routes_follow_spin_precedence_and_set_every_spin_header() {
@@ -107,21 +109,34 @@ async fn an_infinite_loop_is_stopped_by_the_cpu_deadline() {
     assert_eq!(get(&server.url("/hello")).await.status, StatusCode::OK);
 }
 
+/// Starts `loops` requests to `/loop` at once, waits `after`, then times
+/// `hellos` requests to `/hello` one after another, each on a new
+/// connection; returns their times and the loops' requests.
+async fn hellos_beside_busy_guests(
+    server: &Server,
+    loops: usize,
+    after: Duration,
+    hellos: usize,
+) -> (Vec<Duration>, Vec<tokio::task::JoinHandle<Reply>>) {
+    assert_eq!(get(&server.url("/hello")).await.status, StatusCode::OK);
+    let busy: Vec<_> = (0..loops).map(|_| tokio::spawn(get_owned(server.url("/loop")))).collect();
+    tokio::time::sleep(after).await;
+    let mut took = Vec::new();
+    for _ in 0..hellos {
+        let started = Instant::now();
+        assert_eq!(get(&server.url("/hello")).await.status, StatusCode::OK);
+        took.push(started.elapsed());
+    }
+    (took, busy)
+}
+
 #[tokio::test]
 async fn guests_busy_on_the_cpu_do_not_hold_up_the_requests_of_their_io_thread() {
     let app = App::new(&[("/loop", "loop"), ("/hello", "hello")]);
     // One I/O thread: every connection is served on it, and every guest
     // starts there.
     let server = app.start(&["--io-threads", "1", "--cpu-limit", "1s", "--timeout", "30s"]);
-    assert_eq!(get(&server.url("/hello")).await.status, StatusCode::OK);
-    let loops: Vec<_> = (0..6).map(|_| tokio::spawn(get_owned(server.url("/loop")))).collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut took = Vec::new();
-    for _ in 0..5 {
-        let started = Instant::now();
-        assert_eq!(get(&server.url("/hello")).await.status, StatusCode::OK);
-        took.push(started.elapsed());
-    }
+    let (mut took, loops) = hellos_beside_busy_guests(&server, 6, Duration::from_millis(300), 5).await;
     // Six loops sharing the thread in 10 ms slices would hold each of a
     // request's turns for some 60 ms.
     took.sort();
@@ -135,17 +150,9 @@ async fn guests_busy_on_the_cpu_do_not_hold_up_the_requests_of_their_io_thread()
 async fn a_burst_of_busy_guests_holds_up_the_requests_of_their_io_thread_for_a_tick_or_two() {
     let app = App::new(&[("/loop", "loop"), ("/hello", "hello")]);
     let server = app.start(&["--io-threads", "1", "--cpu-limit", "100ms", "--timeout", "30s"]);
-    assert_eq!(get(&server.url("/hello")).await.status, StatusCode::OK);
     // Forty at once: each that started on the I/O thread would hold it for
     // a 10 ms tick before moving, some 400 ms in all.
-    let burst: Vec<_> = (0..40).map(|_| tokio::spawn(get_owned(server.url("/loop")))).collect();
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    let mut took = Vec::new();
-    for _ in 0..3 {
-        let started = Instant::now();
-        assert_eq!(get(&server.url("/hello")).await.status, StatusCode::OK);
-        took.push(started.elapsed());
-    }
+    let (took, burst) = hellos_beside_busy_guests(&server, 40, Duration::from_millis(20), 3).await;
     assert!(
         took.iter().all(|t| *t < Duration::from_millis(200)),
         "hello took {took:?} after a burst of 40 busy guests"
