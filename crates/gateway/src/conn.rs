@@ -333,6 +333,10 @@ impl AcceptErrors {
     }
 }
 
+/// File descriptors a single-threaded tokio runtime holds (its epoll, its
+/// waker, its timer and signal plumbing), measured.
+const FDS_PER_IO_THREAD: u64 = 4;
+
 /// The threads that serve connections, each with a single-threaded tokio
 /// runtime: a connection's I/O, its hops to services and its guests' first
 /// poll stay on one thread, with no hand-off to another (see
@@ -359,14 +363,28 @@ impl Drop for Placed {
 }
 
 impl IoThreads {
-    /// Starts `count` (1 to `MAX_IO_THREADS`) threads, `dormouse-io-N`,
+    /// Starts `count` (1 to `MAX_IO_THREADS`, and using at most a quarter
+    /// of the file descriptor limit) threads, `dormouse-io-N`,
     /// whose runtimes run until `finished` is cancelled; then the connection
     /// tasks left on them are dropped. If one cannot start (out of threads or
     /// file descriptors), that is logged and those started serve; with none,
     /// connections are served where the accept loop runs.
     pub(crate) fn start(count: usize, finished: &CancellationToken) -> IoThreads {
         let mut threads = Vec::new();
-        let count = count.clamp(1, crate::MAX_IO_THREADS);
+        let mut count = count.clamp(1, crate::MAX_IO_THREADS);
+        // Each runtime holds 4 file descriptors: a quarter of the process's
+        // limit at most, the rest for connections.
+        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+        if let Some(room) = limit.map(|limit| (limit / (4 * FDS_PER_IO_THREAD)).max(1) as usize)
+            && count > room
+        {
+            tracing::warn!(
+                "{count} I/O threads would use {} of the {} file descriptors this process may open: starting {room}",
+                count as u64 * FDS_PER_IO_THREAD,
+                limit.unwrap_or_default()
+            );
+            count = room;
+        }
         for number in 0..count {
             let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(runtime) => runtime,

@@ -94,11 +94,12 @@ pub struct GatewayConfig {
     /// single-threaded runtime of its own: a connection's I/O, its hop to a
     /// service and a guest's first stretch (up to the guest's first wait)
     /// stay on one thread, with no hand-off between threads. A guest that
-    /// waits (for I/O, or past a 10 ms tick of CPU) goes on on the host's
-    /// guest runtime, so that it holds up no other connection. Default: one
+    /// waits (for I/O, or past a 10 ms tick of CPU) goes on on one of the
+    /// host's guest runtimes, so that it holds up no other connection. Default: one
     /// per CPU this process may use (`std::thread::available_parallelism`),
     /// at most [`MAX_IO_THREADS`]; at least 1. Each costs a thread and 4
-    /// file descriptors.
+    /// file descriptors, and at most a quarter of the process's file
+    /// descriptor limit goes to them.
     pub io_threads: usize,
 }
 

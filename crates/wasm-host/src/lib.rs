@@ -56,6 +56,11 @@ pub use wasmtime_wasi_http::{RequestOptions, WasiBody, default_send_request};
 /// counted in these ticks, and a running guest yields to other tasks once a tick.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
+/// A tick that comes this soon after a guest was polled is a deadline that
+/// passed while it waited (for I/O, or for a thread), not CPU it used: it
+/// is not counted, and the guest does not yield for it.
+const RESUMED_WITHIN: Duration = Duration::from_millis(1);
+
 /// The largest per-instance memory cap a user may configure.
 pub const MAX_MEMORY_LIMIT: usize = 1 << 30;
 
@@ -185,6 +190,10 @@ struct Shared {
     /// dormouse's own work (signals, the drain, services, the admin and
     /// control APIs).
     guests: OnceLock<GuestRuntime>,
+    /// The same for the guests of components that run long (`runs_long`):
+    /// apart, so that a guest waiting for I/O does not queue behind their
+    /// 10 ms slices; the kernel shares the CPUs between the two.
+    busy_guests: OnceLock<GuestRuntime>,
     ticker: Arc<EpochTicker>,
     /// Components already loaded, by the BLAKE3 hash of their bytes: a second
     /// component with the same bytes shares the compiled code and the
@@ -257,12 +266,12 @@ const GUEST_POLLS_BETWEEN_LOOKS: u32 = 4;
 struct GuestRuntime(Option<tokio::runtime::Runtime>);
 
 impl GuestRuntime {
-    fn start() -> GuestRuntime {
+    fn start(name: &str) -> GuestRuntime {
         // A poll of a busy guest is a 10 ms slice: a worker looks at new
         // tasks and at its sockets every 4 polls, not tokio's 31 and 61, so
         // that a guest arriving or woken by I/O waits a few slices at most.
         let built = tokio::runtime::Builder::new_multi_thread()
-            .thread_name("dormouse-guest")
+            .thread_name(name)
             .global_queue_interval(GUEST_POLLS_BETWEEN_LOOKS)
             .event_interval(GUEST_POLLS_BETWEEN_LOOKS)
             .enable_all()
@@ -314,6 +323,7 @@ impl Host {
             waiting: AtomicUsize::new(0),
             tasks: TaskTracker::new(),
             guests: OnceLock::new(),
+            busy_guests: OnceLock::new(),
             ticker,
             loaded: Default::default(),
             started: Instant::now(),
@@ -402,10 +412,15 @@ impl Host {
 }
 
 impl Shared {
-    /// Runs a guest's task on the guest runtime (or, if it could not be
-    /// made, the caller's), tracked for the drain.
-    fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
-        match self.guests.get_or_init(GuestRuntime::start).handle() {
+    /// Runs a guest's task on a guest runtime, the busy guests' one for a
+    /// component that runs long (or, if it could not be made, the caller's),
+    /// tracked for the drain.
+    fn spawn(&self, task: impl Future<Output = ()> + Send + 'static, runs_long: bool) {
+        let runtime = match runs_long {
+            false => self.guests.get_or_init(|| GuestRuntime::start("dormouse-guest")),
+            true => self.busy_guests.get_or_init(|| GuestRuntime::start("dormouse-busy")),
+        };
+        match runtime.handle() {
             Some(runtime) => drop(self.tasks.spawn_on(task, runtime)),
             None => drop(self.tasks.spawn(task)),
         }
@@ -1031,9 +1046,19 @@ impl ComponentPre {
         store.set_epoch_deadline(1);
         // Each callback means the guest was running when a tick passed: count it
         // against the CPU budget and yield, so one busy guest cannot hold a
-        // worker thread.
+        // worker thread. Unless it was polled (resumed) just now: then the
+        // deadline passed while it waited (for I/O, or its turn on a thread),
+        // which is no CPU of its own; it runs on to the next tick.
         let stats = self.stats.clone();
+        let clock = self.shared.started;
+        let resumed = Arc::new(AtomicU64::new(0));
+        let polled = resumed.clone();
+        let mark_resumed = move || polled.store(clock.elapsed().as_nanos() as u64, Ordering::Relaxed);
         store.epoch_deadline_callback(move |_| {
+            let running = (clock.elapsed().as_nanos() as u64).saturating_sub(resumed.load(Ordering::Relaxed));
+            if running < RESUMED_WITHIN.as_nanos() as u64 {
+                return Ok(UpdateDeadline::Continue(1));
+            }
             ticks_used += 1;
             // Two ticks: it ran for 10 ms at least. One may land in a short
             // guest's microseconds (or while its thread was preempted).
@@ -1114,7 +1139,13 @@ impl ComponentPre {
         let mut head = head;
         let inline = !self.stats.runs_long.load(Ordering::Relaxed);
         let first = match inline {
-            true => std::future::poll_fn(|cx| std::task::Poll::Ready(run.as_mut().poll(cx))).await,
+            true => {
+                std::future::poll_fn(|cx| {
+                    mark_resumed();
+                    std::task::Poll::Ready(run.as_mut().poll(cx))
+                })
+                .await
+            }
             false => std::task::Poll::Pending,
         };
         match first {
@@ -1139,6 +1170,7 @@ impl ComponentPre {
                     let mut polls = 0u32;
                     let counted = std::future::poll_fn(|cx| {
                         polls += 1;
+                        mark_resumed();
                         run.as_mut().poll(cx)
                     });
                     let ran = tokio::time::timeout_at(deadline, counted).await.ok();
@@ -1149,7 +1181,8 @@ impl ComponentPre {
                     }
                     finish(ran)
                 };
-                self.shared.spawn(async move {
+                let runs_long = self.stats.runs_long.load(Ordering::Relaxed);
+                let task = async move {
                     // The response body holds the receiver (this request, until
                     // its head): once it is dropped (the client hung up, or a
                     // HEAD response needed no body), nobody can read what the
@@ -1161,7 +1194,8 @@ impl ComponentPre {
                         }
                         () = outcome_tx.closed() => {}
                     }
-                });
+                };
+                self.shared.spawn(task, runs_long);
                 match (&mut head).await {
                     Ok(Ok(response)) => Ok(response.map(|body| GuardedBody::new(body, Outcome::Pending(outcome_rx)))),
                     // The guest answered with an error code: nothing it does

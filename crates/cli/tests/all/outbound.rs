@@ -152,3 +152,33 @@ async fn a_component_reaches_a_service_of_its_app_by_id() {
     assert_eq!(reply.status, StatusCode::OK);
     assert!(reply.body.starts_with("200\n\npid "), "{}", reply.body);
 }
+
+#[tokio::test]
+async fn a_guest_waiting_on_an_outbound_request_is_not_held_up_by_busy_guests() {
+    let upstream = Upstream::start().await;
+    let busy_component = format!(
+        "[[trigger.http]]\nroute = \"/loop\"\ncomponent = \"loop\"\n[component.loop]\nsource = \"{}\"\n",
+        guest("loop").display()
+    );
+    let app = fetch_app(&[format!("http://127.0.0.1:{}", upstream.addr.port())], &busy_component);
+    let server = app.start(&["--cpu-limit", "100ms", "--timeout", "30s"]);
+    assert_eq!(fetch(&server, &upstream.url("/hello")).await.status, StatusCode::OK);
+    // Sixty guests busy for 100 ms of CPU each, 3 s of both CPUs.
+    let busy: Vec<_> = (0..60).map(|_| tokio::spawn(crate::support::get_owned(server.url("/loop")))).collect();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let mut took = Vec::new();
+    for _ in 0..3 {
+        let started = std::time::Instant::now();
+        assert_eq!(fetch(&server, &upstream.url("/hello")).await.body, "200\n\nupstream says hi");
+        took.push(started.elapsed());
+    }
+    // Each of its waits behind the busy guests' 10 ms slices would cost
+    // some 300 ms.
+    assert!(
+        took.iter().all(|t| *t < std::time::Duration::from_millis(150)),
+        "outbound requests took {took:?} beside 60 busy guests"
+    );
+    for request in busy {
+        assert_eq!(request.await.unwrap().status, StatusCode::INTERNAL_SERVER_ERROR);
+    }
+}
