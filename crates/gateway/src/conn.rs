@@ -372,10 +372,10 @@ impl IoThreads {
     pub(crate) fn start(count: usize, finished: &CancellationToken) -> IoThreads {
         let mut threads = Vec::new();
         let mut count = count.clamp(1, crate::MAX_IO_THREADS);
-        // Each runtime holds 4 file descriptors: a quarter of the process's
-        // limit at most, the rest for connections.
+        // A quarter of the process's file descriptors at most, the rest for
+        // connections.
         let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
-        if let Some(room) = limit.map(|limit| (limit / (4 * FDS_PER_IO_THREAD)).max(1) as usize)
+        if let Some(room) = limit.map(|limit| (limit / 4 / FDS_PER_IO_THREAD).max(1) as usize)
             && count > room
         {
             tracing::warn!(

@@ -150,8 +150,6 @@ struct Serving {
     /// The drain timeout passed: requests still without a response are
     /// answered 503 before dormouse exits.
     cut_short: tokio_util::sync::CancellationToken,
-    /// `serve` returned: the I/O threads' runtimes go.
-    finished: tokio_util::sync::CancellationToken,
 }
 
 /// A connection just accepted: its client, the address it reached, and what
@@ -346,10 +344,11 @@ impl Gateway {
             open: TaskTracker::new(),
             draining: tokio_util::sync::CancellationToken::new(),
             cut_short: tokio_util::sync::CancellationToken::new(),
-            finished: tokio_util::sync::CancellationToken::new(),
         });
-        let _finished = serving.finished.clone().drop_guard();
-        let io_threads = Arc::new(conn::IoThreads::start(config.io_threads, &serving.finished));
+        // When this returns, the I/O threads' runtimes go.
+        let finished = tokio_util::sync::CancellationToken::new();
+        let _finished = finished.clone().drop_guard();
+        let io_threads = Arc::new(conn::IoThreads::start(config.io_threads, &finished));
         let _reload = config.tls.clone().map(|tls| tokio_util::task::AbortOnDropHandle::new(tokio::spawn(tls.watch())));
         // The accept loop runs on an I/O thread too: here, it would wait
         // behind busy guests for the runtime to look at its socket.
@@ -469,7 +468,7 @@ impl Gateway {
                 let builder = &shared.builder;
                 let Some(tls) = &gateway.config.tls else {
                     let io = TokioIo::new(stream);
-                    return gateway.clone().serve_connection(io, Scheme::HTTP, builder, drain, cut, accepted).await;
+                    return gateway.serve_connection(io, Scheme::HTTP, builder, drain, cut, accepted).await;
                 };
                 // The handshake, in the connection's own task (a slow client
                 // holds no one else up), within the time a connection has
@@ -479,7 +478,7 @@ impl Gateway {
                 match handshake {
                     Ok(Ok(stream)) => {
                         let io = TokioIo::new(stream);
-                        gateway.clone().serve_connection(io, Scheme::HTTPS, builder, drain, cut, accepted).await;
+                        gateway.serve_connection(io, Scheme::HTTPS, builder, drain, cut, accepted).await;
                     }
                     Ok(Err(error)) => tracing::debug!(%client, "TLS connection refused: {error}"),
                     Err(_) => tracing::debug!(%client, "TLS connection closed: no handshake within {header_timeout:?}"),

@@ -1041,8 +1041,6 @@ impl ComponentPre {
         store.limiter(|ctx| &mut ctx.limits);
         let budget_ticks = config.cpu_limit.as_millis().div_ceil(EPOCH_TICK.as_millis()).max(1) as u64;
         let mut ticks_used = 0u64;
-        // The deadline is set again as the guest starts (in `run`): it may
-        // wait for a thread of the guest runtime first.
         store.set_epoch_deadline(1);
         // Each callback means the guest was running when a tick passed: count it
         // against the CPU budget and yield, so one busy guest cannot hold a
@@ -1082,7 +1080,6 @@ impl ComponentPre {
                 };
                 let pre = pre.clone();
                 run = Box::pin(async move {
-                    store.set_epoch_deadline(1);
                     let proxy = pre.instantiate_async(&mut store).await?;
                     proxy.wasi_http_incoming_handler().call_handle(&mut store, incoming, outparam).await
                 });
@@ -1136,7 +1133,6 @@ impl ComponentPre {
         // The guest is polled before its head is looked for: one that finishes
         // in this poll sets its head before anyone waits for it.
         let mut run = run;
-        let mut head = head;
         let inline = !self.stats.runs_long.load(Ordering::Relaxed);
         let first = match inline {
             true => {
@@ -1164,7 +1160,7 @@ impl ComponentPre {
                 }
             }
             std::task::Poll::Pending => {
-                let (mut outcome_tx, mut outcome_rx) = oneshot::channel();
+                let (mut outcome_tx, outcome_rx) = oneshot::channel();
                 let stats = self.stats.clone();
                 let guest = async move {
                     let mut polls = 0u32;
@@ -1181,7 +1177,6 @@ impl ComponentPre {
                     }
                     finish(ran)
                 };
-                let runs_long = self.stats.runs_long.load(Ordering::Relaxed);
                 let task = async move {
                     // The response body holds the receiver (this request, until
                     // its head): once it is dropped (the client hung up, or a
@@ -1195,8 +1190,8 @@ impl ComponentPre {
                         () = outcome_tx.closed() => {}
                     }
                 };
-                self.shared.spawn(task, runs_long);
-                match (&mut head).await {
+                self.shared.spawn(task, !inline);
+                match head.await {
                     Ok(Ok(response)) => Ok(response.map(|body| GuardedBody::new(body, Outcome::Pending(outcome_rx)))),
                     // The guest answered with an error code: nothing it does
                     // next can reach the client, so it is stopped (the
@@ -1208,7 +1203,7 @@ impl ComponentPre {
                         Err(HandleError::ErrorCode(code))
                     }
                     Err(_closed) => {
-                        let failed = (&mut outcome_rx).await.ok().and_then(Result::err);
+                        let failed = outcome_rx.await.ok().and_then(Result::err);
                         Err(failed.map_or(HandleError::NoResponse, HandleError::Guest))
                     }
                 }

@@ -53,9 +53,6 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<wasmtime_wasi_http::Error>,
 {
-    // Its ticks count from here, where it starts, not from when its store was
-    // made.
-    store.set_epoch_deadline(1);
     let service = pre.instantiate_async(&mut store).await?;
     // What the guest reports about how the host read the request body (only
     // errors) has nobody to go to here.
